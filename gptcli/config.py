@@ -1,0 +1,291 @@
+"""Settings: defaults < config file (TOML) < environment < flags, resolved once into a frozen object."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gptcli.errors import ConfigError
+
+APP_NAME = "gptcli"
+
+
+# ---------------------------------------------------------------- paths
+
+def config_dir() -> Path:
+    """The user's config folder (templates live in its ``templates/``)."""
+    if env := os.environ.get("GPTCLI_CONFIG_DIR"):
+        return Path(env).expanduser()
+    if env := os.environ.get("GPTCLI_CONFIG"):
+        return Path(env).expanduser().parent
+    if env := os.environ.get("GPTCLI_HOME"):
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir(APP_NAME))
+
+
+def config_path() -> Path:
+    """The config file: ``GPTCLI_CONFIG``, else ``config.toml`` in the config folder."""
+    if env := os.environ.get("GPTCLI_CONFIG"):
+        return Path(env).expanduser()
+    return config_dir() / "config.toml"
+
+
+def data_dir() -> Path:
+    """The user's data folder (history, input history, KV states): ``GPTCLI_HOME`` overrides."""
+    if env := os.environ.get("GPTCLI_HOME"):
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir(APP_NAME))
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create ``path`` (mode 0700) if missing and return it."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o700)
+    except OSError:
+        pass
+    return path
+
+
+# ---------------------------------------------------------------- keys
+
+def _positive_int(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise ValueError("must be a positive integer")
+    return v
+
+
+def _non_negative_int(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ValueError("must be an integer >= 0")
+    return v
+
+
+def _ctx(v: Any) -> int:
+    v = _positive_int(v)
+    if v < 256 or v % 256:
+        raise ValueError("must be a multiple of 256 (256, 512, 1024, ...)")
+    return v
+
+
+def _float_range(lo: float, hi: float, lo_open: bool = False) -> Callable[[Any], float]:
+    def check(v: Any) -> float:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise ValueError("must be a number")
+        v = float(v)
+        if v < lo or v > hi or (lo_open and v == lo):
+            raise ValueError(f"must be {'>' if lo_open else '>='} {lo:g} and <= {hi:g}")
+        return v
+
+    return check
+
+
+def _choice(*options: str) -> Callable[[Any], str]:
+    def check(v: Any) -> str:
+        if v not in options:
+            raise ValueError(f"must be one of: {', '.join(options)}")
+        return v
+
+    return check
+
+
+def _string(v: Any) -> str:
+    if not isinstance(v, str) or not v:
+        raise ValueError("must be a non-empty string")
+    return v
+
+
+def _boolean(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError("must be true or false")
+    return v
+
+
+def _gpu_layers(v: Any) -> int:
+    if v == "all":
+        return -1
+    if isinstance(v, bool) or not isinstance(v, int) or v < -1:
+        raise ValueError("must be a number of layers or 'all'")
+    return v
+
+
+def _seed(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**32:
+        raise ValueError("must be an integer between 0 and 4294967295")
+    return v
+
+
+@dataclass(frozen=True)
+class Key:
+    """One setting: its type check, default and the line of help the README and `config show` use."""
+
+    name: str
+    check: Callable[[Any], Any]
+    default: Any
+    help: str
+    kind: type = str  # how an environment variable or `config set` string is parsed
+
+
+KEYS: dict[str, Key] = {
+    k.name: k
+    for k in [
+        Key("model", _string, None, "Model: alias, REPO[:FILE] pulled from the Hub, or a GGUF path."),
+        Key("engine", _string, "local", "Engine: 'local', 'remote', or the name of an [engines.NAME] profile."),
+        Key("base_url", _string, None, "Base URL of an OpenAI-compatible server (remote engine).", str),
+        Key("ctx", _ctx, None, "Context window in tokens (multiple of 256); default min(model's, 4096).", int),
+        Key("threads", _positive_int, None, "CPU threads; default the number of physical cores.", int),
+        Key("gpu_layers", _gpu_layers, 0, "Layers offloaded to the GPU (CUDA/Metal builds): a number or 'all'.", int),
+        Key("temperature", _float_range(0, 5), 0.7, "Sampling temperature (0 = greedy).", float),
+        Key("top_p", _float_range(0, 1, lo_open=True), 0.95, "Nucleus sampling: keep tokens up to this probability mass.", float),
+        Key("top_k", _non_negative_int, 40, "Keep only the K most likely tokens (0 = all).", int),
+        Key("min_p", _float_range(0, 1), 0.05, "Drop tokens less likely than min_p x the best one.", float),
+        Key("repeat_penalty", _float_range(0, 10, lo_open=True), 1.1, "Penalty for repeated tokens (1 = none).", float),
+        Key("max_tokens", _positive_int, 1024, "Most tokens in one reply.", int),
+        Key("seed", _seed, None, "Random seed: the same seed and input give the same reply.", int),
+        Key("history", _boolean, True, "Save conversations in the history database.", bool),
+        Key("overflow", _choice("summarize", "drop", "stop"), "summarize", "When a chat outgrows the context: summarize, drop or stop.", str),
+        Key("color", _choice("auto", "always", "never"), "auto", "Colour output: auto, always or never.", str),
+        Key("flash_attn", _boolean, True, "Use flash attention in llama.cpp.", bool),
+        Key("batch_size", _positive_int, 512, "Prompt-processing batch size (tokens).", int),
+    ]
+}
+
+PROFILE_KEYS = {"base_url", "model", "api_key_env", "context_length", "timeout"}
+
+
+def parse_value(key: Key, text: str) -> Any:
+    """Parse a string from the environment or `config set` into the key's type, then validate."""
+    text = text.strip()
+    try:
+        if key.name == "gpu_layers" and text == "all":
+            value: Any = "all"
+        elif key.kind is bool:
+            low = text.lower()
+            if low in {"1", "true", "yes", "on"}:
+                value = True
+            elif low in {"0", "false", "no", "off"}:
+                value = False
+            else:
+                raise ValueError("must be true or false")
+        elif key.kind is int:
+            value = int(text)
+        elif key.kind is float:
+            value = float(text)
+        else:
+            value = text
+        return key.check(value)
+    except ValueError as exc:
+        raise ValueError(f"{key.name} {exc}" if not str(exc).startswith(key.name) else str(exc)) from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Effective settings, with where each value came from (default, file, env, flag)."""
+
+    values: Mapping[str, Any]
+    sources: Mapping[str, str]
+    profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    path: Path | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def with_flags(self, **flags: Any) -> Settings:
+        """A copy with command-line flags applied (``None`` means the flag was not given)."""
+        values, sources = dict(self.values), dict(self.sources)
+        for name, value in flags.items():
+            if value is None:
+                continue
+            try:
+                values[name] = KEYS[name].check(value)
+            except ValueError as exc:
+                raise ConfigError(f"--{name.replace('_', '-')} {exc}") from None
+            sources[name] = "flag"
+        return dataclasses.replace(self, values=values, sources=sources)
+
+
+def _line_of(text: str, key: str) -> int | None:
+    for i, line in enumerate(text.splitlines(), 1):
+        if re.match(rf"\s*{re.escape(key)}\s*=", line):
+            return i
+    return None
+
+
+def read_config_file(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Read and validate the TOML file: (settings, engine profiles). Errors name the file and line."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return {}, {}
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+        data = tomllib.loads(text)
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+
+    values: dict[str, Any] = {}
+    profiles: dict[str, dict[str, Any]] = {}
+    for name, value in data.items():
+        where = f"config file {path}, line {_line_of(text, name) or '?'}"
+        if name == "engines":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: 'engines' must be a table of [engines.NAME] profiles")
+            for pname, profile in value.items():
+                if not isinstance(profile, dict):
+                    raise ConfigError(f"{where}: [engines.{pname}] must be a table")
+                unknown = set(profile) - PROFILE_KEYS
+                if unknown:
+                    raise ConfigError(
+                        f"config file {path}: unknown key '{sorted(unknown)[0]}' in [engines.{pname}]"
+                        f" (known: {', '.join(sorted(PROFILE_KEYS))})"
+                    )
+                profiles[pname] = dict(profile)
+            continue
+        key = KEYS.get(name)
+        if key is None:
+            raise ConfigError(f"{where}: unknown key '{name}' (see `gptcli config show`)")
+        try:
+            values[name] = key.check(value)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {name} {exc}") from None
+    return values, profiles
+
+
+def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Resolve the settings: defaults < config file < ``GPTCLI_<KEY>`` environment variables."""
+    path = path or config_path()
+    environ = os.environ if environ is None else environ
+    values = {name: key.default for name, key in KEYS.items()}
+    sources = {name: "default" for name in KEYS}
+    file_values, profiles = read_config_file(path)
+    for name, value in file_values.items():
+        values[name], sources[name] = value, "file"
+    for name, key in KEYS.items():
+        env_name = f"GPTCLI_{name.upper()}"
+        if env_name in environ and environ[env_name] != "":
+            try:
+                values[name] = parse_value(key, environ[env_name])
+            except ValueError as exc:
+                raise ConfigError(f"environment variable {env_name}: {exc}") from None
+            sources[name] = "env"
+    return Settings(values=values, sources=sources, profiles=profiles, path=path)

@@ -1,0 +1,347 @@
+"""The local engine: a GGUF model run in-process by llama.cpp through llama-cpp-python.
+
+This is the only module that imports ``llama_cpp``; it does so lazily, when a model is loaded.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import ctypes
+import io
+import logging
+import os
+import secrets
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from gptcli.engines import Chunk, Message, Sampling, Usage
+from gptcli.errors import ContextOverflowError, EngineError, ModelError
+from gptcli.ggufinfo import GGUFInfo, read_gguf
+
+log = logging.getLogger("gptcli.llama")
+
+# llama.cpp's recent error lines, kept so a failed load can say why even when not --verbose
+_recent_errors: deque[str] = deque(maxlen=8)
+_log_callback: Any = None  # kept alive: llama.cpp holds a raw pointer to it
+_GGML_LEVELS = {0: logging.CRITICAL, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR, 4: logging.DEBUG}
+
+
+def cpu_has_amx() -> bool:
+    """Whether the CPU advertises Intel AMX (see ``_import_llama``)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "amx_int8" in line.split()
+    except OSError:
+        pass
+    return False
+
+
+def _import_llama() -> Any:
+    """Import llama_cpp and route llama.cpp's own log to the ``gptcli.llama`` logger.
+
+    On CPUs with AMX, llama.cpp's AMX matrix kernels (an "extra buffer type") crash the process
+    with a general-protection fault in some virtual machines (seen with llama-cpp-python 0.3.36).
+    llama-cpp-python offers no argument for ``use_extra_bufts``, so its default model parameters
+    are wrapped to turn them off there; ``GPTCLI_EXTRA_BUFTS=1`` turns them back on.
+    """
+    global _log_callback
+    import llama_cpp
+    import llama_cpp.llama_cpp as llama_c
+
+    if not getattr(llama_c.llama_model_default_params, "_gptcli", False):
+        if cpu_has_amx() and os.environ.get("GPTCLI_EXTRA_BUFTS") != "1":
+            defaults = llama_c.llama_model_default_params
+
+            def model_params() -> Any:
+                params = defaults()
+                params.use_extra_bufts = False
+                return params
+
+            model_params._gptcli = True  # type: ignore[attr-defined]
+            llama_c.llama_model_default_params = model_params
+
+    if _log_callback is None:
+        last_level = [logging.INFO]
+
+        @llama_cpp.llama_log_callback
+        def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+            py_level = last_level[0] if level == 5 else _GGML_LEVELS.get(level, logging.DEBUG)
+            last_level[0] = py_level
+            message = text.decode("utf-8", errors="replace").rstrip("\n")
+            if not message:
+                return
+            if py_level >= logging.ERROR:
+                _recent_errors.append(message.strip())
+            log.log(py_level, "%s", message)
+
+        _log_callback = callback
+        llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+    return llama_cpp
+
+
+class _LogWriter(io.TextIOBase):
+    """A file-like object that sends what llama-cpp-python prints to the logger."""
+
+    def write(self, s: str) -> int:
+        if s.strip():
+            log.debug("%s", s.rstrip())
+        return len(s)
+
+
+def physical_cores() -> int:
+    """Physical CPU cores (llama.cpp runs best with one thread per core)."""
+    try:
+        cores = set()
+        base = Path("/sys/devices/system/cpu")
+        for topo in base.glob("cpu[0-9]*/topology"):
+            pkg = (topo / "physical_package_id").read_text().strip()
+            core = (topo / "core_id").read_text().strip()
+            cores.add((pkg, core))
+        if cores:
+            return len(cores)
+    except OSError:
+        pass
+    return max(1, (os.cpu_count() or 2) // 2 if (os.cpu_count() or 1) > 4 else os.cpu_count() or 1)
+
+
+def default_context(info: GGUFInfo, requested: int | None) -> int:
+    """``--ctx`` if given, else min(the model's training context, 4096); always a multiple of 256."""
+    if requested:
+        return requested
+    trained = info.context_length or 4096
+    size = min(trained, 4096)
+    return max(256, size // 256 * 256)
+
+
+class LocalEngine:
+    """Chat with a GGUF model in this process; the model is loaded once and reused across turns."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        name: str | None = None,
+        ctx: int | None = None,
+        threads: int | None = None,
+        gpu_layers: int = 0,
+        flash_attn: bool = True,
+        batch_size: int = 512,
+    ) -> None:
+        self.path = Path(path)
+        self.info = read_gguf(self.path)  # a broken file is an error here, never an abort in C
+        self.model_name = name or self.path.name
+        self.n_ctx = default_context(self.info, ctx)
+        self.threads = threads or physical_cores()
+        llama_cpp = _import_llama()
+        self._llama_cpp = llama_cpp
+        _recent_errors.clear()
+        started = time.perf_counter()
+        try:
+            with contextlib.redirect_stderr(_LogWriter()), contextlib.redirect_stdout(_LogWriter()):
+                self.llm = llama_cpp.Llama(
+                    model_path=str(self.path),
+                    n_ctx=self.n_ctx,
+                    n_batch=min(batch_size, self.n_ctx),
+                    n_ubatch=min(batch_size, self.n_ctx),
+                    n_threads=self.threads,
+                    n_threads_batch=self.threads,
+                    n_gpu_layers=gpu_layers,
+                    flash_attn=flash_attn,
+                    verbose=True,  # False would hide llama.cpp's errors; its log goes to our logger
+                )
+        except Exception as exc:  # llama-cpp-python raises ValueError/RuntimeError, Jinja its own
+            why = _recent_errors[-1] if _recent_errors else str(exc)
+            raise ModelError(f"cannot load model {self.path}: {why}") from None
+        self.llm.verbose = False
+        self.load_time = time.perf_counter() - started
+        self._vocab = self.llm._model.vocab
+        self._pieces: dict[int, bytes] = {}
+        self._formatter = self._make_formatter()
+
+    # ------------------------------------------------------------ formatting
+
+    def _make_formatter(self) -> Any:
+        template = self.info.chat_template
+        if not template:
+            return None
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        def text_of(token: int) -> str:
+            return self.llm._model.token_get_text(token) if token != -1 else ""
+
+        try:
+            return Jinja2ChatFormatter(
+                template=template,
+                eos_token=text_of(self.llm.token_eos()),
+                bos_token=text_of(self.llm.token_bos()),
+            )
+        except Exception as exc:
+            raise ModelError(f"the chat template in {self.path} is broken: {exc}") from None
+
+    def _format(self, messages: Sequence[Message]) -> list[int]:
+        """Messages -> prompt tokens, through the chat template from the GGUF metadata."""
+        if self._formatter is None:  # a base model: a plain transcript
+            text = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages) + "Assistant:"
+            return self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
+        try:
+            result = self._formatter(messages=list(messages))
+        except Exception as exc:  # the template runs in Jinja's sandbox; any failure is the model's
+            raise ModelError(f"the model's chat template failed: {exc}") from None
+        add_bos = not getattr(result, "added_special", False)
+        bos_text = self.llm._model.token_get_text(self.llm.token_bos()) if self.llm.token_bos() != -1 else ""
+        if bos_text and result.prompt.startswith(bos_text):
+            add_bos = False
+        return self.llm.tokenize(result.prompt.encode("utf-8"), add_bos=add_bos, special=True)
+
+    # ------------------------------------------------------------ Engine
+
+    @property
+    def context_length(self) -> int:
+        return self.n_ctx
+
+    def count_tokens(self, messages: Sequence[Message]) -> int:
+        return len(self._format(messages))
+
+    def tokenize_count(self, text: str) -> int:
+        return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+    def stream(self, messages: Sequence[Message], sampling: Sampling) -> Iterator[Chunk]:
+        return self._generate(self._format(messages), sampling)
+
+    def complete(self, prompt: str, sampling: Sampling) -> Iterator[Chunk]:
+        tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
+        return self._generate(tokens, sampling)
+
+    def _piece(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            buf = ctypes.create_string_buffer(64)
+            n = self._llama_cpp.llama_token_to_piece(self._vocab, token, buf, 64, 0, False)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = self._llama_cpp.llama_token_to_piece(self._vocab, token, buf, -n, 0, False)
+            piece = buf.raw[:n]
+            self._pieces[token] = piece
+        return piece
+
+    def _cached_prefix(self, tokens: list[int]) -> int:
+        n = 0
+        for a, b in zip(self.llm.input_ids[: self.llm.n_tokens], tokens):
+            if a != b:
+                break
+            n += 1
+        return n
+
+    def _generate(self, tokens: list[int], sampling: Sampling) -> Iterator[Chunk]:
+        if len(tokens) >= self.n_ctx:
+            raise ContextOverflowError(
+                f"the input takes {len(tokens)} tokens but the context window holds {self.n_ctx}"
+                " (use a larger --ctx or a shorter input)"
+            )
+        return self._run(tokens, sampling)
+
+    def _run(self, tokens: list[int], sampling: Sampling) -> Iterator[Chunk]:
+        llm = self.llm
+        budget = self.n_ctx - len(tokens)
+        max_new = min(sampling.max_tokens or budget, budget)
+        llm.set_seed(sampling.seed if sampling.seed is not None else secrets.randbelow(2**31))
+        usage = Usage(prompt_tokens=len(tokens), cached_tokens=self._cached_prefix(tokens))
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        is_eog = self._llama_cpp.llama_vocab_is_eog
+        stops = _StopFilter(sampling.stop)
+        started = time.perf_counter()
+        generator = llm.generate(
+            tokens,
+            top_k=sampling.top_k,
+            top_p=sampling.top_p,
+            min_p=sampling.min_p,
+            temp=sampling.temperature,
+            repeat_penalty=sampling.repeat_penalty,
+            reset=True,
+        )
+        try:
+            for token in generator:
+                if is_eog(self._vocab, token):
+                    usage.finish_reason = "stop"
+                    break
+                usage.completion_tokens += 1
+                # pieces are decoded incrementally: a character split across tokens waits for its end
+                text = stops.feed(decoder.decode(self._piece(token)))
+                if text:
+                    now = time.perf_counter()
+                    usage.time_to_first_token = usage.time_to_first_token or now - started
+                    usage.total_time = now - started
+                    yield Chunk(text, usage)
+                if stops.hit:
+                    usage.finish_reason = "stop"
+                    break
+                if usage.completion_tokens >= max_new:
+                    usage.finish_reason = "length" if max_new == sampling.max_tokens else "context"
+                    break
+            if tail := stops.flush(decoder.decode(b"", final=True)):
+                yield Chunk(tail, usage)
+        finally:
+            generator.close()
+            usage.total_time = time.perf_counter() - started
+            usage.time_to_first_token = usage.time_to_first_token or usage.total_time
+        yield Chunk("", usage)
+
+
+class _StopFilter:
+    """Cuts the reply at the first stop string, holding back text that may begin one."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.keep = max((len(s) for s in self.stops), default=1) - 1
+        self.held = ""
+        self.hit = False
+
+    def feed(self, text: str) -> str:
+        if not self.stops:
+            return text
+        self.held += text
+        cut = min((i for s in self.stops if (i := self.held.find(s)) >= 0), default=-1)
+        if cut >= 0:
+            self.hit = True
+            out, self.held = self.held[:cut], ""
+            return out
+        split = max(0, len(self.held) - self.keep)
+        out, self.held = self.held[:split], self.held[split:]
+        return out
+
+    def flush(self, text: str) -> str:
+        if self.hit:
+            return ""
+        out = self.feed(text) + self.held
+        self.held = ""
+        return out
+
+
+_engines: dict[tuple[Any, ...], LocalEngine] = {}
+
+
+def load_local_engine(path: Path, **options: Any) -> LocalEngine:
+    """One model object per process: the same file and options return the loaded engine."""
+    key = (str(Path(path).resolve()), tuple(sorted(options.items())))
+    engine = _engines.get(key)
+    if engine is None:
+        engine = LocalEngine(path, **options)
+        _engines[key] = engine
+    return engine
+
+
+def release_engines() -> None:
+    """Free loaded models (used by `/model` when switching)."""
+    for engine in _engines.values():
+        with contextlib.suppress(Exception):
+            engine.llm.close()
+    _engines.clear()
+
+
+__all__ = ["LocalEngine", "load_local_engine", "EngineError"]

@@ -1,0 +1,49 @@
+"""One family of exceptions; the command layer alone turns them into a stderr line and an exit code."""
+
+from __future__ import annotations
+
+
+class GptcliError(Exception):
+    """An error the user can act on. ``str(err)`` is the one line shown on stderr."""
+
+    exit_code = 1
+
+
+class UsageError(GptcliError):
+    """The command line asked for something impossible (exit code 2)."""
+
+    exit_code = 2
+
+
+class ConfigError(GptcliError):
+    """The config file or a setting is invalid."""
+
+
+class InputError(GptcliError):
+    """Input text or file cannot be used (missing, binary, bad encoding, empty)."""
+
+
+class ModelError(GptcliError):
+    """A model cannot be found, validated or loaded."""
+
+
+class EngineError(GptcliError):
+    """Generation failed (remote server errors, context overflow...)."""
+
+
+class ContextOverflowError(EngineError):
+    """A message cannot fit the model's context window."""
+
+
+class TemplateError(GptcliError):
+    """A prompt template is missing, malformed, or lacks variables."""
+
+
+class StoreError(GptcliError):
+    """The history store cannot be opened or written."""
+
+
+class Interrupted(GptcliError):
+    """The user interrupted the operation (exit code 130)."""
+
+    exit_code = 130

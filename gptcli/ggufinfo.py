@@ -1,0 +1,223 @@
+"""Read and validate a GGUF file's header and metadata without loading its weights."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from gptcli.errors import ModelError
+
+GGUF_MAGIC = b"GGUF"
+MAX_DIMS = 4
+MAX_ARRAY_KEPT = 64  # longer arrays (token lists) are skipped, their length kept
+
+# value types
+_SCALARS = {
+    0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d",
+}
+_STRING, _ARRAY = 8, 9
+
+# llama.cpp's LLAMA_FTYPE names for `general.file_type`
+FILE_TYPES = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K", 11: "Q3_K_S",
+    12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K",
+    19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS", 23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL",
+    26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16",
+    36: "TQ1_0", 37: "TQ2_0", 38: "MXFP4",
+}
+
+
+@dataclass
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]
+    ggml_type: int
+    offset: int
+
+    @property
+    def n_elements(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass
+class GGUFInfo:
+    """What the header says about a model."""
+
+    path: Path
+    version: int
+    file_size: int
+    metadata: dict[str, Any] = field(default_factory=dict)
+    tensors: list[TensorInfo] = field(default_factory=list)
+
+    @property
+    def architecture(self) -> str:
+        return str(self.metadata.get("general.architecture", "unknown"))
+
+    @property
+    def name(self) -> str | None:
+        value = self.metadata.get("general.name")
+        return str(value) if value else None
+
+    @property
+    def context_length(self) -> int | None:
+        value = self.metadata.get(f"{self.architecture}.context_length")
+        return int(value) if isinstance(value, int) else None
+
+    @property
+    def block_count(self) -> int | None:
+        value = self.metadata.get(f"{self.architecture}.block_count")
+        return int(value) if isinstance(value, int) else None
+
+    @property
+    def chat_template(self) -> str | None:
+        value = self.metadata.get("tokenizer.chat_template")
+        return value if isinstance(value, str) and value.strip() else None
+
+    @property
+    def parameter_count(self) -> int:
+        return sum(t.n_elements for t in self.tensors)
+
+    @property
+    def quantization(self) -> str:
+        ftype = self.metadata.get("general.file_type")
+        if isinstance(ftype, int) and ftype in FILE_TYPES:
+            return FILE_TYPES[ftype]
+        return "unknown"
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "architecture": self.architecture,
+            "name": self.name,
+            "parameters": self.parameter_count,
+            "quantization": self.quantization,
+            "context_length": self.context_length,
+            "layers": self.block_count,
+            "chat_template": self.chat_template is not None,
+            "size": self.file_size,
+            "gguf_version": self.version,
+        }
+
+
+class _Reader:
+    def __init__(self, f: BinaryIO, size: int, path: Path) -> None:
+        self.f, self.size, self.path = f, size, path
+
+    def fail(self, why: str) -> ModelError:
+        return ModelError(f"{self.path} is not a usable GGUF model: {why}")
+
+    def read(self, n: int) -> bytes:
+        data = self.f.read(n)
+        if len(data) != n:
+            raise self.fail("the file is truncated")
+        return data
+
+    def unpack(self, fmt: str) -> Any:
+        return struct.unpack(fmt, self.read(struct.calcsize(fmt)))[0]
+
+    def count(self, what: str) -> int:
+        n = self.unpack("<Q")
+        if n > self.size:  # every item takes at least one byte
+            raise self.fail(f"absurd {what} ({n}) for a file of {self.size} bytes")
+        return n
+
+    def string(self) -> str:
+        n = self.count("string length")
+        return self.read(n).decode("utf-8", errors="replace")
+
+    def skip_string(self) -> None:
+        n = self.count("string length")
+        self.f.seek(n, 1)
+
+    def value(self, vtype: int, keep: bool = True) -> Any:
+        if vtype in _SCALARS:
+            return self.unpack(_SCALARS[vtype])
+        if vtype == _STRING:
+            if keep:
+                return self.string()
+            self.skip_string()
+            return None
+        if vtype == _ARRAY:
+            etype = self.unpack("<I")
+            n = self.count("array length")
+            if etype not in _SCALARS and etype not in (_STRING, _ARRAY):
+                raise self.fail(f"unknown array element type {etype}")
+            if n > MAX_ARRAY_KEPT and etype in _SCALARS:
+                width = struct.calcsize(_SCALARS[etype])
+                if n * width > self.size:
+                    raise self.fail("an array runs past the end of the file")
+                self.f.seek(n * width, 1)
+                return {"array_length": n}
+            kept = n <= MAX_ARRAY_KEPT
+            items = [self.value(etype, keep=kept) for _ in range(n)]
+            return items if kept else {"array_length": n}
+        raise self.fail(f"unknown metadata value type {vtype}")
+
+
+def _tensor_nbytes(t: TensorInfo) -> int | None:
+    try:
+        from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+        block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(t.ggml_type)]
+    except (ImportError, KeyError, ValueError):
+        return None
+    return t.n_elements // block * type_size
+
+
+def read_gguf(path: str | Path, *, tensors: bool = True) -> GGUFInfo:
+    """Parse and sanity-check a GGUF header. Raises ``ModelError`` with a clear reason."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        f = path.open("rb")
+    except FileNotFoundError:
+        raise ModelError(f"model file not found: {path}") from None
+    except IsADirectoryError:
+        raise ModelError(f"model path is a directory, not a GGUF file: {path}") from None
+    except PermissionError:
+        raise ModelError(f"cannot read model file (permission denied): {path}") from None
+    with f:
+        if path.is_dir():
+            raise ModelError(f"model path is a directory, not a GGUF file: {path}")
+        r = _Reader(f, size, path)
+        if size < 24:
+            raise r.fail("the file is empty or too small" if size < 4 else "the file is truncated")
+        if r.read(4) != GGUF_MAGIC:
+            raise r.fail("it does not start with the GGUF magic bytes")
+        version = r.unpack("<I")
+        if version not in (2, 3):
+            raise r.fail(f"unsupported GGUF version {version}")
+        n_tensors = r.count("tensor count")
+        n_kv = r.count("metadata count")
+        info = GGUFInfo(path=path, version=version, file_size=size)
+        for _ in range(n_kv):
+            key = r.string()
+            vtype = r.unpack("<I")
+            info.metadata[key] = r.value(vtype)
+        if not tensors:
+            return info
+        for _ in range(n_tensors):
+            name = r.string()
+            n_dims = r.unpack("<I")
+            if not 1 <= n_dims <= MAX_DIMS:
+                raise r.fail(f"tensor {name!r} has {n_dims} dimensions")
+            shape = tuple(r.unpack("<Q") for _ in range(n_dims))
+            if any(d > size * 64 for d in shape):
+                raise r.fail(f"tensor {name!r} has an absurd shape {shape}")
+            info.tensors.append(TensorInfo(name, shape, r.unpack("<I"), r.unpack("<Q")))
+        alignment = info.metadata.get("general.alignment", 32)
+        if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+            raise r.fail(f"bad alignment {alignment!r}")
+        data_start = -(-f.tell() // alignment) * alignment
+        for t in info.tensors:
+            nbytes = _tensor_nbytes(t)
+            if nbytes is None:
+                raise r.fail(f"tensor {t.name!r} has unknown type {t.ggml_type}")
+            if data_start + t.offset + nbytes > size:
+                raise r.fail("the file is truncated (tensor data runs past its end)")
+        return info
