@@ -5,6 +5,7 @@ This is the only module that imports ``llama_cpp``; it does so lazily, when a mo
 
 from __future__ import annotations
 
+import atexit
 import codecs
 import contextlib
 import ctypes
@@ -331,6 +332,8 @@ def load_local_engine(path: Path, **options: Any) -> LocalEngine:
     key = (str(Path(path).resolve()), tuple(sorted(options.items())))
     engine = _engines.get(key)
     if engine is None:
+        if not _engines:
+            atexit.register(release_engines)  # free llama.cpp before the interpreter tears down
         engine = LocalEngine(path, **options)
         _engines[key] = engine
     return engine

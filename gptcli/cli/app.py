@@ -1,0 +1,90 @@
+"""The Typer application, its global options, and the state every command receives."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Annotated, Optional
+
+import typer
+
+from gptcli import __version__
+from gptcli.config import Settings, load_settings
+from gptcli.render import Env
+
+app = typer.Typer(
+    name="gptcli",
+    help="A terminal chat and writing assistant running a local language model.\n\n"
+    "Example: gptcli ask \"What is a GGUF file?\"",
+    no_args_is_help=True,
+    add_completion=True,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
+)
+
+
+@dataclass
+class AppState:
+    """What the global options decided, shared by every command through the click context."""
+
+    env: Env = field(default_factory=Env)
+    verbose: bool = False
+    _settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings()
+        return self._settings
+
+
+def state(ctx: typer.Context) -> AppState:
+    root = ctx.find_root()
+    if not isinstance(root.obj, AppState):
+        root.obj = AppState()
+    return root.obj
+
+
+def _version(ctx: typer.Context, value: bool) -> None:
+    if value:
+        print(f"gptcli {__version__}", file=state(ctx).env.stdout)
+        raise typer.Exit()
+
+
+def setup_logging(verbose: bool, env: Env) -> None:
+    """llama.cpp's log (logger ``gptcli.llama``) is silent unless --verbose."""
+    logger = logging.getLogger("gptcli")
+    logger.handlers.clear()
+    if verbose:
+        handler = logging.StreamHandler(env.stderr)
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
+    else:
+        logger.addHandler(logging.NullHandler())
+        logger.setLevel(logging.ERROR)
+    logger.propagate = False
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    version: Annotated[
+        Optional[bool],
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit."),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's log and debug details.")] = False,
+    color: Annotated[
+        Optional[str], typer.Option("--color", help="Colour: auto, always or never.", metavar="WHEN")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but the answer.")] = False,
+) -> None:
+    st = state(ctx)
+    st.verbose = verbose
+    if color is not None:
+        if color not in ("auto", "always", "never"):
+            raise typer.BadParameter("must be auto, always or never", param_hint="--color")
+        st.env.color = color
+    st.env.quiet = st.env.quiet or quiet
+    setup_logging(verbose, st.env)

@@ -1,0 +1,44 @@
+"""One-shot commands: ``ask`` and ``draft`` make the trip once."""
+
+from typing import Annotated, Optional
+
+import typer
+
+from gptcli.cli.app import app, state
+from gptcli.cli.options import GenOptions, generation_options
+from gptcli.cli.run import run_template
+
+
+@app.command()
+@generation_options
+def ask(
+    ctx: typer.Context,
+    prompt: Annotated[Optional[str], typer.Argument(help="The question. Piped text becomes the material it is about.")] = None,
+    template: Annotated[Optional[str], typer.Option("--template", "-t", help="Prompt template to use.")] = None,
+    var: Annotated[Optional[list[str]], typer.Option("--var", "-v", help="Template variable key=value (repeatable).")] = None,
+    file: Annotated[Optional[str], typer.Option("--file", "-f", help="Read the material from a file.")] = None,
+    gen: GenOptions = GenOptions(),
+) -> None:
+    """Ask a question and stream the answer.
+
+    Example: cat notes.txt | gptcli ask "summarize this"
+    """
+    raise typer.Exit(run_template(state(ctx), template or "ask", gen, prompt=prompt, file=file, var=var))
+
+
+@app.command()
+@generation_options
+def draft(
+    ctx: typer.Context,
+    instructions: Annotated[Optional[str], typer.Argument(help="Optional instructions (\"an email to the team\").")] = None,
+    file: Annotated[Optional[str], typer.Option("--file", "-f", help="Read the notes from a file instead of stdin.")] = None,
+    var: Annotated[Optional[list[str]], typer.Option("--var", "-v", help="Template variable key=value: kind, tone, length, audience.")] = None,
+    gen: GenOptions = GenOptions(),
+) -> None:
+    """Turn rough notes (stdin or --file) into a finished draft.
+
+    Example: cat notes.txt | gptcli draft "an email to the team" -v tone=formal
+    """
+    raise typer.Exit(
+        run_template(state(ctx), "draft", gen, file=file, var=var, instructions=instructions, input_from_prompt=False)
+    )

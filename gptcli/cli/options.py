@@ -1,0 +1,131 @@
+"""Options shared by every command that generates text, declared once."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Annotated, Any, Optional, TypeVar
+
+import typer
+
+from gptcli.config import Settings
+from gptcli.engines import Sampling
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+PANEL = "Model and sampling"
+OUT = "Output and history"
+
+
+@dataclass(frozen=True)
+class GenOptions:
+    """The generation flags of one command line (``None``: not given)."""
+
+    model: Optional[str] = None
+    engine: Optional[str] = None
+    base_url: Optional[str] = None
+    ctx_size: Optional[int] = None
+    threads: Optional[int] = None
+    gpu_layers: Optional[str] = None
+    temperature: Optional[float] = None
+    top_p: Optional[float] = None
+    top_k: Optional[int] = None
+    min_p: Optional[float] = None
+    repeat_penalty: Optional[float] = None
+    max_tokens: Optional[int] = None
+    seed: Optional[int] = None
+    stats: bool = False
+    no_stream: bool = False
+    plain: bool = False
+    json: bool = False
+    no_history: bool = False
+
+    def settings(self, base: Settings) -> Settings:
+        """The settings with these flags applied on top."""
+        gpu: Any = self.gpu_layers
+        if gpu is not None and gpu != "all":
+            try:
+                gpu = int(gpu)
+            except ValueError:
+                from gptcli.errors import UsageError
+
+                raise UsageError("--gpu-layers takes a number or 'all'") from None
+        return base.with_flags(
+            model=self.model,
+            engine=self.engine,
+            base_url=self.base_url,
+            ctx=self.ctx_size,
+            threads=self.threads,
+            gpu_layers=gpu,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            min_p=self.min_p,
+            repeat_penalty=self.repeat_penalty,
+            max_tokens=self.max_tokens,
+            seed=self.seed,
+            history=False if self.no_history else None,
+        )
+
+
+def sampling_from(settings: Settings, temperature: float | None = None, max_tokens: int | None = None) -> Sampling:
+    """Sampling options from settings; a template's defaults apply where no flag/env/file set them."""
+    temp = settings.temperature
+    if temperature is not None and settings.sources.get("temperature") == "default":
+        temp = temperature
+    limit = settings.max_tokens
+    if max_tokens is not None and settings.sources.get("max_tokens") == "default":
+        limit = max_tokens
+    return Sampling(
+        temperature=temp,
+        top_p=settings.top_p,
+        top_k=settings.top_k,
+        min_p=settings.min_p,
+        repeat_penalty=settings.repeat_penalty,
+        max_tokens=limit,
+        seed=settings.seed,
+    )
+
+
+_OPTIONS: dict[str, Any] = {
+    "model": Annotated[Optional[str], typer.Option("--model", "-m", help="Model: alias, REPO[:FILE], or GGUF path.", rich_help_panel=PANEL)],
+    "engine": Annotated[Optional[str], typer.Option("--engine", help="'local', 'remote', or a profile from the config file.", rich_help_panel=PANEL)],
+    "base_url": Annotated[Optional[str], typer.Option("--base-url", help="OpenAI-compatible server URL (remote engine).", rich_help_panel=PANEL)],
+    "ctx_size": Annotated[Optional[int], typer.Option("--ctx", help="Context window in tokens (multiple of 256).", rich_help_panel=PANEL)],
+    "threads": Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: physical cores).", rich_help_panel=PANEL)],
+    "gpu_layers": Annotated[Optional[str], typer.Option("--gpu-layers", help="Layers offloaded to the GPU: N or 'all'.", rich_help_panel=PANEL)],
+    "temperature": Annotated[Optional[float], typer.Option("--temperature", "--temp", help="Sampling temperature (0 = greedy).", rich_help_panel=PANEL)],
+    "top_p": Annotated[Optional[float], typer.Option("--top-p", help="Nucleus sampling probability mass.", rich_help_panel=PANEL)],
+    "top_k": Annotated[Optional[int], typer.Option("--top-k", help="Sample from the K likeliest tokens.", rich_help_panel=PANEL)],
+    "min_p": Annotated[Optional[float], typer.Option("--min-p", help="Minimum probability relative to the best token.", rich_help_panel=PANEL)],
+    "repeat_penalty": Annotated[Optional[float], typer.Option("--repeat-penalty", help="Penalty for repeated tokens.", rich_help_panel=PANEL)],
+    "max_tokens": Annotated[Optional[int], typer.Option("--max-tokens", "-n", help="Most tokens in the reply.", rich_help_panel=PANEL)],
+    "seed": Annotated[Optional[int], typer.Option("--seed", help="Random seed: same seed and input, same reply.", rich_help_panel=PANEL)],
+    "stats": Annotated[bool, typer.Option("--stats", help="Print tokens, time to first token and tokens/s on stderr.", rich_help_panel=OUT)],
+    "no_stream": Annotated[bool, typer.Option("--no-stream", help="Print the reply when it is complete.", rich_help_panel=OUT)],
+    "plain": Annotated[bool, typer.Option("--plain", help="Raw text, no Markdown rendering.", rich_help_panel=OUT)],
+    "json": Annotated[bool, typer.Option("--json", help="JSON lines: chunk events, then a final event with usage.", rich_help_panel=OUT)],
+    "no_history": Annotated[bool, typer.Option("--no-history", help="Do not save this conversation.", rich_help_panel=OUT)],
+}
+
+
+def generation_options(func: F) -> F:
+    """Add the shared generation flags to a command; it receives them as ``gen: GenOptions``."""
+    sig = inspect.signature(func)
+    own = [p for p in sig.parameters.values() if p.name != "gen"]
+    names = [f.name for f in fields(GenOptions)]
+    extra = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=GenOptions.__dataclass_fields__[name].default, annotation=_OPTIONS[name])
+        for name in names
+    ]
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        gen = GenOptions(**{name: kwargs.pop(name) for name in names if name in kwargs})
+        return func(*args, gen=gen, **kwargs)
+
+    wrapper.__signature__ = sig.replace(parameters=own + extra)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {**{k: v for k, v in func.__annotations__.items() if k != "gen"}, **{n: _OPTIONS[n] for n in names}}
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,29 @@
+"""The one trip every command makes: messages -> engine -> renderer -> store."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gptcli.engines import Engine, Message, Sampling
+from gptcli.render import Env, Reply, make_renderer, render_stream, stats_line
+
+
+@dataclass(frozen=True)
+class OutputMode:
+    """How a reply is shown: chosen once per command from flags and the terminal."""
+
+    plain: bool = False
+    json: bool = False
+    stream: bool = True
+    stats: bool = False
+
+
+def generate(engine: Engine, messages: Sequence[Message], sampling: Sampling, env: Env, mode: OutputMode) -> Reply:
+    """Stream one reply to the screen. Ctrl-C stops it and keeps what came (``reply.interrupted``)."""
+    renderer = make_renderer(env, plain=mode.plain, json_lines=mode.json, stream=mode.stream)
+    reply = render_stream(engine.stream(messages, sampling), renderer)
+    if mode.stats and not mode.json:
+        used = reply.usage.prompt_tokens + reply.usage.completion_tokens
+        env.err_console.print(stats_line(reply.usage, used, engine.context_length), style="dim", markup=False, highlight=False, soft_wrap=True)
+    return reply

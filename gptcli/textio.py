@@ -1,0 +1,90 @@
+"""Reading user text safely (encodings, binary files, stdin) and writing files atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import IO
+
+from gptcli.errors import InputError
+
+BOMS = (
+    (b"\xef\xbb\xbf", "utf-8"),
+    (b"\xff\xfe", "utf-16-le"),
+    (b"\xfe\xff", "utf-16-be"),
+)
+
+
+def decode_text(data: bytes, name: str, encoding: str | None = None) -> str:
+    """Bytes -> text: UTF-8 (BOM or not) or UTF-16 with a BOM; binary or undecodable is an error."""
+    if encoding:
+        try:
+            return data.decode(encoding)
+        except LookupError:
+            raise InputError(f"unknown encoding '{encoding}'") from None
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{name} is not valid {encoding} (byte {exc.start})") from None
+    for bom, codec in BOMS:
+        if data.startswith(bom):
+            try:
+                return data[len(bom) :].decode(codec)
+            except UnicodeDecodeError:
+                raise InputError(f"{name} is not valid {codec} text") from None
+    if b"\x00" in data[:8192]:
+        raise InputError(f"{name} looks like a binary file, not text")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"{name} is not valid UTF-8 (byte {exc.start}); pass --encoding (for example --encoding latin-1)"
+        ) from None
+
+
+def read_text(path: str | Path, encoding: str | None = None) -> str:
+    """Read a user's text file with clear errors for missing, directory, unreadable, binary, bad UTF-8."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"no such file: {p}") from None
+    except IsADirectoryError:
+        raise InputError(f"{p} is a directory, not a file") from None
+    except PermissionError:
+        raise InputError(f"cannot read {p}: permission denied") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {p}: {exc.strerror}") from None
+    return decode_text(data, str(p), encoding)
+
+
+def read_stream(stream: IO[str], name: str = "standard input", encoding: str | None = None) -> str:
+    """Read all of a text stream as bytes when possible, so encoding errors are ours to report."""
+    buffer = getattr(stream, "buffer", None)
+    if buffer is not None:
+        return decode_text(buffer.read(), name, encoding)
+    try:
+        return stream.read()
+    except UnicodeDecodeError:
+        raise InputError(f"{name} is not valid UTF-8") from None
+
+
+def atomic_write(path: str | Path, text: str, *, encoding: str = "utf-8", mode: int | None = None) -> None:
+    """Write ``text`` to a temporary file beside ``path``, fsync it, then rename it into place."""
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding=encoding, newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise InputError(f"cannot write {target}: {exc.strerror or exc}") from None
+        raise

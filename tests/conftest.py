@@ -1,0 +1,110 @@
+"""Shared fixtures: an isolated user folder for every test, the installed executable, a fake engine."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from gptcli.render import Env
+from tests.fakes import FakeEngine
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own data and config folder; no user setting leaks in."""
+    home = tmp_path_factory.mktemp("gptcli-home")
+    for name in list(os.environ):
+        if name.startswith("GPTCLI_") or name in {"NO_COLOR", "FORCE_COLOR", "HF_TOKEN"}:
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("GPTCLI_HOME", str(home))
+    monkeypatch.setenv("HF_HOME", str(home / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("COLUMNS", "100")
+    return home
+
+
+def gptcli_executable() -> str:
+    """The installed console script (the venv's bin folder first)."""
+    candidate = Path(sys.executable).parent / "gptcli"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("gptcli")
+    assert found, "gptcli is not installed: run the README's install command"
+    return found
+
+
+@pytest.fixture
+def gptcli_bin() -> str:
+    return gptcli_executable()
+
+
+@pytest.fixture
+def run_gptcli(gptcli_bin: str):
+    """Run the installed ``gptcli`` as a user would; returns the CompletedProcess (bytes decoded)."""
+
+    def run(*args: str, input: str | bytes | None = None, env: dict[str, str] | None = None, timeout: float = 240):
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        data = input.encode() if isinstance(input, str) else input
+        proc = subprocess.run(
+            [gptcli_bin, *args],
+            input=data if data is not None else b"",
+            capture_output=True,
+            env=full_env,
+            timeout=timeout,
+        )
+        proc.stdout = proc.stdout.decode("utf-8")  # type: ignore[assignment]
+        proc.stderr = proc.stderr.decode("utf-8", errors="replace")  # type: ignore[assignment]
+        return proc
+
+    return run
+
+
+class _Stream(io.StringIO):
+    def __init__(self, text: str = "", tty: bool = False) -> None:
+        super().__init__(text)
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+@dataclass
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def fake_engine(monkeypatch: pytest.MonkeyPatch) -> FakeEngine:
+    """Replace the engine every command opens with a scripted fake."""
+    engine = FakeEngine()
+    monkeypatch.setattr("gptcli.engines.choose.open_engine", lambda settings: engine)
+    return engine
+
+
+@pytest.fixture
+def cli():
+    """Run gptcli in-process with its own streams: ``cli(["ask", "hi"], stdin="...")``."""
+    from gptcli.cli import run
+
+    def invoke(argv: list[str], stdin: str | None = None, tty: bool = False) -> CliResult:
+        env = Env(
+            stdin=_Stream(stdin or "", tty=stdin is None),
+            stdout=_Stream(tty=tty),
+            stderr=_Stream(),
+        )
+        code = run(argv, env=env)
+        return CliResult(code, env.stdout.getvalue(), env.stderr.getvalue())  # type: ignore[attr-defined]
+
+    return invoke

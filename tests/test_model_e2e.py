@@ -1,0 +1,104 @@
+"""End to end: the installed gptcli executable with the real embedded model through llama.cpp."""
+
+from __future__ import annotations
+
+import pytest
+
+from gptcli.models import embedded_model_path
+
+pytestmark = pytest.mark.model
+
+
+def test_ask_answers_on_a_pipe_with_plain_text(run_gptcli):
+    proc = run_gptcli("ask", "What is the capital of France?", "-n", "24", "--seed", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip(), "no reply"
+    assert "\x1b" not in proc.stdout
+    assert proc.stdout.endswith("\n")
+    assert proc.stderr == ""
+
+
+def test_seed_reproduces_and_no_seed_varies(run_gptcli):
+    args = ("ask", "Write one sentence about the sea.", "-n", "24", "--temperature", "1.0")
+    first = run_gptcli(*args, "--seed", "42")
+    second = run_gptcli(*args, "--seed", "42")
+    assert first.returncode == second.returncode == 0
+    assert first.stdout == second.stdout
+    unseeded = {run_gptcli(*args).stdout for _ in range(3)}
+    assert len(unseeded) > 1, "replies without --seed should differ from run to run"
+
+
+def test_piped_material_and_prompt(run_gptcli):
+    proc = run_gptcli("ask", "Repeat the name in this note.", "-n", "24", "--temperature", "0", input="Note: the cat is called Tom.\n")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip()
+
+
+def test_draft_from_stdin(run_gptcli):
+    proc = run_gptcli("draft", "-n", "40", "--seed", "2", input="- lunch friday\n- bring slides\n")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip()
+
+
+def test_chinese_output_is_valid_utf8(run_gptcli, gptcli_bin):
+    import subprocess
+
+    raw = subprocess.run(
+        [gptcli_bin, "ask", "-n", "40", "--temperature", "0"],
+        input="请用中文回答：中国的首都是哪里？".encode(),
+        capture_output=True,
+        timeout=120,
+    )
+    assert raw.returncode == 0, raw.stderr
+    text = raw.stdout.decode("utf-8")  # strict: a broken character would raise
+    assert "\ufffd" not in text
+    assert any("\u4e00" <= ch <= "\u9fff" for ch in text)
+
+
+def test_stats_line(run_gptcli):
+    proc = run_gptcli("ask", "hi", "-n", "8", "--stats")
+    assert proc.returncode == 0
+    assert "tok/s" in proc.stderr and "first token" in proc.stderr
+
+
+def test_empty_stdin_is_an_error(run_gptcli):
+    proc = run_gptcli("ask", input="")
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        (None, "model file not found"),
+        (b"", "empty or too small"),
+        (b"hello, this is not a model at all" * 4, "GGUF magic"),
+        ("truncated", "truncated"),
+    ],
+)
+def test_bad_model_files_give_one_line_errors(run_gptcli, tmp_path, content, reason):
+    path = tmp_path / "model.gguf"
+    if content == "truncated":
+        path.write_bytes(embedded_model_path().read_bytes()[: 5_000_000])
+    elif content is not None:
+        path.write_bytes(content)
+    proc = run_gptcli("ask", "hi", "--model", str(path))
+    assert proc.returncode == 1, proc.stderr
+    assert reason in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in proc.stderr
+
+
+def test_gptcli_model_env_is_used(run_gptcli, tmp_path):
+    bad = tmp_path / "env.gguf"
+    bad.write_bytes(b"GGUF")
+    proc = run_gptcli("ask", "hi", env={"GPTCLI_MODEL": str(bad)})
+    assert proc.returncode == 1 and str(bad) in proc.stderr
+
+
+def test_python_dash_m_and_version(gptcli_bin):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "gptcli", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("gptcli ")
