@@ -8,7 +8,18 @@ import sys
 import click
 import typer
 
-from gptcli.cli import oneshot as _oneshot  # noqa: F401  (registers commands)
+# importing a command module registers its commands on `app`
+from gptcli.cli import (  # noqa: F401
+    chat,
+    config_cmd,
+    history,
+    models_cmd,
+    oneshot,
+    serve,
+    templates_cmd,
+    translate_cmd,
+    writing,
+)
 from gptcli.cli.app import AppState, app
 from gptcli.errors import GptcliError
 from gptcli.render import Env, OutputClosed
