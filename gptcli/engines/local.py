@@ -162,8 +162,21 @@ class LocalEngine:
         self.llm.verbose = False
         self.load_time = time.perf_counter() - started
         self._vocab = self.llm._model.vocab
+        self._ctx = self.llm._ctx.ctx
+        self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        self._n_batch = min(batch_size, self.n_ctx)
+        self._batch = llama_cpp.llama_batch_init(self._n_batch, 0, 1)
+        self._kv_tokens: list[int] = []  # the tokens whose keys and values the cache holds, in order
         self._pieces: dict[int, bytes] = {}
         self._formatter = self._make_formatter()
+
+    def close(self) -> None:
+        """Free the batch, the context and the weights."""
+        with contextlib.suppress(Exception):
+            if self._batch is not None:
+                self._llama_cpp.llama_batch_free(self._batch)
+                self._batch = None
+            self.llm.close()
 
     # ------------------------------------------------------------ formatting
 
@@ -231,14 +244,6 @@ class LocalEngine:
             self._pieces[token] = piece
         return piece
 
-    def _cached_prefix(self, tokens: list[int]) -> int:
-        n = 0
-        for a, b in zip(self.llm.input_ids[: self.llm.n_tokens], tokens):
-            if a != b:
-                break
-            n += 1
-        return n
-
     def _generate(self, tokens: list[int], sampling: Sampling) -> Iterator[Chunk]:
         if len(tokens) >= self.n_ctx:
             raise ContextOverflowError(
@@ -247,28 +252,99 @@ class LocalEngine:
             )
         return self._run(tokens, sampling)
 
+    # ------------------------------------------------------------ the decode loop
+    #
+    # A loop of our own over llama.cpp's C API instead of ``Llama.generate``: one reusable
+    # one-token batch, one sampler chain per reply, pieces decoded incrementally. Its cost per
+    # token does not grow with the reply, and the KV cache keeps the longest shared prefix of
+    # the previous prompt + reply, so the next turn of a chat only evaluates what is new.
+
+    def _cached_prefix(self, tokens: Sequence[int]) -> int:
+        n = 0
+        for a, b in zip(self._kv_tokens, tokens):
+            if a != b:
+                break
+            n += 1
+        return n
+
+    def _make_sampler(self, sampling: Sampling, seed: int) -> Any:
+        """A llama.cpp sampler chain: top-k first, so the repeat penalty scans 40 tokens, not the vocabulary."""
+        C = self._llama_cpp
+        chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
+
+        def add(sampler: Any) -> None:
+            C.llama_sampler_chain_add(chain, sampler)
+
+        if sampling.top_k > 0:
+            add(C.llama_sampler_init_top_k(sampling.top_k))
+        if sampling.repeat_penalty != 1.0:
+            add(C.llama_sampler_init_penalties(self._n_vocab, 64, sampling.repeat_penalty, 0.0, 0.0))
+        if sampling.temperature <= 0:
+            add(C.llama_sampler_init_greedy())
+            return chain
+        if sampling.top_p < 1.0:
+            add(C.llama_sampler_init_top_p(sampling.top_p, 1))
+        if sampling.min_p > 0:
+            add(C.llama_sampler_init_min_p(sampling.min_p, 1))
+        add(C.llama_sampler_init_temp(sampling.temperature))
+        add(C.llama_sampler_init_dist(seed))
+        return chain
+
+    def _forget_after(self, n: int) -> None:
+        """Drop KV cells from position ``n`` on, keeping our token record in step."""
+        C = self._llama_cpp
+        C.llama_memory_seq_rm(C.llama_get_memory(self._ctx), 0, n, -1)
+        del self._kv_tokens[n:]
+
+    def _decode(self, tokens: Sequence[int]) -> None:
+        """Evaluate ``tokens`` after what the cache holds, in batches; logits for the last one only."""
+        C = self._llama_cpp
+        batch_size = self._n_batch
+        for start in range(0, len(tokens), batch_size):
+            part = tokens[start : start + batch_size]
+            batch = self._batch
+            base = len(self._kv_tokens)
+            for i, tok in enumerate(part):
+                batch.token[i] = tok
+                batch.pos[i] = base + i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = False
+            batch.n_tokens = len(part)
+            batch.logits[len(part) - 1] = start + len(part) == len(tokens)
+            rc = C.llama_decode(self._ctx, batch)
+            if rc != 0:
+                self._forget_after(base)
+                raise EngineError(f"llama.cpp could not evaluate the prompt (llama_decode returned {rc})")
+            self._kv_tokens.extend(part)
+
+    def _prepare(self, tokens: list[int]) -> int:
+        """Reuse the cached prefix, evaluate the rest; returns how many prompt tokens were reused."""
+        reused = self._cached_prefix(tokens)
+        if reused == len(tokens):  # all cached: re-evaluate the last token to get fresh logits
+            reused -= 1
+        self._forget_after(reused)
+        self._decode(tokens[reused:])
+        return reused
+
     def _run(self, tokens: list[int], sampling: Sampling) -> Iterator[Chunk]:
-        llm = self.llm
+        C = self._llama_cpp
         budget = self.n_ctx - len(tokens)
         max_new = min(sampling.max_tokens or budget, budget)
-        llm.set_seed(sampling.seed if sampling.seed is not None else secrets.randbelow(2**31))
-        usage = Usage(prompt_tokens=len(tokens), cached_tokens=self._cached_prefix(tokens))
+        seed = sampling.seed if sampling.seed is not None else secrets.randbelow(2**31)
+        usage = Usage(prompt_tokens=len(tokens))
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        is_eog = self._llama_cpp.llama_vocab_is_eog
         stops = _StopFilter(sampling.stop)
         started = time.perf_counter()
-        generator = llm.generate(
-            tokens,
-            top_k=sampling.top_k,
-            top_p=sampling.top_p,
-            min_p=sampling.min_p,
-            temp=sampling.temperature,
-            repeat_penalty=sampling.repeat_penalty,
-            reset=True,
-        )
+        sampler = self._make_sampler(sampling, seed)
+        ctx, vocab, is_eog, sample = self._ctx, self._vocab, C.llama_vocab_is_eog, C.llama_sampler_sample
+        one = self._batch
+        clean = False
         try:
-            for token in generator:
-                if is_eog(self._vocab, token):
+            usage.cached_tokens = self._prepare(tokens)
+            while True:
+                token = sample(sampler, ctx, -1)
+                if is_eog(vocab, token):
                     usage.finish_reason = "stop"
                     break
                 usage.completion_tokens += 1
@@ -285,10 +361,20 @@ class LocalEngine:
                 if usage.completion_tokens >= max_new:
                     usage.finish_reason = "length" if max_new == sampling.max_tokens else "context"
                     break
+                pos = len(self._kv_tokens)
+                one.token[0], one.pos[0], one.n_seq_id[0], one.logits[0], one.n_tokens = token, pos, 1, True, 1
+                one.seq_id[0][0] = 0
+                if C.llama_decode(ctx, one) != 0:
+                    usage.finish_reason = "context"
+                    break
+                self._kv_tokens.append(token)
             if tail := stops.flush(decoder.decode(b"", final=True)):
                 yield Chunk(tail, usage)
+            clean = True
         finally:
-            generator.close()
+            C.llama_sampler_free(sampler)
+            if not clean:  # interrupted: whatever llama.cpp holds beyond our record is dropped
+                self._forget_after(len(self._kv_tokens))
             usage.total_time = time.perf_counter() - started
             usage.time_to_first_token = usage.time_to_first_token or usage.total_time
         yield Chunk("", usage)
@@ -340,10 +426,9 @@ def load_local_engine(path: Path, **options: Any) -> LocalEngine:
 
 
 def release_engines() -> None:
-    """Free loaded models (used by `/model` when switching)."""
+    """Free loaded models (used by `/model` when switching, and at exit)."""
     for engine in _engines.values():
-        with contextlib.suppress(Exception):
-            engine.llm.close()
+        engine.close()
     _engines.clear()
 
 
