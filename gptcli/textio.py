@@ -71,16 +71,27 @@ def read_stream(stream: IO[str], name: str = "standard input", encoding: str | N
 
 def atomic_write(path: str | Path, text: str, *, encoding: str = "utf-8", mode: int | None = None) -> None:
     """Write ``text`` to a temporary file beside ``path``, fsync it, then rename it into place."""
+    atomic_write_bytes(path, text.encode(encoding), mode=mode)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, *, mode: int | None = None) -> None:
+    """Write ``data`` to a temporary file beside ``path``, fsync it, then rename it into place."""
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
     try:
-        with os.fdopen(fd, "w", encoding=encoding, newline="") as f:
-            f.write(text)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise InputError(f"cannot write {target}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
+        if mode is None:  # what a plain open() would have made: 0666 less the umask
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(tmp, mode)
         os.replace(tmp, target)
     except BaseException as exc:
         with contextlib.suppress(OSError):

@@ -139,6 +139,7 @@ class LocalEngine:
         self.model_name = name or self.path.name
         self.n_ctx = default_context(self.info, ctx)
         self.threads = threads or physical_cores()
+        self.flash_attn = flash_attn
         llama_cpp = _import_llama()
         self._llama_cpp = llama_cpp
         _recent_errors.clear()
@@ -177,6 +178,42 @@ class LocalEngine:
                 self._llama_cpp.llama_batch_free(self._batch)
                 self._batch = None
             self.llm.close()
+
+    # ------------------------------------------------------------ KV-cache state (resume)
+
+    def state_key(self) -> dict[str, Any]:
+        """What a saved KV state is only valid for: this model file and these context settings."""
+        st = self.path.stat()
+        return {
+            "model": str(self.path.resolve()),
+            "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns,
+            "n_ctx": self.n_ctx,
+            "n_batch": self._n_batch,
+            "flash_attn": self.flash_attn,
+            "llama_cpp": getattr(self._llama_cpp, "__version__", "?"),
+        }
+
+    def export_state(self) -> tuple[list[int], bytes]:
+        """The cached tokens and llama.cpp's serialized KV cells for them."""
+        C = self._llama_cpp
+        size = C.llama_state_seq_get_size(self._ctx, 0)
+        buf = (ctypes.c_uint8 * size)()
+        written = C.llama_state_seq_get_data(self._ctx, buf, size, 0)
+        return list(self._kv_tokens), bytes(buf)[:written]
+
+    def import_state(self, tokens: Sequence[int], data: bytes) -> bool:
+        """Restore a state from ``export_state``; False (and an empty cache) if llama.cpp refuses it."""
+        C = self._llama_cpp
+        self._forget_after(0)
+        if not tokens or len(tokens) >= self.n_ctx:
+            return False
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        if C.llama_state_seq_set_data(self._ctx, buf, len(data), 0) == 0:
+            self._forget_after(0)
+            return False
+        self._kv_tokens = list(tokens)
+        return True
 
     # ------------------------------------------------------------ formatting
 
