@@ -9,18 +9,26 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-
 from gptcli.config import config_dir
 from gptcli.engines import Message
 from gptcli.errors import TemplateError
 
+# one pass over the text: a doubled brace, or a {name} placeholder; nothing else is special
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_TEMPLATE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+BUILTIN = "built-in"
+USER = "user"
+
+KNOWN_KEYS = ("name", "description", "system", "user", "input", "variables", "examples", "temperature", "max_tokens")
 
 
 def render_text(text: str, values: Mapping[str, str]) -> str:
     """Substitute ``{name}`` placeholders and nothing else; ``{{``/``}}`` are literal braces.
 
-    Values are inserted as they are, never re-scanned, so braces inside user input stay literal.
+    One regular-expression pass, no ``eval``, no ``str.format``: values are inserted as they are
+    and never re-scanned, so ``{__class__}`` or ``{0}`` inside user input stays literal text.
     """
 
     def replace(match: re.Match[str]) -> str:
@@ -38,11 +46,37 @@ def render_text(text: str, values: Mapping[str, str]) -> str:
 
 
 def placeholders(text: str) -> set[str]:
+    """The variable names a template text uses."""
     return {m.group(1) for m in _PLACEHOLDER.finditer(text) if m.group(1)}
+
+
+def stray_brace(text: str) -> tuple[int, str] | None:
+    """The first single ``{`` or ``}`` that is neither doubled nor part of a ``{name}``: (line, snippet)."""
+    pos = 0
+    for match in _PLACEHOLDER.finditer(text):
+        gap = text[pos : match.start()]
+        for brace in "{}":
+            if brace in gap:
+                at = pos + gap.index(brace)
+                return text.count("\n", 0, at) + 1, text[at : at + 20].split("\n")[0]
+        pos = match.end()
+    rest = text[pos:]
+    for brace in "{}":
+        if brace in rest:
+            at = pos + rest.index(brace)
+            return text.count("\n", 0, at) + 1, text[at : at + 20].split("\n")[0]
+    return None
+
+
+def valid_template_name(name: str) -> bool:
+    """Names are file stems: letters, digits, ``-`` and ``_``, starting with a letter or digit."""
+    return bool(_TEMPLATE_NAME.fullmatch(name))
 
 
 @dataclass(frozen=True)
 class Variable:
+    """A declared template variable; no default means the user must give it with ``-v``."""
+
     name: str
     description: str = ""
     default: str | None = None
@@ -64,9 +98,12 @@ class Template:
     examples: tuple[Message, ...] = ()
     temperature: float | None = None
     max_tokens: int | None = None
-    source: str = "built-in"
+    source: str = BUILTIN
     path: Path | None = None
     input_required: bool = True
+
+    def variable(self, name: str) -> Variable | None:
+        return next((v for v in self.variables if v.name == name), None)
 
     def values(self, given: Mapping[str, str]) -> dict[str, str]:
         """Merge given values with defaults; unknown or missing variables are errors."""
@@ -74,7 +111,9 @@ class Template:
         unknown = sorted(set(given) - set(declared))
         if unknown:
             known = ", ".join(sorted(declared)) or "none"
-            raise TemplateError(f"template '{self.name}' has no variable '{unknown[0]}' (variables: {known})")
+            names = ", ".join(f"'{u}'" for u in unknown)
+            word = "variable" if len(unknown) == 1 else "variables"
+            raise TemplateError(f"template '{self.name}' has no {word} {names} (variables: {known})")
         values = {name: v.default for name, v in declared.items() if v.default is not None}
         values.update(given)
         missing = [v for v in self.variables if v.name not in values]
@@ -100,16 +139,15 @@ class Template:
 
 
 def parse_template(name: str, text: str, *, source: str, path: Path | None = None) -> Template:
-    """Build a ``Template`` from TOML text, validating its shape."""
+    """Build a ``Template`` from TOML text, validating its shape. Errors name the file."""
     where = str(path) if path else f"template '{name}'"
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise TemplateError(f"{where}: {exc}") from None
-    known = {"name", "description", "system", "user", "variables", "examples", "temperature", "max_tokens", "input"}
-    unknown = sorted(set(data) - known)
+    unknown = sorted(set(data) - set(KNOWN_KEYS))
     if unknown:
-        raise TemplateError(f"{where}: unknown key '{unknown[0]}'")
+        raise TemplateError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(KNOWN_KEYS)})")
 
     def text_field(key: str, default: str) -> str:
         value = data.get(key, default)
@@ -117,6 +155,7 @@ def parse_template(name: str, text: str, *, source: str, path: Path | None = Non
             raise TemplateError(f"{where}: '{key}' must be a string")
         return value
 
+    text_field("name", name)  # informational: the file name is the template's name
     variables: list[Variable] = []
     raw_vars = data.get("variables", {})
     if not isinstance(raw_vars, dict):
@@ -124,29 +163,43 @@ def parse_template(name: str, text: str, *, source: str, path: Path | None = Non
     for vname, spec in raw_vars.items():
         if vname == "input":
             raise TemplateError(f"{where}: 'input' is reserved for the text being processed")
+        if not _IDENTIFIER.fullmatch(vname):
+            raise TemplateError(f"{where}: variable name '{vname}' must be letters, digits and _ (not starting with a digit)")
         if isinstance(spec, str):
             spec = {"description": spec}
         if not isinstance(spec, dict):
             raise TemplateError(f"{where}: variable '{vname}' must be a table or a description string")
+        extra = sorted(set(spec) - {"description", "default"})
+        if extra:
+            raise TemplateError(f"{where}: variable '{vname}' has an unknown key '{extra[0]}' (known: description, default)")
         default = spec.get("default")
-        if default is not None and not isinstance(default, str | int | float):
+        if default is not None and (isinstance(default, bool) or not isinstance(default, str | int | float)):
             raise TemplateError(f"{where}: default of '{vname}' must be a string")
+        if not isinstance(spec.get("description", ""), str):
+            raise TemplateError(f"{where}: description of '{vname}' must be a string")
         variables.append(Variable(vname, str(spec.get("description", "")), None if default is None else str(default)))
 
     examples: list[Message] = []
     raw_examples = data.get("examples", [])
     if not isinstance(raw_examples, list):
-        raise TemplateError(f"{where}: examples must be an array of tables")
+        raise TemplateError(f"{where}: examples must be an array of tables ([[examples]])")
     for ex in raw_examples:
         if not isinstance(ex, dict) or ex.get("role") not in ("user", "assistant") or not isinstance(ex.get("content"), str):
-            raise TemplateError(f"{where}: each example needs role = 'user'|'assistant' and content")
+            raise TemplateError(f"{where}: each [[examples]] needs role = \"user\" or \"assistant\" and a content string")
         examples.append({"role": ex["role"], "content": ex["content"]})
 
     for key in ("temperature", "max_tokens"):
         if key in data and (isinstance(data[key], bool) or not isinstance(data[key], int | float)):
             raise TemplateError(f"{where}: '{key}' must be a number")
+    if "temperature" in data and not 0 <= data["temperature"] <= 5:
+        raise TemplateError(f"{where}: 'temperature' must be between 0 and 5")
+    if "max_tokens" in data and (not isinstance(data["max_tokens"], int) or data["max_tokens"] <= 0):
+        raise TemplateError(f"{where}: 'max_tokens' must be a positive whole number")
+    if "input" in data and not isinstance(data["input"], bool):
+        raise TemplateError(f"{where}: 'input' must be true or false")
+
     template = Template(
-        name=text_field("name", name) or name,
+        name=name,
         description=text_field("description", ""),
         system=text_field("system", ""),
         user=text_field("user", "{input}"),
@@ -159,51 +212,103 @@ def parse_template(name: str, text: str, *, source: str, path: Path | None = Non
         input_required=bool(data.get("input", True)),
     )
     declared = {v.name for v in variables} | {"input"}
-    for part in (template.system, template.user, *(e["content"] for e in examples)):
+    parts = [("system", template.system), ("user", template.user)]
+    parts += [(f"examples[{i}]", e["content"]) for i, e in enumerate(examples)]
+    for part_name, part in parts:
         undeclared = sorted(placeholders(part) - declared)
         if undeclared:
-            raise TemplateError(f"{where}: uses {{{undeclared[0]}}} but declares no such variable")
+            raise TemplateError(
+                f"{where}: {part_name} uses {{{undeclared[0]}}} but [variables] declares no '{undeclared[0]}'"
+            )
+        stray = stray_brace(part)
+        if stray:
+            line, snippet = stray
+            raise TemplateError(
+                f"{where}: {part_name}, line {line}: single brace in '{snippet}'"
+                " (write {{ and }} for literal braces, {name} for a variable)"
+            )
+    if template.input_required and "input" not in placeholders(template.user) | placeholders(template.system):
+        raise TemplateError(f"{where}: the user prompt must contain {{input}} (or set input = false)")
+    if not template.user.strip():
+        raise TemplateError(f"{where}: 'user' must not be empty")
     return template
 
 
 def builtin_dir() -> Path:
     """The shipped templates: inside the installed package, or ``prompts/`` in a source tree."""
-    packaged = resources.files("gptcli") / "prompts"
-    if packaged.is_dir():
-        return Path(str(packaged))
+    try:
+        packaged = resources.files("gptcli") / "prompts"
+        if packaged.is_dir():
+            return Path(str(packaged))
+    except (ModuleNotFoundError, TypeError):  # pragma: no cover - unusual import setups
+        pass
     return Path(__file__).resolve().parent.parent / "prompts"
 
 
 def user_dir() -> Path:
+    """The user's templates: ``templates/`` in the config folder; they add to or override built-ins."""
     return config_dir() / "templates"
+
+
+@dataclass(frozen=True)
+class TemplateEntry:
+    """One name in the library as ``templates list`` shows it: the template in use, or its error."""
+
+    name: str
+    source: str  # built-in | user
+    path: Path
+    template: Template | None = None
+    error: TemplateError | None = None
+    overrides: bool = False  # a user file shadowing a built-in of the same name
+
+    @property
+    def description(self) -> str:
+        return self.template.description if self.template else ""
 
 
 @dataclass
 class TemplateLibrary:
-    """Shipped templates overridden by the user's; broken files are reported, not fatal to others."""
+    """Shipped templates overridden by the user's; broken files are reported, not fatal to others.
+
+    A broken user file that shadows a built-in makes that name an error (naming the file) rather
+    than silently falling back: the user meant their version.
+    """
 
     templates: dict[str, Template] = field(default_factory=dict)
     broken: dict[str, TemplateError] = field(default_factory=dict)
+    entries: dict[str, TemplateEntry] = field(default_factory=dict)
 
     @classmethod
     def load(cls, folders: list[tuple[Path, str]] | None = None) -> TemplateLibrary:
         library = cls()
-        for folder, source in folders or [(builtin_dir(), "built-in"), (user_dir(), "user")]:
+        for folder, source in folders or [(builtin_dir(), BUILTIN), (user_dir(), USER)]:
             if not folder.is_dir():
                 continue
             for path in sorted(folder.glob("*.toml")):
                 name = path.stem
+                overrides = name in library.entries
                 try:
-                    text = path.read_text(encoding="utf-8")
-                    library.templates[name] = parse_template(name, text, source=source, path=path)
-                    library.broken.pop(name, None)
-                except UnicodeDecodeError:
-                    library.broken[name] = TemplateError(f"{path}: not UTF-8 text")
-                except OSError as exc:
-                    library.broken[name] = TemplateError(f"{path}: {exc.strerror}")
+                    try:
+                        text = path.read_text(encoding="utf-8")
+                    except UnicodeDecodeError:
+                        raise TemplateError(f"{path}: not UTF-8 text") from None
+                    except OSError as exc:
+                        raise TemplateError(f"{path}: cannot read it: {exc.strerror}") from None
+                    if not valid_template_name(name):
+                        raise TemplateError(f"{path}: a template name uses only letters, digits, - and _")
+                    template = parse_template(name, text, source=source, path=path)
                 except TemplateError as exc:
+                    library.templates.pop(name, None)
                     library.broken[name] = exc
+                    library.entries[name] = TemplateEntry(name, source, path, error=exc, overrides=overrides)
+                    continue
+                library.templates[name] = template
+                library.broken.pop(name, None)
+                library.entries[name] = TemplateEntry(name, source, path, template=template, overrides=overrides)
         return library
+
+    def names(self) -> list[str]:
+        return sorted(self.entries)
 
     def get(self, name: str) -> Template:
         if name in self.templates:
@@ -211,7 +316,7 @@ class TemplateLibrary:
         if name in self.broken:
             raise self.broken[name]
         known = ", ".join(sorted(self.templates)) or "none"
-        raise TemplateError(f"unknown template '{name}' (templates: {known})")
+        raise TemplateError(f"unknown template '{name}' (templates: {known}; see `gptcli templates list`)")
 
 
 def load_template(name: str) -> Template:
@@ -219,7 +324,7 @@ def load_template(name: str) -> Template:
 
 
 def parse_vars(pairs: list[str] | None) -> dict[str, str]:
-    """``-v key=value`` options into a dict."""
+    """``-v key=value`` options into a dict (a later value for the same key wins)."""
     values: dict[str, str] = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
@@ -229,3 +334,39 @@ def parse_vars(pairs: list[str] | None) -> dict[str, str]:
     return values
 
 
+def scaffold(name: str) -> str:
+    """The commented starting point that ``gptcli templates new NAME`` writes."""
+    return f'''# gptcli prompt template "{name}".
+# Use it with:  gptcli ask -t {name} "your text"   (or: cat file.txt | gptcli ask -t {name})
+# Check it with: gptcli templates show {name}
+#
+# Placeholders: {{input}} is the text you give; {{name}} is a variable declared under [variables]
+# and set with -v name=value. Write {{{{ and }}}} for literal braces. Nothing else is evaluated.
+
+description = "One line saying what this template does."
+
+# The instructions the model follows. Leave it out for no system prompt.
+system = """You are a careful assistant. Answer in {{style}} style.
+Reply in the language of the user's text."""
+
+# The user message. It must contain {{input}} (or set `input = false` for a template needing no input).
+user = """{{input}}"""
+
+# Optional sampling defaults; flags, environment variables and the config file win over them.
+# temperature = 0.7
+# max_tokens = 512
+
+[variables]
+# name = {{ description = "what it means", default = "used when -v name=... is not given" }}
+# A variable without a default must be given with -v.
+style = {{ description = "how the answer should read", default = "plain, concise" }}
+
+# Optional few-shot examples, sent before your text, in order:
+# [[examples]]
+# role = "user"
+# content = "An example input."
+#
+# [[examples]]
+# role = "assistant"
+# content = "The reply you want for it."
+'''
