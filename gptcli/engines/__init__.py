@@ -28,6 +28,7 @@ class Sampling:
     max_tokens: int | None = 1024
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False  # keep generating past end-of-generation tokens (benchmarks)
 
 
 @dataclass

@@ -374,7 +374,8 @@ class LocalEngine:
         stops = _StopFilter(sampling.stop)
         started = time.perf_counter()
         sampler = self._make_sampler(sampling, seed)
-        ctx, vocab, is_eog, sample = self._ctx, self._vocab, C.llama_vocab_is_eog, C.llama_sampler_sample
+        ctx, vocab, sample = self._ctx, self._vocab, C.llama_sampler_sample
+        is_eog = (lambda v, t: False) if sampling.ignore_eos else C.llama_vocab_is_eog
         one = self._batch
         clean = False
         try:
