@@ -1,3 +1,34 @@
-"""(placeholder: filled in by the work on this command group)."""
+"""The ``chat`` command: an interactive conversation with the model kept loaded between turns."""
 
-from gptcli.cli.app import app  # noqa: F401
+from typing import Annotated, Optional
+
+import typer
+
+from gptcli.cli.app import app, state
+from gptcli.cli.options import GenOptions, generation_options
+from gptcli.cli.run import output_mode
+
+
+@app.command()
+@generation_options
+def chat(
+    ctx: typer.Context,
+    continue_last: Annotated[bool, typer.Option("--continue", "-c", help="Resume the most recent conversation.")] = False,
+    session: Annotated[Optional[str], typer.Option("--session", "-s", help="Resume the conversation with this name or id.")] = None,
+    template: Annotated[Optional[str], typer.Option("--template", "-t", help="Start with this template's system prompt.")] = None,
+    system: Annotated[Optional[str], typer.Option("--system", help="Start with this system prompt.")] = None,
+    gen: GenOptions = GenOptions(),
+) -> None:
+    """Chat with the model: a REPL with history, slash commands (/help) and Markdown replies.
+
+    Piped input is read one turn per line and answered in plain text.
+
+    Example: gptcli chat -t proofread --temperature 0.3
+    """
+    from gptcli.repl import ChatRequest, run_chat
+
+    if continue_last and session:
+        raise typer.BadParameter("use either --continue or --session, not both", param_hint="--continue")
+    st = state(ctx)
+    request = ChatRequest(continue_last=continue_last, session=session, template=template, system=system)
+    raise typer.Exit(run_chat(gen.settings(st.settings), st.env, request, output_mode(gen)))
