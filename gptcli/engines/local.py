@@ -13,6 +13,8 @@ import io
 import logging
 import os
 import secrets
+import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -84,6 +86,32 @@ def _import_llama() -> Any:
         _log_callback = callback
         llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
     return llama_cpp
+
+
+TEMPLATE_SECONDS = 5  # a chat template (code from the GGUF file) that runs longer is stopped
+
+
+class _TimeUp(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    """Interrupt pure-Python work (Jinja rendering) after ``seconds``; main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise _TimeUp
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 class _LogWriter(io.TextIOBase):
@@ -241,7 +269,14 @@ class LocalEngine:
             text = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages) + "Assistant:"
             return self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
         try:
-            result = self._formatter(messages=list(messages))
+            with _time_limit(TEMPLATE_SECONDS):
+                result = self._formatter(messages=list(messages))
+        except _TimeUp:
+            raise ModelError(
+                f"the model's chat template ran for more than {TEMPLATE_SECONDS} s and was stopped"
+            ) from None
+        except RecursionError:
+            raise ModelError("the model's chat template recursed without end") from None
         except Exception as exc:  # the template runs in Jinja's sandbox; any failure is the model's
             raise ModelError(f"the model's chat template failed: {exc}") from None
         add_bos = not getattr(result, "added_special", False)
