@@ -15,6 +15,7 @@ from rich.live import Live
 from rich.markdown import Markdown
 
 from gptcli.engines import Chunk, Usage
+from gptcli.errors import GptcliError
 
 
 @dataclass
@@ -270,6 +271,7 @@ def render_stream(chunks: Iterable[Chunk], renderer: Renderer) -> Reply:
     usage: Usage | None = None
     started = time.perf_counter()
     interrupted = False
+    failure: GptcliError | None = None
     iterator: Iterator[Chunk] = iter(chunks)
     try:
         for chunk in iterator:
@@ -280,6 +282,10 @@ def render_stream(chunks: Iterable[Chunk], renderer: Renderer) -> Reply:
                 usage = chunk.usage
     except KeyboardInterrupt:
         interrupted = True
+    except GptcliError as exc:  # the engine failed mid-reply (a server went away): keep what came
+        if not parts:
+            raise
+        failure = exc
     finally:
         close = getattr(iterator, "close", None)
         if close is not None:
@@ -291,10 +297,16 @@ def render_stream(chunks: Iterable[Chunk], renderer: Renderer) -> Reply:
         usage = Usage(total_time=time.perf_counter() - started)
     if interrupted:
         usage.finish_reason = "interrupted"
+    if failure is not None:
+        usage.finish_reason = "error"
     try:
         renderer.finish(usage)
     except KeyboardInterrupt:
         pass
+    if failure is not None:
+        # the partial reply is on screen; callers that save history find it on the error
+        failure.partial_reply = Reply("".join(parts), usage, interrupted=True)  # type: ignore[attr-defined]
+        raise failure
     return Reply("".join(parts), usage, interrupted)
 
 
