@@ -1,3 +1,233 @@
-"""(placeholder: filled in by the work on this command group)."""
+"""``gptcli history``: list, show, search, export, rename and delete saved conversations."""
 
-from gptcli.cli.app import app  # noqa: F401
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+from gptcli.cli.app import app, state
+from gptcli.errors import UsageError
+from gptcli.render import Env
+
+if TYPE_CHECKING:
+    from gptcli.store import ConversationStore, SessionInfo
+
+history_app = typer.Typer(
+    help="Saved conversations: list, show, search, export, rename and delete them.\n\n"
+    "Example: gptcli history search \"docker compose\"",
+    no_args_is_help=True,
+)
+app.add_typer(history_app, name="history")
+
+IdArgument = Annotated[str, typer.Argument(help="Session id, the start of one (4+ characters), or its exact title.", metavar="ID")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+
+def _open() -> "ConversationStore":
+    from gptcli.store import ConversationStore
+
+    return ConversationStore.open()
+
+
+def _when(timestamp: float) -> str:
+    """Local date and time, to the minute."""
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp))
+
+
+def _model_label(model: Optional[str]) -> str:
+    return Path(model).name if model and ("/" in model and model.endswith(".gguf")) else (model or "-")
+
+
+def _write(env: Env, text: str) -> None:
+    env.stdout.write(text)
+    env.stdout.flush()
+
+
+@history_app.command("list")
+def list_sessions(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many sessions to show.")] = 20,
+    as_json: JsonOption = False,
+) -> None:
+    """List saved conversations, newest first: id, time, turns, model, title.
+
+    Example: gptcli history list --limit 5
+    """
+    env = state(ctx).env
+    with _open() as store:
+        sessions = store.list_sessions(limit)
+    if as_json:
+        _write(env, json.dumps([s.as_dict() for s in sessions], ensure_ascii=False, indent=2) + "\n")
+        return
+    if not sessions:
+        env.notice("no saved conversations yet")
+        return
+    if env.styled_output():
+        from rich.table import Table
+
+        table = Table(box=None, pad_edge=False, header_style="bold")
+        for column in ("ID", "UPDATED", "TURNS", "MODEL", "TITLE"):
+            table.add_column(column, justify="right" if column == "TURNS" else "left", no_wrap=column != "TITLE")
+        for s in sessions:
+            table.add_row(s.id, _when(s.updated), str(s.turns), _model_label(s.model), s.title or "(untitled)")
+        env.console().print(table)
+        return
+    lines = [
+        f"{s.id}  {_when(s.updated):<16}  {s.turns:>3} turn{'s' if s.turns != 1 else ' '}  {_model_label(s.model)}  {s.title}".rstrip()
+        for s in sessions
+    ]
+    _write(env, "\n".join(lines) + "\n")
+
+
+@history_app.command("show")
+def show(ctx: typer.Context, session: IdArgument, as_json: JsonOption = False) -> None:
+    """Show a whole conversation: Markdown on a terminal, plain text on a pipe.
+
+    Example: gptcli history show 01ngqc30
+    """
+    from gptcli.store import export_json, export_markdown
+
+    env = state(ctx).env
+    with _open() as store:
+        info = store.find_session(session)
+        messages = store.messages(info.id)
+    if as_json:
+        _write(env, export_json(info, messages))
+        return
+    text = export_markdown(info, messages)
+    if env.styled_output():
+        from rich.markdown import Markdown
+
+        env.console().print(Markdown(text))
+    else:
+        _write(env, text)
+
+
+@history_app.command("search")
+def search(
+    ctx: typer.Context,
+    query: Annotated[str, typer.Argument(help="Words that must all appear; end a word with * to match its start.")],
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Most sessions to show.")] = 20,
+    as_json: JsonOption = False,
+) -> None:
+    """Full-text search of every saved message, best match first, one line per conversation.
+
+    Example: gptcli history search "docker compose"
+    """
+    env = state(ctx).env
+    if not query.strip():
+        raise UsageError("give some words to search for")
+    with _open() as store:
+        hits = store.search(query, limit)
+    if as_json:
+        _write(env, json.dumps([h.as_dict() for h in hits], ensure_ascii=False, indent=2) + "\n")
+        return
+    if not hits:
+        env.notice(f"nothing in the history matches '{query}'")
+        raise typer.Exit(1)
+    if env.styled_output():
+        from rich.text import Text
+
+        console = env.console()
+        for hit in hits:
+            line = Text()
+            line.append(hit.session_id, style="cyan")
+            line.append(f"  {_when(hit.created)}  ", style="dim")
+            line.append(hit.title or "(untitled)", style="bold")
+            snippet = Text("    ")
+            for piece, matched in hit.spans():
+                snippet.append(piece, style="bold yellow" if matched else "")
+            console.print(line)
+            console.print(snippet)
+        return
+    lines = [f"{h.session_id}  {_when(h.created)}  {h.title}\n    {h.marked()}" for h in hits]
+    _write(env, "\n".join(lines) + "\n")
+
+
+@history_app.command("export")
+def export(
+    ctx: typer.Context,
+    session: IdArgument,
+    fmt: Annotated[str, typer.Option("--format", "-F", help="md (Markdown) or json.", metavar="md|json")] = "md",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write to this file (atomically) instead of stdout.")] = None,
+) -> None:
+    """Export a conversation as Markdown or JSON, to stdout or a file.
+
+    Example: gptcli history export 01ngqc30 --format json -o chat.json
+    """
+    from gptcli.store import export_json, export_markdown
+    from gptcli.textio import atomic_write
+
+    if fmt not in ("md", "json"):
+        raise UsageError(f"--format must be md or json, not '{fmt}'")
+    env = state(ctx).env
+    with _open() as store:
+        info = store.find_session(session)
+        messages = store.messages(info.id)
+    text = export_json(info, messages) if fmt == "json" else export_markdown(info, messages)
+    if output is None or str(output) == "-":
+        _write(env, text)
+        return
+    atomic_write(output, text)
+    env.notice(f"wrote {output}")
+
+
+@history_app.command("rm")
+def remove(
+    ctx: typer.Context,
+    session: IdArgument,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Delete without asking.")] = False,
+) -> None:
+    """Delete a conversation and all its messages (asks first unless --yes).
+
+    Example: gptcli history rm 01ngqc30 --yes
+    """
+    env = state(ctx).env
+    with _open() as store:
+        info = store.find_session(session)
+        if not yes and not _confirm(env, info):
+            env.notice("kept: nothing deleted")
+            raise typer.Exit(1)
+        store.delete(info.id)
+    env.notice(f"deleted {info.id} ({info.title or 'untitled'})")
+
+
+def _confirm(env: Env, info: "SessionInfo") -> bool:
+    """Ask on stderr, read the answer from stdin; no answer (end of input) means no."""
+    turns = f"{info.turns} turn{'s' if info.turns != 1 else ''}"
+    env.stderr.write(f"Delete '{info.title or 'untitled'}' ({info.id}, {turns})? [y/N] ")
+    env.stderr.flush()
+    answer = env.stdin.readline()
+    if not answer.endswith("\n"):
+        env.stderr.write("\n")
+    return answer.strip().lower() in ("y", "yes")
+
+
+@history_app.command("rename")
+def rename(
+    ctx: typer.Context,
+    session: IdArgument,
+    name: Annotated[str, typer.Argument(help="The new title.")],
+) -> None:
+    """Give a conversation a new title (then `-s TITLE` finds it).
+
+    Example: gptcli history rename 01ngqc30 "trip planning"
+    """
+    env = state(ctx).env
+    with _open() as store:
+        info = store.find_session(session)
+        store.rename(info.id, name)
+    env.notice(f"renamed {info.id}: {' '.join(name.split())}")
+
+
+@history_app.command("path")
+def path(ctx: typer.Context) -> None:
+    """Print where the history database is (it may not exist yet).
+
+    Example: sqlite3 "$(gptcli history path)" .tables
+    """
+    from gptcli.store import default_store_path
+
+    _write(state(ctx).env, f"{default_store_path()}\n")

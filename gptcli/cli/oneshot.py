@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 import typer
 
 from gptcli.cli.app import app, state
-from gptcli.cli.options import GenOptions, generation_options
+from gptcli.cli.options import ContinueOption, GenOptions, SessionOption, generation_options
 from gptcli.cli.run import run_template
 
 
@@ -17,13 +17,19 @@ def ask(
     template: Annotated[Optional[str], typer.Option("--template", "-t", help="Prompt template to use.")] = None,
     var: Annotated[Optional[list[str]], typer.Option("--var", "-v", help="Template variable key=value (repeatable).")] = None,
     file: Annotated[Optional[str], typer.Option("--file", "-f", help="Read the material from a file.")] = None,
+    continue_: ContinueOption = False,
+    session: SessionOption = None,
     gen: GenOptions = GenOptions(),
 ) -> None:
     """Ask a question and stream the answer.
 
     Example: cat notes.txt | gptcli ask "summarize this"
     """
-    raise typer.Exit(run_template(state(ctx), template or "ask", gen, prompt=prompt, file=file, var=var))
+    raise typer.Exit(
+        run_template(
+            state(ctx), template or "ask", gen, prompt=prompt, file=file, var=var, continue_=continue_, session=session
+        )
+    )
 
 
 @app.command()
@@ -33,6 +39,8 @@ def draft(
     instructions: Annotated[Optional[str], typer.Argument(help="Optional instructions (\"an email to the team\").")] = None,
     file: Annotated[Optional[str], typer.Option("--file", "-f", help="Read the notes from a file instead of stdin.")] = None,
     var: Annotated[Optional[list[str]], typer.Option("--var", "-v", help="Template variable key=value: kind, tone, length, audience.")] = None,
+    continue_: ContinueOption = False,
+    session: SessionOption = None,
     gen: GenOptions = GenOptions(),
 ) -> None:
     """Turn rough notes (stdin or --file) into a finished draft.
@@ -40,5 +48,15 @@ def draft(
     Example: cat notes.txt | gptcli draft "an email to the team" -v tone=formal
     """
     raise typer.Exit(
-        run_template(state(ctx), "draft", gen, file=file, var=var, instructions=instructions, input_from_prompt=False)
+        run_template(
+            state(ctx),
+            "draft",
+            gen,
+            file=file,
+            var=var,
+            instructions=instructions,
+            input_from_prompt=False,
+            continue_=continue_,
+            session=session,
+        )
     )

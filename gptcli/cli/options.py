@@ -111,6 +111,12 @@ _OPTIONS: dict[str, Any] = {
 }
 
 
+# --continue/--session: for commands that can carry on a saved conversation (not part of GenOptions,
+# because most generating commands cannot)
+ContinueOption = Annotated[bool, typer.Option("--continue", "-c", help="Continue the most recent saved conversation.", rich_help_panel=OUT)]
+SessionOption = Annotated[Optional[str], typer.Option("--session", "-s", help="Continue the saved conversation with this id or title.", rich_help_panel=OUT)]
+
+
 def generation_options(func: F) -> F:
     """Add the shared generation flags to a command; it receives them as ``gen: GenOptions``."""
     sig = inspect.signature(func)

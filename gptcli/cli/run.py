@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from gptcli.cli.app import AppState
 from gptcli.cli.options import GenOptions, sampling_from
+from gptcli.config import Settings
 from gptcli.engines import Engine, Message, Sampling, choose
-from gptcli.errors import InputError
+from gptcli.errors import InputError, StoreError, UsageError
 from gptcli.flow import OutputMode, generate
+from gptcli.render import Env, Reply
 from gptcli.templates import Template, load_template, parse_vars
 from gptcli.textio import read_stream, read_text
+
+if TYPE_CHECKING:
+    from gptcli.store import ConversationStore, SessionInfo
 
 MessageBuilder = Callable[[Template, str, dict[str, str], Engine, Sampling], list[Message]]
 
@@ -39,8 +45,14 @@ def run_template(
     instructions: str | None = None,
     input_from_prompt: bool = True,
     build_messages: MessageBuilder | None = None,
+    continue_: bool = False,
+    session: str | None = None,
 ) -> int:
     """Render ``template_name`` with the input and stream the reply. Returns the exit code.
+
+    The exchange is saved as a one-exchange session unless history is off; ``continue_`` (the
+    latest session) or ``session`` (by id or title) puts that conversation before the new prompt
+    and appends the exchange to it.
 
     ``build_messages(template, text, values, engine, sampling)`` replaces the plain render (``support``
     uses it to fit knowledge-base passages into the context window).
@@ -67,11 +79,80 @@ def run_template(
         if not text.strip() and template.input_required:
             raise InputError(f"no input for '{template_name}': pipe text into it or use --file")
 
+    history = OneShotHistory.open(settings, st.env, continue_=continue_, session=session)
     if build_messages is None:
         messages = template.render(text, values)
     engine = choose.open_engine(settings)
     sampling = sampling_from(settings, template.temperature, template.max_tokens)
     if build_messages is not None:
         messages = build_messages(template, text, values, engine, sampling)
+    if history.resumed is not None:
+        messages = history.continued(messages, engine, settings, sampling)
     reply = generate(engine, messages, sampling, st.env, output_mode(gen))
+    basis = (prompt or instructions or text).strip()
+    title = (basis if template_name == "ask" else f"{template_name}: {basis}") if basis else None
+    history.save(messages, reply, model=engine.model_name, template=template_name, title=title)
     return 130 if reply.interrupted else 0
+
+
+class OneShotHistory:
+    """The store side of a one-shot command: the session it continues, and saving the exchange."""
+
+    def __init__(self, env: Env, store: ConversationStore | None, resumed: SessionInfo | None, saving: bool) -> None:
+        self.env = env
+        self.store = store
+        self.resumed = resumed
+        self.saving = saving and store is not None
+
+    @classmethod
+    def open(cls, settings: Settings, env: Env, *, continue_: bool, session: str | None) -> OneShotHistory:
+        """Open the store before the model loads, so a broken history file fails fast."""
+        from gptcli.store import ConversationStore, open_history
+
+        if continue_ and session:
+            raise UsageError("use either --continue or --session, not both")
+        if not (continue_ or session):
+            return cls(env, open_history(settings, env), None, True)
+        store = ConversationStore.open()  # reading works with history off; saving does not
+        resumed = store.find_session(session) if session else store.latest_session()
+        if resumed is None:
+            env.notice("no saved conversation to continue: starting a new one")
+        return cls(env, store, resumed, bool(settings.history))
+
+    def continued(self, messages: list[Message], engine: Engine, settings: Settings, sampling: Sampling) -> list[Message]:
+        """The resumed conversation, fitted to the context window, then the new prompt."""
+        from gptcli.conversation import Conversation, turns_from_messages
+
+        assert self.store is not None and self.resumed is not None
+        stored = self.store.messages(self.resumed.id)
+        stored_system, turns = turns_from_messages([(m.role, m.content, m.interrupted) for m in stored])
+        template_system = next((m["content"] for m in messages if m["role"] == "system"), None)
+        system = self.resumed.system or stored_system or template_system
+        pending = messages[-1]["content"]
+        conversation = Conversation(system=system, turns=turns)
+        policy = "stop" if settings.overflow == "stop" else "drop"  # one-shot: no summarizing pass
+        fitted = conversation.fit(engine, pending, policy=policy, max_tokens=sampling.max_tokens)
+        if fitted.notice:
+            self.env.notice(fitted.notice)
+        return fitted.messages
+
+    def save(self, messages: list[Message], reply: Reply, *, model: str, template: str, title: str | None) -> None:
+        """Save the exchange (also when interrupted); a store failure is a notice, not an error."""
+        if self.store is None:
+            return
+        user = messages[-1]["content"] if messages else ""
+        try:
+            if not self.saving:
+                return
+            if self.resumed is not None:
+                session_id = self.resumed.id
+                if self.resumed.model != model:
+                    self.store.set_model(session_id, model)
+            else:
+                system = next((m["content"] for m in messages if m["role"] == "system"), None)
+                session_id = self.store.create_session(model=model, template=template, system=system, title=title).id
+            self.store.add_turn(session_id, user, reply.text, usage=reply.usage, interrupted=reply.interrupted)
+        except StoreError as exc:
+            self.env.notice(f"history not saved: {exc}")
+        finally:
+            self.store.close()
