@@ -42,11 +42,19 @@ def decode_text(data: bytes, name: str, encoding: str | None = None) -> str:
         ) from None
 
 
-def read_text(path: str | Path, encoding: str | None = None) -> str:
-    """Read a user's text file with clear errors for missing, directory, unreadable, binary, bad UTF-8."""
+def bom_codec(data: bytes) -> str | None:
+    """The codec named by a byte-order mark at the start of ``data`` (``utf-8``, ``utf-16-le``...), or None."""
+    for bom, codec in BOMS:
+        if data.startswith(bom):
+            return codec
+    return None
+
+
+def read_bytes(path: str | Path) -> bytes:
+    """A user's file as bytes, with clear errors for missing, directory and unreadable files."""
     p = Path(path)
     try:
-        data = p.read_bytes()
+        return p.read_bytes()
     except FileNotFoundError:
         raise InputError(f"no such file: {p}") from None
     except IsADirectoryError:
@@ -55,7 +63,11 @@ def read_text(path: str | Path, encoding: str | None = None) -> str:
         raise InputError(f"cannot read {p}: permission denied") from None
     except OSError as exc:
         raise InputError(f"cannot read {p}: {exc.strerror}") from None
-    return decode_text(data, str(p), encoding)
+
+
+def read_text(path: str | Path, encoding: str | None = None) -> str:
+    """Read a user's text file with clear errors for missing, directory, unreadable, binary, bad UTF-8."""
+    return decode_text(read_bytes(path), str(path), encoding)
 
 
 def read_stream(stream: IO[str], name: str = "standard input", encoding: str | None = None) -> str:
@@ -99,3 +111,56 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, mode: int | None = None
         if isinstance(exc, OSError):
             raise InputError(f"cannot write {target}: {exc.strerror or exc}") from None
         raise
+
+
+class AtomicTextFile:
+    """A text file written piece by piece into a temporary file, renamed into place by ``commit()``.
+
+    Used as a context manager: leaving it without ``commit()`` (an error, Ctrl-C) removes the
+    temporary file and leaves any existing file at ``path`` untouched. Newlines are written as given.
+    """
+
+    def __init__(self, path: str | Path, *, encoding: str = "utf-8", bom: bool = False) -> None:
+        self.target = Path(path)
+        folder = self.target.parent if str(self.target.parent) else Path(".")
+        try:
+            fd, self.tmp = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=".tmp", dir=folder)
+        except OSError as exc:
+            raise InputError(f"cannot write {self.target}: {exc.strerror or exc}") from None
+        self.file = os.fdopen(fd, "w", encoding=encoding, newline="")
+        if bom:
+            self.write("\ufeff")
+
+    def write(self, text: str) -> None:
+        try:
+            self.file.write(text)
+        except OSError as exc:
+            self.discard()
+            raise InputError(f"cannot write {self.target}: {exc.strerror or exc}") from None
+
+    def commit(self) -> None:
+        """Flush, fsync and rename the temporary file over ``path``."""
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(self.tmp, 0o666 & ~umask)
+            os.replace(self.tmp, self.target)
+        except OSError as exc:
+            self.discard()
+            raise InputError(f"cannot write {self.target}: {exc.strerror or exc}") from None
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.file.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.tmp)
+
+    def __enter__(self) -> AtomicTextFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.file.closed or os.path.exists(self.tmp):
+            self.discard()
