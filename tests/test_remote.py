@@ -317,6 +317,17 @@ def test_server_dying_mid_reply_keeps_the_partial_reply_and_does_not_retry(cli, 
     assert result.stdout == "Hello from \n"  # what came is printed (and ends the line)
     assert "went away in the middle of the reply" in result.stderr
     assert len(fake_server.chat_requests()) == 1  # never resent once text was shown
+    from gptcli.store import ConversationStore
+
+    store = ConversationStore.open()
+    session = store.latest_session()
+    assert session is not None
+    saved = store.messages(session.id)
+    assert [(m.role, m.content, m.interrupted) for m in saved][-2:] == [
+        ("user", "Hi", False),
+        ("assistant", "Hello from ", True),
+    ]
+    store.close()
 
 
 def test_the_partial_reply_travels_on_the_error(fake_server):

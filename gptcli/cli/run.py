@@ -9,7 +9,7 @@ from gptcli.cli.app import AppState
 from gptcli.cli.options import GenOptions, sampling_from
 from gptcli.config import Settings
 from gptcli.engines import Engine, Message, Sampling, choose
-from gptcli.errors import InputError, StoreError, UsageError
+from gptcli.errors import GptcliError, InputError, StoreError, UsageError
 from gptcli.flow import OutputMode, generate
 from gptcli.render import Env, Reply
 from gptcli.templates import Template, load_template, parse_vars
@@ -88,9 +88,15 @@ def run_template(
         messages = build_messages(template, text, values, engine, sampling)
     if history.resumed is not None:
         messages = history.continued(messages, engine, settings, sampling)
-    reply = generate(engine, messages, sampling, st.env, output_mode(gen))
     basis = (prompt or instructions or text).strip()
     title = (basis if template_name == "ask" else f"{template_name}: {basis}") if basis else None
+    try:
+        reply = generate(engine, messages, sampling, st.env, output_mode(gen))
+    except GptcliError as exc:  # a remote server died mid-reply: keep the part that came
+        partial = getattr(exc, "partial_reply", None)
+        if partial is not None:
+            history.save(messages, partial, model=engine.model_name, template=template_name, title=title)
+        raise
     history.save(messages, reply, model=engine.model_name, template=template_name, title=title)
     return 130 if reply.interrupted else 0
 
