@@ -27,3 +27,15 @@ def generate(engine: Engine, messages: Sequence[Message], sampling: Sampling, en
         used = reply.usage.prompt_tokens + reply.usage.completion_tokens
         env.err_console.print(stats_line(reply.usage, used, engine.context_length), style="dim", markup=False, highlight=False, soft_wrap=True)
     return reply
+
+
+def complete(engine: Engine, prompt: str, sampling: Sampling, env: Env, mode: OutputMode, *, echo: bool = False) -> Reply:
+    """Stream a raw continuation of ``prompt`` (no chat template), as plain text; ``echo`` shows the prompt first."""
+    renderer = make_renderer(env, plain=True, json_lines=mode.json, stream=mode.stream)
+    if echo and not mode.json:
+        renderer.feed(prompt)
+    reply = render_stream(engine.complete(prompt, sampling), renderer)
+    if mode.stats and not mode.json:
+        used = reply.usage.prompt_tokens + reply.usage.completion_tokens
+        env.err_console.print(stats_line(reply.usage, used, engine.context_length), style="dim", markup=False, highlight=False, soft_wrap=True)
+    return reply
