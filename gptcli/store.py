@@ -573,17 +573,21 @@ class ConversationStore:
         batch = max(limit * 4, 50)
         offset = 0
         while len(best) < limit:
-            rows = db.execute(
-                "SELECT f.rowid, m.session_id, f.rank FROM messages_fts f JOIN messages m ON m.id = f.rowid"
-                " WHERE messages_fts MATCH ? ORDER BY f.rank LIMIT ? OFFSET ?",
+            ranked = db.execute(
+                "SELECT rowid, rank FROM messages_fts WHERE messages_fts MATCH ? ORDER BY rank LIMIT ? OFFSET ?",
                 (match, batch, offset),
             ).fetchall()
-            for message_id, session_id, rank in rows:
-                if session_id not in best:
+            if not ranked:
+                break
+            marks = ",".join("?" * len(ranked))
+            owners = dict(db.execute(f"SELECT id, session_id FROM messages WHERE id IN ({marks})", [r[0] for r in ranked]))
+            for message_id, rank in ranked:
+                session_id = owners.get(message_id)
+                if session_id is not None and session_id not in best:
                     best[session_id] = (message_id, rank)
                     if len(best) == limit:
                         break
-            if len(rows) < batch:
+            if len(ranked) < batch:
                 break
             offset += batch
             batch *= 4
