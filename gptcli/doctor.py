@@ -1,0 +1,221 @@
+"""`gptcli doctor`: what this machine, this llama.cpp build and this setup can do, and what is broken."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from gptcli.config import KEYS, Settings, config_path, data_dir
+from gptcli.errors import GptcliError
+
+OK, INFO, WARN, FAIL = "ok", "info", "warn", "fail"
+INSTALL_HINT = "see the README's 'GPU offload' section (CMAKE_ARGS=\"-DGGML_CUDA=on\" or -DGGML_METAL=on)"
+
+
+@dataclass
+class Check:
+    """One line of the report."""
+
+    label: str
+    value: str
+    status: str = OK
+    detail: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def default_settings() -> Settings:
+    """Defaults only: what the report falls back on when the config file itself is broken."""
+    return Settings(values={k: key.default for k, key in KEYS.items()}, sources={k: "default" for k in KEYS})
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+@dataclass
+class BackendInfo:
+    """What the installed llama.cpp was built with."""
+
+    llama_cpp_python: str
+    llama_cpp: str
+    system_info: str
+    cpu_features: list[str]
+    backends: list[str]
+    gpu_offload: bool
+
+
+def backend_info() -> BackendInfo:
+    """Ask llama.cpp about itself (imports llama_cpp through the local engine module)."""
+    from gptcli.engines.local import _import_llama
+
+    llama_cpp = _import_llama()
+    raw = llama_cpp.llama_print_system_info()
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    features: list[str] = []
+    for item in text.replace("\n", "|").split("|"):
+        name, sep, value = item.partition("=")
+        name = name.split(":")[-1].strip()
+        if sep and value.strip() == "1" and name:
+            features.append(name)
+    version = "unknown"
+    try:
+        v = llama_cpp.llama_cpp.llama_version()
+        version = v.decode() if isinstance(v, bytes) else str(v)
+    except Exception:
+        pass
+    lib = Path(llama_cpp.__file__).parent / "lib"
+    backends = sorted(
+        {
+            p.name.split(".")[0].removeprefix("libggml-")
+            for p in lib.glob("libggml-*")
+            if p.name.split(".")[0] not in ("libggml-base",)
+        }
+    ) or ["cpu"]
+    return BackendInfo(
+        llama_cpp_python=getattr(llama_cpp, "__version__", None) or _version("llama_cpp_python") or "unknown",
+        llama_cpp=version,
+        system_info=text.strip(),
+        cpu_features=features,
+        backends=backends,
+        gpu_offload=bool(llama_cpp.llama_supports_gpu_offload()),
+    )
+
+
+def _writable(folder: Path) -> bool:
+    probe = folder
+    while not probe.exists():
+        if probe.parent == probe:
+            return False
+        probe = probe.parent
+    return os.access(probe, os.W_OK)
+
+
+def run_checks(
+    settings: Settings | None,
+    config_problem: str | None = None,
+    *,
+    load: bool = True,
+    open_engine: Callable[[Settings], Any] | None = None,
+) -> list[Check]:
+    """Every check, in report order. ``settings`` is ``None`` when they could not be read."""
+    from gptcli import __version__, hub, models
+    from gptcli.engines.local import physical_cores
+    from gptcli.ggufinfo import read_gguf
+
+    checks: list[Check] = [
+        Check("gptcli", __version__, INFO),
+        Check("python", f"{platform.python_version()} ({sys.executable})", INFO),
+        Check("platform", f"{platform.system()} {platform.release()} {platform.machine()}", INFO),
+    ]
+    effective = settings or default_settings()
+
+    # llama.cpp
+    backend: BackendInfo | None = None
+    try:
+        backend = backend_info()
+    except Exception as exc:  # a missing or broken llama-cpp-python build
+        checks.append(Check("llama-cpp-python", "cannot be imported", FAIL, f"{type(exc).__name__}: {exc}"))
+    if backend is not None:
+        checks.append(Check("llama-cpp-python", backend.llama_cpp_python, INFO))
+        checks.append(Check("llama.cpp", f"{backend.llama_cpp} (backends: {', '.join(backend.backends)})", INFO))
+        checks.append(Check("cpu features", " ".join(backend.cpu_features) or "none reported", INFO))
+        gpu_layers = effective.gpu_layers
+        wanted = "all" if gpu_layers == -1 else str(gpu_layers)
+        if backend.gpu_offload:
+            checks.append(Check("gpu offload", f"supported; gpu_layers = {wanted}", OK))
+        elif gpu_layers:
+            checks.append(
+                Check(
+                    "gpu offload",
+                    f"gpu_layers = {wanted} but this llama.cpp build is CPU-only",
+                    FAIL,
+                    f"nothing will be offloaded: reinstall llama-cpp-python with GPU support ({INSTALL_HINT}), or set gpu_layers = 0",
+                )
+            )
+        else:
+            checks.append(Check("gpu offload", "not supported by this build (CPU only)", INFO, INSTALL_HINT))
+
+    threads = effective.threads
+    cores = physical_cores()
+    checks.append(
+        Check("threads", f"{threads or cores} ({'set' if threads else 'default: physical cores'}; {cores} physical, {os.cpu_count()} logical)", INFO)
+    )
+
+    # paths
+    cfg = config_path()
+    if config_problem:
+        checks.append(Check("config file", str(cfg), FAIL, config_problem))
+    else:
+        checks.append(Check("config file", f"{cfg}{'' if cfg.exists() else ' (none: defaults)'}", OK))
+    data = data_dir()
+    if _writable(data):
+        checks.append(Check("data folder", str(data), OK))
+    else:
+        checks.append(Check("data folder", str(data), FAIL, "not writable: history and the model registry cannot be saved"))
+    cache = hub.cache_dir()
+    checks.append(Check("hub cache", str(cache), OK if _writable(cache) else WARN, None if _writable(cache) else "not writable: `models pull` will fail"))
+    token = "set (hidden)" if os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") else "not set"
+    checks.append(
+        Check("hub", f"{hub.endpoint()}; {'offline' if hub.offline_mode() else 'online'}; HF_TOKEN {token}", INFO)
+    )
+
+    # registry
+    registry = None
+    try:
+        registry = models.Registry.load()
+        problems = [
+            f"{name}: {path}" for name, m in sorted(registry.models.items()) for path in m.files if not path.exists()
+        ]
+        summary = f"{models.registry_path()} ({len(registry.models)} model{'s' if len(registry.models) != 1 else ''})"
+        if problems:
+            checks.append(Check("models", summary, WARN, "files missing: " + "; ".join(problems) + " (pull again or `gptcli models rm`)"))
+        else:
+            checks.append(Check("models", summary, OK))
+    except GptcliError as exc:
+        checks.append(Check("models", str(models.registry_path()), FAIL, str(exc)))
+
+    # the default model, loaded
+    spec = effective.model
+    origin = {"flag": "--model", "env": "GPTCLI_MODEL", "file": "config file"}.get(effective.sources.get("model", ""), "")
+    if not origin:
+        origin = "registry default" if registry is not None and registry.default else "embedded"
+    try:
+        ref = models.resolve_model(spec)
+        info = read_gguf(ref.path)
+        desc = f"{ref.name} ({origin}): {info.architecture}, {info.quantization}, {ref.path}"
+        checks.append(Check("default model", desc, OK))
+    except GptcliError as exc:
+        checks.append(Check("default model", spec or "(default)", FAIL, str(exc)))
+        return checks
+    if load and open_engine is not None and effective.engine == "local":
+        started = time.perf_counter()
+        try:
+            engine = open_engine(effective.with_flags(ctx=512))
+            from gptcli.engines import Sampling
+
+            for _ in engine.complete("Hello", Sampling(temperature=0.0, max_tokens=1, seed=0)):
+                pass
+            checks.append(Check("model loads", f"yes, and generates ({time.perf_counter() - started:.2f} s)", OK))
+        except GptcliError as exc:
+            checks.append(Check("model loads", "no", FAIL, str(exc)))
+        except Exception as exc:  # llama.cpp failures that are not ours to name
+            checks.append(Check("model loads", "no", FAIL, f"{type(exc).__name__}: {exc}"))
+    elif load and effective.engine != "local":
+        checks.append(Check("model loads", f"not checked: engine '{effective.engine}' is not local", INFO))
+    return checks
+
+
+def problems(checks: list[Check]) -> list[Check]:
+    return [c for c in checks if c.status == FAIL]
