@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -145,7 +144,7 @@ def help_text() -> str:
     lines = [f"  {f'/{c.name} {c.arg}'.strip():<{width}}  {c.help}" for c in COMMANDS.values()]
     lines += [
         "",
-        "  Enter sends · Alt-Enter (or Esc Enter, Ctrl-J) adds a line · Up/Down and Ctrl-R search input history",
+        "  Enter sends · Alt-Enter (or Esc Enter) adds a line · Up/Down and Ctrl-R search input history",
         "  Tab completes commands, templates and models · Ctrl-C stops a reply or clears the line · Ctrl-D leaves",
     ]
     return "\n".join(lines)
@@ -183,12 +182,14 @@ class ChatSession:
         env: Env,
         *,
         store: Any = None,
+        saving: bool = True,
         mode: OutputMode = OutputMode(),
         interactive: bool = True,
     ) -> None:
         self.settings = settings
         self.env = env
-        self.store = store
+        self.store = store  # read by /sessions, /load, resuming; written only when ``saving``
+        self.saving = saving
         self.mode = mode
         self.interactive = interactive
         self.stats = mode.stats
@@ -311,7 +312,7 @@ class ChatSession:
             return None
 
     def _ensure_session(self) -> Any:
-        if self.store is not None and self.session_id is None:
+        if self.store is not None and self.saving and self.session_id is None:
             info = self._store_call(
                 lambda: self.store.create_session(
                     model=self.engine.model_name,
@@ -346,7 +347,7 @@ class ChatSession:
         system, turns = turns_from_messages(rows)
         system = getattr(info, "system", None) or system
         self.conversation = Conversation(system=system, turns=turns)
-        self.session_id = info.id
+        self.session_id = info.id if self.saving else None  # history off: new turns are not added to it
         self.session_title = getattr(info, "title", None)
         self.template_name = getattr(info, "template", None)
         name = self.session_title or f"#{info.id}"
@@ -502,6 +503,8 @@ class ChatSession:
 
     def cmd_save(self, command: Command) -> None:
         store = self._need_store("/save")
+        if not self.saving:
+            raise UsageError("/save needs history, which is off (--no-history or history = false)")
         if not self.conversation.turns:
             self.hint("nothing to save yet: send a message first")
             return
@@ -530,7 +533,7 @@ class ChatSession:
         from gptcli.textio import atomic_write
 
         path = Path(command.arg).expanduser()
-        text = export_json(self) if path.suffix.lower() == ".json" else export_markdown(self)
+        text = export_text(self, as_json=path.suffix.lower() == ".json")
         atomic_write(path, text)
         n = len(self.conversation.turns)
         self.notice(f"wrote {n} exchange{'s' if n != 1 else ''} to {path}")
@@ -561,40 +564,31 @@ def _shell_word(text: str) -> str:
 
 
 def session_line(info: Any) -> str:
-    """One line of ``/sessions``: id, title, model, when."""
-    parts = [str(info.id), getattr(info, "title", None) or "(untitled)"]
-    for attr in ("model", "updated_at", "updated", "created_at"):
-        value = getattr(info, attr, None)
-        if value:
-            parts.append(str(value))
-            if attr.startswith("updated") or attr.startswith("created"):
-                break
-    count = getattr(info, "message_count", None)
-    if count is not None:
-        parts.append(f"{count} messages")
-    return "  ".join(parts)
+    """One line of ``/sessions``: id, when, turns, model, title."""
+    from datetime import datetime
+
+    when = datetime.fromtimestamp(info.updated).strftime("%Y-%m-%d %H:%M")
+    turns = f"{info.turns} turn{'s' if info.turns != 1 else ''}"
+    return "  ".join([str(info.id), when, f"{turns:>9}", info.model or "-", info.title or "(untitled)"])
 
 
-def export_markdown(chat: ChatSession) -> str:
-    """The whole conversation (including turns out of the model's view) as Markdown."""
+def export_text(chat: ChatSession, as_json: bool) -> str:
+    """The whole conversation (turns out of the model's view included), as `gptcli history export` writes it."""
+    import time
+
+    from gptcli.store import SessionInfo, StoredMessage, export_json, export_markdown
+
     conv = chat.conversation
-    lines = [f"# {chat.session_title or 'gptcli chat'}", "", f"Model: {chat.engine.model_name}", ""]
-    if conv.system:
-        lines += ["## System", "", conv.system, ""]
+    now = time.time()
+    title = chat.session_title or (conv.turns[0].user.split("\n")[0][:60] if conv.turns else "")
+    info = SessionInfo(
+        str(chat.session_id or "unsaved"), title, now, now, chat.engine.model_name, chat.template_name, conv.system, len(conv.turns)
+    )
+    messages: list[StoredMessage] = []
     for turn in conv.turns:
-        lines += ["## You", "", turn.user, "", "## Assistant", "", turn.reply + (" *(interrupted)*" if turn.interrupted else ""), ""]
-    return "\n".join(lines)
-
-
-def export_json(chat: ChatSession) -> str:
-    conv = chat.conversation
-    data = {
-        "title": chat.session_title,
-        "model": chat.engine.model_name,
-        "system": conv.system,
-        "turns": [{"user": t.user, "reply": t.reply, "interrupted": t.interrupted} for t in conv.turns],
-    }
-    return json.dumps(data, ensure_ascii=False, indent=2) + "\n"
+        for role, content, interrupted in (("user", turn.user, False), ("assistant", turn.reply, turn.interrupted)):
+            messages.append(StoredMessage(len(messages) + 1, info.id, role, content, now, None, None, None, interrupted))
+    return export_json(info, messages) if as_json else export_markdown(info, messages)
 
 
 # ---------------------------------------------------------------- input: lines from a pipe
@@ -635,17 +629,21 @@ def input_history_path() -> Path:
 
 
 def chat_key_bindings() -> Any:
-    """Enter sends; Alt-Enter / Esc Enter / Ctrl-J insert a newline; pasted text stays whole."""
+    """Enter sends; Alt-Enter (Esc Enter) inserts a newline; pasted text stays whole (bracketed paste).
+
+    Ctrl-J sends too: an Enter typed while a reply streams reaches the prompt as Ctrl-J (the
+    terminal turns CR into LF outside raw mode), and it must not become a newline.
+    """
     from prompt_toolkit.key_binding import KeyBindings
 
     bindings = KeyBindings()
 
     @bindings.add("enter")
+    @bindings.add("c-j")
     def _send(event: Any) -> None:
         event.current_buffer.validate_and_handle()
 
     @bindings.add("escape", "enter")
-    @bindings.add("c-j")
     def _newline(event: Any) -> None:
         event.current_buffer.insert_text("\n")
 
@@ -809,10 +807,8 @@ class ChatRequest:
 
 def open_store(settings: Settings, env: Env) -> Any:
     """The history store, or ``None`` when history is off."""
-    try:
-        from gptcli.store import open_history
-    except ImportError:  # TODO(chat): remove once gptcli.store lands
-        return None
+    from gptcli.store import open_history
+
     return open_history(settings, env)
 
 
@@ -826,25 +822,32 @@ def run_chat(settings: Settings, env: Env, request: ChatRequest, mode: OutputMod
 
         load_template(request.template)
     store = open_store(settings, env)
+    saving = store is not None
     resume_info = None
     if request.session or request.continue_last:
-        if store is None:
-            raise UsageError("resuming a chat needs the history store, which is off (--no-history or history = false)")
+        if store is None:  # history off: the stored chat is read, and nothing new is written
+            from gptcli.store import ConversationStore
+
+            store = ConversationStore.open()
         if request.session:
             resume_info = store.find_session(request.session)
         else:
             resume_info = store.latest_session()
             if resume_info is None:
                 env.notice("no saved conversation to continue: starting a new one")
-    chat = ChatSession(settings, env, store=store, mode=mode, interactive=interactive)
-    if interactive:
-        chat.banner()
-    if resume_info is not None:
-        chat.resume(resume_info, show=interactive)
-    if request.template:
-        chat.use_template(request.template)
-    if request.system:
-        chat.set_system(request.system)
-    if not interactive:
-        return run_lines(chat, env.stdin)
-    return run_interactive(chat, make_prompt_session(chat))
+    try:
+        chat = ChatSession(settings, env, store=store, saving=saving, mode=mode, interactive=interactive)
+        if interactive:
+            chat.banner()
+        if resume_info is not None:
+            chat.resume(resume_info, show=interactive)
+        if request.template:
+            chat.use_template(request.template)
+        if request.system:
+            chat.set_system(request.system)
+        if not interactive:
+            return run_lines(chat, env.stdin)
+        return run_interactive(chat, make_prompt_session(chat))
+    finally:
+        if store is not None:
+            store.close()

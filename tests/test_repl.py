@@ -347,8 +347,10 @@ def test_export_writes_markdown_and_json(repl, fake_engine, tmp_path):
     text = md.read_text()
     assert "## You\n\nhello" in text and "Hello from the fake engine." in text and "Be kind." in text
     data = json.loads(js.read_text())
-    assert data["system"] == "Be kind." and data["turns"] == [
-        {"user": "hello", "reply": "Hello from the fake engine.", "interrupted": False}
+    assert data["session"]["system"] == "Be kind."
+    assert [(m["role"], m["content"], m["interrupted"]) for m in data["messages"]] == [
+        ("user", "hello", False),
+        ("assistant", "Hello from the fake engine.", False),
     ]
 
 
