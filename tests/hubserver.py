@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
+import pytest
+
 _HASHES: dict[tuple[str, int, float], str] = {}
 
 
@@ -402,3 +404,18 @@ def tiny_gguf(path: Path, *, quant: str = "Q4_K_M", arch: str = "llama", context
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+@pytest.fixture
+def loaded(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The local engine loader, replaced: records the GGUF each command would load and answers like the fake."""
+    from tests.fakes import FakeEngine
+
+    paths: list[Path] = []
+
+    def load(path: Path, **options: object) -> FakeEngine:
+        paths.append(Path(path))
+        return FakeEngine()
+
+    monkeypatch.setattr("gptcli.engines.local.load_local_engine", load)
+    return paths

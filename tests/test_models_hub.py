@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from gptcli.models import Registry
-from tests.hubserver import FakeHub, tiny_gguf
+from tests.hubserver import FakeHub, loaded, tiny_gguf  # noqa: F401 (fixture)
 
 REPO = "acme/tiny-GGUF"
 
@@ -344,21 +344,6 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket.socket, "connect_ex", refuse)
     return attempts
-
-
-@pytest.fixture
-def loaded(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
-    """The local engine loader, replaced: records the GGUF each command would load and answers like the fake."""
-    from tests.fakes import FakeEngine
-
-    paths: list[Path] = []
-
-    def load(path: Path, **options: object) -> FakeEngine:
-        paths.append(Path(path))
-        return FakeEngine()
-
-    monkeypatch.setattr("gptcli.engines.local.load_local_engine", load)
-    return paths
 
 
 def test_offline_mode_makes_no_request_and_pulled_models_keep_working(cli, hub, ggufs, monkeypatch, loaded):

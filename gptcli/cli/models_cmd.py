@@ -263,7 +263,8 @@ def doctor(
     checks = checks_module.run_checks(settings, problem, load=not no_load, open_engine=choose.open_engine)
     failed = checks_module.problems(checks)
     if as_json:
-        _print_json(st, {"ok": not failed, "checks": [c.as_dict() for c in checks]})
+        # one line: with --json a failure adds its own error line after it (JSON lines)
+        _print(st, json.dumps({"ok": not failed, "checks": [c.as_dict() for c in checks]}, ensure_ascii=False))
     else:
         marks = {"ok": "ok", "info": "  ", "warn": "!!", "fail": "XX"}
         width = max(len(c.label) for c in checks)
