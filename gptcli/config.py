@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -179,9 +180,15 @@ def parse_value(key: Key, text: str) -> Any:
             else:
                 raise ValueError("must be true or false")
         elif key.kind is int:
-            value = int(text)
+            try:
+                value = int(text)
+            except ValueError:
+                raise ValueError("must be a whole number" + (" or 'all'" if key.name == "gpu_layers" else "")) from None
         elif key.kind is float:
-            value = float(text)
+            try:
+                value = float(text)
+            except ValueError:
+                raise ValueError("must be a number") from None
         else:
             value = text
         return key.check(value)
@@ -289,3 +296,101 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
                 raise ConfigError(f"environment variable {env_name}: {exc}") from None
             sources[name] = "env"
     return Settings(values=values, sources=sources, profiles=profiles, path=path)
+
+
+# ---------------------------------------------------------------- writing (`gptcli config set/unset/edit`)
+
+CONFIG_HEADER = """\
+# gptcli settings. Every key is optional; `gptcli config show` lists them all with their sources.
+# Precedence: defaults < this file < GPTCLI_<KEY> environment variables < command-line flags.
+# Check this file with `gptcli config show`; change one key with `gptcli config set KEY VALUE`.
+"""
+
+
+def known_key(name: str) -> Key:
+    """The setting called ``name``; an unknown name is a ``ConfigError`` listing the known ones."""
+    key = KEYS.get(name) or KEYS.get(name.replace("-", "_"))
+    if key is not None:
+        return key
+    import difflib
+
+    if name == "engines" or name.startswith("engines."):
+        raise ConfigError("engine profiles are tables: edit them with `gptcli config edit`")
+    close = difflib.get_close_matches(name, list(KEYS), n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    raise ConfigError(f"unknown setting '{name}' ({hint}settings: {', '.join(KEYS)})")
+
+
+def _config_document(path: Path) -> Any:
+    """The config file as a tomlkit document (comments kept); an empty one when it does not exist."""
+    import tomlkit
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return tomlkit.parse(CONFIG_HEADER)
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text: fix it with `gptcli config edit`") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    try:
+        return tomlkit.parse(text)
+    except Exception as exc:  # tomlkit's ParseError names the line and column
+        raise ConfigError(f"config file {path}: {exc} (fix it with `gptcli config edit`)") from None
+
+
+def write_config_text(path: Path, text: str) -> None:
+    """Replace the config file atomically (a symlinked file is written through its link)."""
+    import tempfile
+
+    target = path.resolve() if path.is_symlink() else path
+    ensure_private_dir(target.parent)
+    try:
+        mode = target.stat().st_mode & 0o777
+    except FileNotFoundError:
+        mode = 0o600
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise ConfigError(f"cannot write config file {target}: {exc.strerror or exc}") from None
+
+
+def set_config_value(name: str, text: str, path: Path | None = None) -> Any:
+    """Validate ``text`` for setting ``name`` and write it into the config file; returns the value.
+
+    Other keys, comments and engine profiles are kept as they are.
+    """
+    key = known_key(name)
+    try:
+        value = parse_value(key, text)
+    except ValueError as exc:
+        raise ConfigError(f"invalid value '{text}': {exc}") from None
+    if key.name == "gpu_layers" and text.strip() == "all":
+        value = "all"  # written as the user typed it
+    path = path or config_path()
+    document = _config_document(path)
+    document[key.name] = value
+    write_config_text(path, document.as_string())
+    return value
+
+
+def unset_config_value(name: str, path: Path | None = None) -> bool:
+    """Remove setting ``name`` from the config file; ``False`` when the file did not set it."""
+    key = known_key(name)
+    path = path or config_path()
+    if not path.exists():
+        return False
+    document = _config_document(path)
+    if key.name not in document:
+        return False
+    del document[key.name]
+    write_config_text(path, document.as_string())
+    return True

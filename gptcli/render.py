@@ -47,29 +47,55 @@ class Env:
     def stderr_isatty(self) -> bool:
         return self._isatty(self.stderr)
 
-    def console(self, stream: IO[str] | None = None) -> Console:
-        stream = stream or self.stdout
-        kwargs: dict[str, Any] = {"file": stream, "highlight": False, "soft_wrap": False}
-        if self.color == "always":
-            kwargs["force_terminal"] = True
-        elif self.color == "never":
-            kwargs["no_color"] = True
-            kwargs["color_system"] = None
-        return Console(**kwargs)
+    def styled(self, stream: IO[str] | None = None) -> bool:
+        """Whether ``stream`` gets terminal styling (escape codes, Markdown, live redraws).
 
-    @property
-    def err_console(self) -> Console:
-        return self.console(self.stderr)
-
-    def styled_output(self) -> bool:
-        """Rich Markdown on stdout: a terminal (or --color always), never with NO_COLOR/TERM=dumb off-TTY."""
+        ``--color always``/``never`` decide alone; otherwise ``FORCE_COLOR`` turns styling on (unless
+        ``NO_COLOR`` is set too), and a terminal gets it unless ``TERM`` is ``dumb``.
+        """
         if self.color == "always":
             return True
         if self.color == "never":
             return False
         if os.environ.get("FORCE_COLOR") and not os.environ.get("NO_COLOR"):
             return True
-        return self.stdout_isatty and os.environ.get("TERM") != "dumb"
+        return self._isatty(stream or self.stdout) and os.environ.get("TERM", "").lower() not in ("dumb", "unknown")
+
+    def colored(self) -> bool:
+        """Whether styled output may use colours: ``NO_COLOR`` keeps bold and layout, drops colours."""
+        if self.color == "always":
+            return True
+        return self.color != "never" and not os.environ.get("NO_COLOR")
+
+    def console(self, stream: IO[str] | None = None, *, quiet: bool = False) -> Console:
+        """A Rich console on ``stream`` (stdout by default) following the colour rules.
+
+        The width comes from ``COLUMNS`` when set, else from the terminal, else 80.
+        """
+        stream = stream or self.stdout
+        styled = self.styled(stream)
+        kwargs: dict[str, Any] = {
+            "file": stream,
+            "highlight": False,
+            "soft_wrap": False,
+            "force_terminal": styled,
+            "no_color": not self.colored(),
+            "quiet": quiet,
+        }
+        if not styled:
+            kwargs["color_system"] = None
+        elif self.color == "always" and os.environ.get("TERM", "").lower() in ("dumb", "unknown"):
+            kwargs["color_system"] = "standard"  # asked for colour: give it, even to a dumb terminal
+        return Console(**kwargs)
+
+    @property
+    def err_console(self) -> Console:
+        """The console for stderr: notices, stats, progress; silent with ``--quiet``."""
+        return self.console(self.stderr, quiet=self.quiet)
+
+    def styled_output(self) -> bool:
+        """Rich Markdown on stdout: a terminal (or --color always / FORCE_COLOR), never with TERM=dumb."""
+        return self.styled(self.stdout)
 
     def notice(self, text: str) -> None:
         """A one-line notice on stderr (dim on a terminal), unless --quiet."""
@@ -78,12 +104,17 @@ class Env:
         self.err_console.print(text, style="dim", markup=False, highlight=False)
 
     def error(self, text: str) -> None:
-        """The one stderr line for an error; never silenced."""
-        console = self.err_console
-        if console.is_terminal and not console.no_color:
-            console.print(f"[bold red]error:[/] {text}", markup=True, highlight=False, soft_wrap=True)
+        """The one stderr line for an error; never silenced, not even by --quiet."""
+        if self.styled(self.stderr) and self.colored():
+            from rich.markup import escape
+
+            console = self.console(self.stderr)
+            console.print(f"[bold red]error:[/] {escape(text)}", markup=True, highlight=False, soft_wrap=True)
         else:
-            print(f"error: {text}", file=self.stderr, flush=True)
+            try:
+                print(f"error: {text}", file=self.stderr, flush=True)
+            except (BrokenPipeError, ValueError):
+                pass
 
 
 class OutputClosed(Exception):

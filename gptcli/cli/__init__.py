@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
-import click
 import typer
+from typer._click import exceptions as click_exceptions  # Typer ships its own copy of Click
 
 # importing a command module registers its commands on `app`
 from gptcli.cli import (  # noqa: F401
@@ -27,29 +28,65 @@ from gptcli.render import Env, OutputClosed
 __all__ = ["app", "main", "run"]
 
 
+def wants_json(argv: list[str]) -> bool:
+    """``--json`` among the options (before a ``--`` that ends them)."""
+    options = argv[: argv.index("--")] if "--" in argv else argv
+    return "--json" in options
+
+
+def _error_event(env: Env, message: str, exit_code: int) -> None:
+    """With ``--json``, an error is also a JSON line on stdout, so a script reading it sees why."""
+    event = {"type": "error", "message": message, "exit_code": exit_code}
+    try:
+        env.stdout.write(json.dumps(event, ensure_ascii=False) + "\n")
+        env.stdout.flush()
+    except (BrokenPipeError, OSError, ValueError):
+        pass
+
+
+def _show_usage_error(env: Env, exc: click_exceptions.UsageError) -> None:
+    """The usage line, where to find help, then the one ``error:`` line."""
+    ctx = exc.ctx
+    if ctx is not None:
+        hint = ""
+        if ctx.command.get_help_option(ctx) is not None:
+            hint = f"Try '{ctx.command_path} {ctx.help_option_names[0]}' for help.\n"
+        env.stderr.write(f"{ctx.get_usage()}\n{hint}\n")
+    env.error(exc.format_message())
+
+
 def run(argv: list[str] | None = None, env: Env | None = None) -> int:
     """Run the CLI and return its exit code (tests call this with their own ``Env``)."""
     env = env or Env()
+    args = list(sys.argv[1:] if argv is None else argv)
+    st = AppState(env=env, json_errors=wants_json(args))
     command = typer.main.get_command(app)
+
+    def fail(message: str, code: int) -> int:
+        if st.json_errors:
+            _error_event(env, message, code)
+        return code
+
     try:
-        result = command.main(
-            args=argv, prog_name="gptcli", standalone_mode=False, obj=AppState(env=env)
-        )
+        result = command.main(args=args, prog_name="gptcli", standalone_mode=False, obj=st)
         return result if isinstance(result, int) else 0
     except GptcliError as exc:
         env.error(str(exc))
+        return fail(str(exc), exc.exit_code)
+    except typer.Exit as exc:
         return exc.exit_code
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.exceptions.Abort:
+    except click_exceptions.NoArgsIsHelpError as exc:
+        env.stdout.write(exc.format_message())  # `gptcli` alone, `gptcli models`: the help (Rich printed it already)
+        return exc.exit_code  # 2, as in Typer and Click
+    except click_exceptions.UsageError as exc:
+        _show_usage_error(env, exc)
+        return fail(exc.format_message(), exc.exit_code)
+    except click_exceptions.ClickException as exc:
+        env.error(exc.format_message())
+        return fail(exc.format_message(), exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
         env.stderr.write("\n")
-        return 130
-    except click.ClickException as exc:
-        exc.show(file=env.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        env.stderr.write("\n")
-        return 130
+        return fail("interrupted", 130)
     except (OutputClosed, BrokenPipeError):
         # the reader went away (`| head`): stop quietly, and keep Python from complaining at exit
         try:

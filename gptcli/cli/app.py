@@ -10,6 +10,7 @@ import typer
 
 from gptcli import __version__
 from gptcli.config import Settings, load_settings
+from gptcli.errors import ConfigError, UsageError
 from gptcli.render import Env
 
 app = typer.Typer(
@@ -30,12 +31,18 @@ class AppState:
 
     env: Env = field(default_factory=Env)
     verbose: bool = False
+    color_flag: str | None = None  # --color as given on the command line
+    json_errors: bool = False  # --json was given: errors are also a JSON event on stdout
     _settings: Settings | None = None
 
     @property
     def settings(self) -> Settings:
+        """The effective settings, loaded once (a global ``--color`` counts as a flag)."""
         if self._settings is None:
-            self._settings = load_settings()
+            settings = load_settings()
+            if self.color_flag is not None:
+                settings = settings.with_flags(color=self.color_flag)
+            self._settings = settings
         return self._settings
 
 
@@ -76,7 +83,10 @@ def root(
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's log and debug details.")] = False,
     color: Annotated[
-        Optional[str], typer.Option("--color", help="Colour: auto, always or never.", metavar="WHEN")
+        Optional[str],
+        typer.Option(
+            "--color", help="Colour: auto, always or never.", metavar="WHEN", autocompletion=lambda: ["auto", "always", "never"]
+        ),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but the answer.")] = False,
 ) -> None:
@@ -84,7 +94,12 @@ def root(
     st.verbose = verbose
     if color is not None:
         if color not in ("auto", "always", "never"):
-            raise typer.BadParameter("must be auto, always or never", param_hint="--color")
-        st.env.color = color
+            raise UsageError(f"--color must be auto, always or never, not '{color}'")
+        st.color_flag = st.env.color = color
+    else:
+        try:  # `color` from GPTCLI_COLOR or the config file; a broken file is reported by the command that needs it
+            st.env.color = st.settings.color
+        except ConfigError:
+            pass
     st.env.quiet = st.env.quiet or quiet
     setup_logging(verbose, st.env)

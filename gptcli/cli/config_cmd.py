@@ -1,3 +1,229 @@
-"""(placeholder: filled in by the work on this command group)."""
+"""``gptcli config``: show the effective settings and where they came from; path, edit, set, unset."""
 
-from gptcli.cli.app import app  # noqa: F401
+import json
+import os
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from gptcli.cli.app import AppState, app, state
+from gptcli.cli.completion import complete_config_key, complete_config_value
+from gptcli.config import KEYS, Settings, config_path, known_key
+from gptcli.errors import ConfigError, GptcliError, UsageError
+
+config_app = typer.Typer(
+    help="Settings: show them and where each came from, edit the config file, set or unset one key.\n\n"
+    "Example: gptcli config set temperature 0.3",
+    no_args_is_help=True,
+)
+app.add_typer(config_app, name="config")
+
+KeyArgument = Annotated[str, typer.Argument(help="The setting, e.g. temperature.", metavar="KEY", autocompletion=complete_config_key)]
+
+
+def _shown(name: str, value: Any) -> Any:
+    """A value as the user writes it (``gpu_layers`` -1 is ``all``)."""
+    return "all" if name == "gpu_layers" and value == -1 else value
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _source_label(settings: Settings, name: str) -> str:
+    source = settings.sources.get(name, "default")
+    return f"env {'GPTCLI_' + name.upper()}" if source == "env" else source
+
+
+def _records(settings: Settings) -> dict[str, dict[str, Any]]:
+    return {
+        name: {
+            "value": _shown(name, settings.values.get(name)),
+            "source": settings.sources.get(name, "default"),
+            "default": _shown(name, key.default),
+            "help": key.help,
+        }
+        for name, key in KEYS.items()
+    }
+
+
+@config_app.command("show")
+def show(
+    ctx: typer.Context,
+    setting: Annotated[
+        Optional[str],
+        typer.Argument(help="Print only this setting's value.", metavar="[KEY]", autocompletion=complete_config_key),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="A JSON object: path, settings (value, source, default, help), profiles.")] = False,
+) -> None:
+    """Show every effective setting and where it came from: default, file, env or flag.
+
+    Example: GPTCLI_TEMPERATURE=0.2 gptcli config show
+    """
+    st = state(ctx)
+    settings = st.settings
+    path = settings.path or config_path()
+    if setting is not None:
+        name = known_key(setting).name
+        value = _shown(name, settings.values.get(name))
+        if as_json:
+            _write(st, json.dumps({"key": name, "value": value, "source": settings.sources.get(name, "default")}) + "\n")
+        else:
+            _write(st, ("" if value is None else _text(value)) + "\n")
+        return
+    if as_json:
+        data = {
+            "path": str(path),
+            "exists": path.is_file(),
+            "settings": _records(settings),
+            "profiles": {name: dict(profile) for name, profile in settings.profiles.items()},
+        }
+        _write(st, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+        return
+    _print_table(st, settings, path)
+
+
+def _print_table(st: AppState, settings: Settings, path: Path) -> None:
+    rows = [(name, _text(_shown(name, settings.values.get(name))), _source_label(settings, name)) for name in KEYS]
+    where = f"config file: {path}" + ("" if path.is_file() else " (not created yet)")
+    if st.env.styled_output():
+        from rich.table import Table
+
+        console = st.env.console()
+        console.print(where, style="dim", markup=False, highlight=False, soft_wrap=True)
+        table = Table(box=None, pad_edge=False, header_style="bold")
+        for column in ("SETTING", "VALUE", "FROM"):
+            table.add_column(column, overflow="fold")
+        for name, value, source in rows:
+            style = None if source == "default" else "bold"
+            table.add_row(name, value, source, style=style)
+        console.print(table)
+    else:
+        width = max(len(name) for name, _, _ in rows)
+        value_width = min(40, max(len(value) for _, value, _ in rows))
+        lines = [where, f"{'SETTING':<{width}}  {'VALUE':<{value_width}}  FROM"]
+        lines += [f"{name:<{width}}  {value:<{value_width}}  {source}" for name, value, source in rows]
+        _write(st, "\n".join(lines) + "\n")
+    for name, profile in settings.profiles.items():
+        fields = ", ".join(f"{k}={v}" for k, v in profile.items())
+        _write(st, f"[engines.{name}] {fields}\n")
+
+
+def _write(st: AppState, text: str) -> None:
+    st.env.stdout.write(text)
+    st.env.stdout.flush()
+
+
+@config_app.command("path")
+def path_command(ctx: typer.Context) -> None:
+    """Print the config file's path (it may not exist yet).
+
+    Example: cat "$(gptcli config path)"
+    """
+    st = state(ctx)
+    path = config_path()
+    _write(st, f"{path}\n")
+    if not path.is_file():
+        st.env.notice("(not created yet: `gptcli config set` or `gptcli config edit` creates it)")
+
+
+@config_app.command("set")
+def set_command(
+    ctx: typer.Context,
+    setting: KeyArgument,
+    value: Annotated[str, typer.Argument(help="The new value; checked before it is written.", metavar="VALUE", autocompletion=complete_config_value)],
+) -> None:
+    """Set one key in the config file, after checking the value; comments and other keys are kept.
+
+    Example: gptcli config set overflow drop
+    """
+    from gptcli.config import set_config_value
+
+    st = state(ctx)
+    name = known_key(setting).name
+    written = set_config_value(name, value)
+    st.env.notice(f"{name} = {_text(written)} (in {config_path()})")
+    env_name = f"GPTCLI_{name.upper()}"
+    if os.environ.get(env_name):
+        st.env.notice(f"note: {env_name} is set in the environment and overrides the file")
+
+
+@config_app.command("unset")
+def unset_command(ctx: typer.Context, setting: KeyArgument) -> None:
+    """Remove one key from the config file, so its default (or environment variable) applies again.
+
+    Example: gptcli config unset temperature
+    """
+    from gptcli.config import unset_config_value
+
+    st = state(ctx)
+    name = known_key(setting).name
+    if unset_config_value(name):
+        st.env.notice(f"{name} removed from {config_path()}: default {_text(_shown(name, KEYS[name].default))}")
+    else:
+        st.env.notice(f"{name} is not set in {config_path()}: nothing to do")
+
+
+def _scaffold() -> str:
+    """A new config file: the header, then every key commented out with its default and help."""
+    from gptcli.config import CONFIG_HEADER
+
+    lines = [CONFIG_HEADER]
+    for key in KEYS.values():
+        default = _shown(key.name, key.default)
+        shown = "" if default is None else json.dumps(default)
+        lines.append(f"# {key.help}")
+        lines.append(f"# {key.name} = {shown}\n")
+    lines.append("# Remote engine profiles, chosen with --engine NAME:")
+    lines.append("# [engines.work]")
+    lines.append('# base_url = "http://127.0.0.1:8080/v1"')
+    lines.append('# api_key_env = "WORK_API_KEY"\n')
+    return "\n".join(lines)
+
+
+def _editor_command(st: AppState, path: Path) -> list[str]:
+    editor = os.environ.get("VISUAL") or os.environ.get("EDITOR")
+    if not editor:
+        if st.env.stdin_isatty and st.env.stdout_isatty and shutil.which("vi"):
+            editor = "vi"
+        else:
+            raise ConfigError(f"no editor: set $EDITOR (or $VISUAL); the config file is {path}")
+    try:
+        return [*shlex.split(editor), str(path)]
+    except ValueError:
+        raise UsageError(f"cannot parse $EDITOR '{editor}'") from None
+
+
+@config_app.command("edit")
+def edit_command(ctx: typer.Context) -> None:
+    """Open the config file in $EDITOR (created with every key commented out), then check it.
+
+    Example: EDITOR=nano gptcli config edit
+    """
+    from gptcli.config import read_config_file, write_config_text
+
+    st = state(ctx)
+    path = config_path()
+    if not path.exists():
+        write_config_text(path, _scaffold())
+    command = _editor_command(st, path)
+    try:
+        code = subprocess.call(command)
+    except OSError as exc:
+        raise GptcliError(f"cannot start the editor '{command[0]}': {exc.strerror or exc}") from None
+    if code != 0:
+        raise GptcliError(f"the editor '{command[0]}' exited with status {code}; {path} is kept as it is")
+    try:
+        values, profiles = read_config_file(path)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (your edit is saved: run `gptcli config edit` again to fix it)") from None
+    count = len(values) + len(profiles)
+    st.env.notice(f"{path} is valid: {count} setting{'s' if count != 1 else ''}")

@@ -5,6 +5,7 @@ from typing import Annotated, Optional
 import typer
 
 from gptcli.cli.app import app, state
+from gptcli.cli.completion import complete_template
 from gptcli.cli.options import ContinueOption, GenOptions, SessionOption, generation_options
 from gptcli.cli.run import run_template
 
@@ -14,7 +15,7 @@ from gptcli.cli.run import run_template
 def ask(
     ctx: typer.Context,
     prompt: Annotated[Optional[str], typer.Argument(help="The question. Piped text becomes the material it is about.")] = None,
-    template: Annotated[Optional[str], typer.Option("--template", "-t", help="Prompt template to use.")] = None,
+    template: Annotated[Optional[str], typer.Option("--template", "-t", help="Prompt template to use.", autocompletion=complete_template)] = None,
     var: Annotated[Optional[list[str]], typer.Option("--var", "-v", help="Template variable key=value (repeatable).")] = None,
     file: Annotated[Optional[str], typer.Option("--file", "-f", help="Read the material from a file.")] = None,
     continue_: ContinueOption = False,

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 
+from gptcli.cli.completion import complete_model, complete_session
 from gptcli.config import Settings
 from gptcli.engines import Sampling
 
@@ -90,7 +91,7 @@ def sampling_from(settings: Settings, temperature: float | None = None, max_toke
 
 
 _OPTIONS: dict[str, Any] = {
-    "model": Annotated[Optional[str], typer.Option("--model", "-m", help="Model: alias, REPO[:FILE], or GGUF path.", rich_help_panel=PANEL)],
+    "model": Annotated[Optional[str], typer.Option("--model", "-m", help="Model: alias, REPO[:FILE], or GGUF path.", rich_help_panel=PANEL, autocompletion=complete_model)],
     "engine": Annotated[Optional[str], typer.Option("--engine", help="'local', 'remote', or a profile from the config file.", rich_help_panel=PANEL)],
     "base_url": Annotated[Optional[str], typer.Option("--base-url", help="OpenAI-compatible server URL (remote engine).", rich_help_panel=PANEL)],
     "ctx_size": Annotated[Optional[int], typer.Option("--ctx", help="Context window in tokens (multiple of 256).", rich_help_panel=PANEL)],
@@ -114,7 +115,7 @@ _OPTIONS: dict[str, Any] = {
 # --continue/--session: for commands that can carry on a saved conversation (not part of GenOptions,
 # because most generating commands cannot)
 ContinueOption = Annotated[bool, typer.Option("--continue", "-c", help="Continue the most recent saved conversation.", rich_help_panel=OUT)]
-SessionOption = Annotated[Optional[str], typer.Option("--session", "-s", help="Continue the saved conversation with this id or title.", rich_help_panel=OUT)]
+SessionOption = Annotated[Optional[str], typer.Option("--session", "-s", help="Continue the saved conversation with this id or title.", rich_help_panel=OUT, autocompletion=complete_session)]
 
 
 def generation_options(func: F) -> F:
