@@ -241,14 +241,14 @@ def edit(ctx: typer.Context, name: NameArgument) -> None:
     Example: gptcli templates edit support
     """
     from gptcli.config import ensure_private_dir
-    from gptcli.templates import BUILTIN, TemplateLibrary, user_dir, valid_template_name
+    from gptcli.templates import BUILTIN, TemplateLibrary, builtin_dir, user_dir, valid_template_name
 
     st = state(ctx)
     if not valid_template_name(name):
         raise UsageError(f"'{name}' is not a template name: use letters, digits, - and _")
     path = user_dir() / f"{name}.toml"
     if not path.exists():
-        library = TemplateLibrary.load([(_builtin_dir(), BUILTIN)])
+        library = TemplateLibrary.load([(builtin_dir(), BUILTIN)])
         entry = library.entries.get(name)
         if entry is None:
             known = ", ".join(TemplateLibrary.load().names()) or "none"
@@ -258,12 +258,6 @@ def edit(ctx: typer.Context, name: NameArgument) -> None:
         st.env.notice(f"copied the built-in '{name}' to {path}; your copy overrides it")
     if _open_editor(st, path):
         _check(path, name)
-
-
-def _builtin_dir() -> Path:
-    from gptcli.templates import builtin_dir
-
-    return builtin_dir()
 
 
 @templates_app.command()
@@ -276,7 +270,7 @@ def path(
 
     Example: ls "$(gptcli templates path)"
     """
-    from gptcli.templates import TemplateLibrary, user_dir
+    from gptcli.templates import TemplateLibrary, builtin_dir, user_dir
 
     st = state(ctx)
     if name is not None:
@@ -285,5 +279,5 @@ def path(
             raise TemplateError(f"unknown template '{name}' (see `gptcli templates list`)")
         result = entry.path
     else:
-        result = _builtin_dir() if builtin else user_dir()
+        result = builtin_dir() if builtin else user_dir()
     st.env.stdout.write(f"{result}\n")
