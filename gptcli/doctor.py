@@ -186,6 +186,19 @@ def run_checks(
     except GptcliError as exc:
         checks.append(Check("models", str(models.registry_path()), FAIL, str(exc)))
 
+    # the engine: a remote server's model is not a file here
+    from gptcli.engines import choose
+
+    try:
+        kind = choose.engine_kind(effective)
+    except GptcliError as exc:
+        checks.append(Check("engine", effective.engine or "local", FAIL, str(exc)))
+        return checks
+    if kind != "local":
+        where = effective.base_url or effective.engine
+        checks.append(Check("engine", f"remote ({where}); model {effective.model or 'chosen by the server'}", INFO))
+        return checks
+
     # the default model, loaded
     spec = effective.model
     origin = {"flag": "--model", "env": "GPTCLI_MODEL", "file": "config file"}.get(effective.sources.get("model", ""), "")
@@ -199,7 +212,7 @@ def run_checks(
     except GptcliError as exc:
         checks.append(Check("default model", spec or "(default)", FAIL, str(exc)))
         return checks
-    if load and open_engine is not None and effective.engine == "local":
+    if load and open_engine is not None:
         started = time.perf_counter()
         try:
             engine = open_engine(effective.with_flags(ctx=512))
@@ -212,8 +225,6 @@ def run_checks(
             checks.append(Check("model loads", "no", FAIL, str(exc)))
         except Exception as exc:  # llama.cpp failures that are not ours to name
             checks.append(Check("model loads", "no", FAIL, f"{type(exc).__name__}: {exc}"))
-    elif load and effective.engine != "local":
-        checks.append(Check("model loads", f"not checked: engine '{effective.engine}' is not local", INFO))
     return checks
 
 

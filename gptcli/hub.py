@@ -215,7 +215,7 @@ def choose_gguf(
             if len(same) > 1:
                 chosen = min(same, key=lambda m: (len(m.parts), m.size))
             if rank == 0:
-                why = "the default: 4-bit K-quant, the usual balance of size and quality"
+                why = "the default choice (a 4-bit K-quant: a good balance of size and quality)"
             else:
                 missing = ", ".join(QUANT_PREFERENCE[:rank][:3]) + (" ..." if rank > 3 else "")
                 why = f"no {missing} in the repository; next in the preference order ({' > '.join(QUANT_PREFERENCE[:4])} > ...)"

@@ -19,6 +19,7 @@ import json
 import re
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -93,6 +94,7 @@ class FakeHub:
     page_size: int = 1000
     cut_at: int | None = None  # CDN: drop the connection once this byte offset of a file has been sent
     echo_auth_in_errors: bool = False  # a misbehaving server that repeats the Authorization header
+    throttle: float = 0.0  # CDN: seconds to pause after each MiB sent (a slow connection)
     repos: dict[str, HubRepo] = field(default_factory=dict)
     requests: list[Recorded] = field(default_factory=list)
     _servers: list[ThreadingHTTPServer] = field(default_factory=list)
@@ -366,6 +368,8 @@ def _handler(hub: FakeHub, role: str) -> type[BaseHTTPRequestHandler]:
                         break
                     self.wfile.write(chunk)
                     left -= len(chunk)
+                    if hub.throttle:
+                        time.sleep(hub.throttle)
 
     return Handler
 
@@ -419,3 +423,27 @@ def loaded(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
 
     monkeypatch.setattr("gptcli.engines.local.load_local_engine", load)
     return paths
+
+
+def split_gguf(source: Path, out: Path, parts: int) -> list[Path]:
+    """Re-write a real GGUF as ``parts`` split files (``-00001-of-0000N.gguf``), as llama.cpp's gguf-split does."""
+    import gguf
+
+    reader = gguf.GGUFReader(source)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    arch = reader.fields["general.architecture"].contents()
+    per_part = -(-len(reader.tensors) // parts)
+    writer = gguf.GGUFWriter(out, arch, split_max_tensors=per_part)
+    for f in reader.fields.values():
+        if f.name == gguf.Keys.General.ARCHITECTURE or f.name.startswith("GGUF."):
+            continue
+        value_type = f.types[0]
+        sub_type = f.types[-1] if value_type == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(f.name, f.contents(), value_type, sub_type=sub_type)
+    for t in reader.tensors:
+        writer.add_tensor(t.name, t.data, raw_shape=t.data.shape, raw_dtype=t.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return sorted(out.parent.glob(f"{out.stem}-*-of-*.gguf"))

@@ -125,3 +125,17 @@ def test_the_token_is_never_printed(run_gptcli):
 def test_doctor_help_has_an_example(run_gptcli):
     proc = run_gptcli("doctor", "--help", env={"COLUMNS": "200"})
     assert proc.returncode == 0 and "Example: gptcli doctor" in proc.stdout
+
+
+def test_a_remote_engine_is_reported_without_loading_or_contacting_it(run_gptcli):
+    proc = run_gptcli("doctor", "--json", env={"GPTCLI_ENGINE": "remote", "GPTCLI_BASE_URL": "http://127.0.0.1:9/v1"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    checks = _checks(proc.stdout)
+    assert checks["engine"]["value"].startswith("remote (http://127.0.0.1:9/v1)")
+    assert "model loads" not in checks
+
+
+def test_an_unknown_engine_fails(run_gptcli):
+    proc = run_gptcli("doctor", "--no-load", env={"GPTCLI_ENGINE": "bogus"})
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: engine: unknown engine 'bogus'")

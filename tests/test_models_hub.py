@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from gptcli.models import Registry
-from tests.hubserver import FakeHub, loaded, tiny_gguf  # noqa: F401 (fixture)
+from tests.hubserver import FakeHub, loaded, split_gguf, tiny_gguf  # noqa: F401 (fixture)
 
 REPO = "acme/tiny-GGUF"
 
@@ -448,3 +448,58 @@ def test_pull_the_real_model_and_answer_with_it(hub, run_gptcli):
     gone = run_gptcli("ask", "hi", "--model", "smol", "-n", "4", env=offline)
     assert gone.returncode == 1
     assert gone.stderr.startswith("error: unknown model 'smol'")
+
+
+@pytest.mark.model
+def test_a_real_split_model_is_pulled_whole_and_answers_like_the_original(hub, run_gptcli, tmp_path_factory):
+    """The embedded model re-written in three parts: pulled, registered by its first part, loaded by llama.cpp."""
+    from gptcli.models import embedded_model_path
+
+    folder = tmp_path_factory.mktemp("split")
+    parts = split_gguf(embedded_model_path(), folder / "SmolLM2-135M-Instruct-Q4_1.gguf", 3)
+    assert [p.name for p in parts] == [f"SmolLM2-135M-Instruct-Q4_1-{i:05d}-of-00003.gguf" for i in (1, 2, 3)]
+    hub.add_repo("acme/smol-split-GGUF", {p.name: p for p in parts})
+    pulled = run_gptcli("models", "pull", "acme/smol-split-GGUF", "--alias", "split", env=hub.env())
+    assert pulled.returncode == 0, pulled.stderr
+    assert "in 3 parts" in pulled.stderr
+
+    info = json.loads(run_gptcli("models", "info", "split", "--json").stdout)
+    original = json.loads(run_gptcli("models", "info", str(embedded_model_path()), "--json").stdout)
+    assert info["parameters"] == original["parameters"] and info["split_parts"] == 3
+    args = ("ask", "Name a colour.", "-n", "12", "--ctx", "512", "--seed", "3")
+    from_split = run_gptcli(*args, "--model", "split")
+    from_original = run_gptcli(*args)
+    assert from_split.returncode == 0, from_split.stderr
+    assert from_split.stdout.strip() and from_split.stdout == from_original.stdout
+
+
+def test_ctrl_c_during_a_download_keeps_the_part_for_the_next_pull(hub, big_model, gptcli_bin, run_gptcli):
+    import signal
+    import time
+
+    path, data = big_model
+    hub.add_repo(REPO, {"big-Q4_1.gguf": path})
+    hub.throttle = 0.05  # about 20 MiB/s: slow enough to interrupt
+    sha = hashlib.sha256(data).hexdigest()
+    partial = cache_folder() / "blobs" / f"{sha}.incomplete"
+    import subprocess
+
+    proc = subprocess.Popen([gptcli_bin, "models", "pull", REPO], env={**os.environ, **hub.env()},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (not partial.exists() or partial.stat().st_size < 20_000_000):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "interrupted at" in err and "pull again to resume" in err
+    kept = partial.stat().st_size
+    assert 0 < kept < len(data)
+    assert Registry.load().models == {}
+
+    hub.throttle = 0.0
+    before = len(hub.requests)
+    again = run_gptcli("models", "pull", REPO, env=hub.env())
+    assert again.returncode == 0, again.stderr
+    assert [r.headers.get("range") for r in hub.requests[before:] if r.server == "cdn"] == [f"bytes={kept}-"]
+    assert (cache_folder() / "blobs" / sha).read_bytes() == data
