@@ -271,8 +271,6 @@ def hub_error(exc: BaseException, repo_id: str, *, filename: str | None = None, 
     """One clear line for whatever huggingface_hub or the network raised."""
     from huggingface_hub import errors as hf_errors
 
-    import httpx2
-
     where = endpoint()
     status = getattr(getattr(exc, "response", None), "status_code", None)
     if isinstance(exc, hf_errors.OfflineModeIsEnabled):
@@ -298,11 +296,13 @@ def hub_error(exc: BaseException, repo_id: str, *, filename: str | None = None, 
         return ModelError(f"access to '{repo_id}' is forbidden (403): check that your token may read it")
     if isinstance(exc, hf_errors.HfHubHTTPError):
         return ModelError(_scrub(f"the Hub answered {status or 'an error'} for '{repo_id}': {_first_line(exc)}"))
-    if isinstance(exc, httpx2.ProxyError):
+    # the HTTP client's own classes (httpx2 today; httpx or requests in other huggingface_hub versions)
+    kinds = {cls.__name__ for cls in type(exc).__mro__}
+    if "ProxyError" in kinds:
         return ModelError(f"the proxy refused the connection to {where}: {_scrub(_first_line(exc))}")
-    if isinstance(exc, httpx2.TimeoutException):
+    if any("Timeout" in name for name in kinds):
         return ModelError(f"the Hub at {where} did not answer in time; check your connection and try again")
-    if isinstance(exc, (httpx2.ConnectError, httpx2.NetworkError, ConnectionError)):
+    if kinds & {"ConnectError", "ConnectionError", "NetworkError"}:
         return ModelError(f"cannot reach the Hub at {where}: {_scrub(_first_line(exc))}; check your connection (or HF_ENDPOINT)")
     return ModelError(_scrub(f"pulling '{repo_id}' failed: {_first_line(exc)}"))
 
