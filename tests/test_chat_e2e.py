@@ -131,3 +131,15 @@ def test_ctrl_c_mid_reply_returns_to_the_prompt_and_keeps_the_partial_reply(gptc
     assert partial.split()[0] in screen  # the partial reply stays on screen
     assert len(term.enter("/tokens")) > 0  # the chat goes on after the interruption
     assert term.leave() == 0
+
+
+def test_a_chat_outgrowing_a_tiny_window_is_summarized_and_goes_on(run_gptcli):
+    questions = ["Tell me about cats.", "Tell me about dogs.", "Tell me about birds.", "Tell me about fish.", "Which animals?"]
+    proc = run_gptcli("chat", "--ctx", "256", "-n", "32", "--seed", "1", input="\n".join([*questions, "/tokens"]) + "\n")
+    assert proc.returncode == 0, proc.stderr
+    assert "context full" in proc.stderr  # said, never silent
+    assert "error" not in proc.stderr
+    budget = proc.stdout.strip().splitlines()[-1]
+    assert re.match(r"context \d+/256 tokens: system \d+ \+ (summary \d+ \+ )?history", budget), budget
+    assert "out of view (still stored)" in budget
+    assert [m[1] for m in latest_messages() if m[0] == "user"] == questions  # the store keeps every turn
