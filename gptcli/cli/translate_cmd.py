@@ -1,3 +1,547 @@
-"""(placeholder: filled in by the work on this command group)."""
+"""``gptcli translate``: whole documents of any length, structure kept, finished chunks never lost."""
 
-from gptcli.cli.app import app  # noqa: F401
+import json
+import os
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Annotated, Any, Optional
+
+import typer
+
+from gptcli.cli.app import AppState, app, state
+from gptcli.cli.options import GenOptions, generation_options, sampling_from
+from gptcli.engines import Engine, choose
+from gptcli.errors import InputError, TemplateError, UsageError
+from gptcli.render import Env
+
+if TYPE_CHECKING:
+    from gptcli.translate import Chunk, ChunkResult, Plan, Summary
+
+STDIN = "-"
+
+
+@dataclass
+class Source:
+    """One input: its name, its text, and how its bytes were encoded (kept for the output file)."""
+
+    name: str
+    text: str
+    codec: str  # utf-8 | utf-16-le | utf-16-be
+    bom: bool
+    path: Path | None = None
+
+
+def _read_source(st: AppState, name: str, encoding: Optional[str]) -> Source:
+    from gptcli.textio import bom_codec, decode_text, read_bytes
+
+    if name == STDIN:
+        buffer = getattr(st.env.stdin, "buffer", None)
+        data = buffer.read() if buffer is not None else st.env.stdin.read().encode("utf-8")
+        label, path = "standard input", None
+    else:
+        path = Path(name)
+        data = read_bytes(path)
+        label = name
+    text = decode_text(data, label, encoding)
+    codec = None if encoding else bom_codec(data)
+    return Source(label, text, codec or "utf-8", codec is not None, path)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+def _outputs(names: list[str], output: Optional[str], output_dir: Optional[str], force: bool) -> list[Optional[Path]]:
+    """Where each input's translation goes (None: standard output), checked before any work."""
+    if output and output_dir:
+        raise UsageError("use -o FILE or --output-dir DIR, not both")
+    if len(names) > 1 and output:
+        raise UsageError("-o takes one input file; for several files use --output-dir DIR")
+    if len(names) > 1 and not output_dir:
+        raise UsageError("translating several files needs --output-dir DIR")
+    if names.count(STDIN) > 1:
+        raise UsageError("standard input ('-') can be read only once")
+    targets: list[Optional[Path]] = []
+    for name in names:
+        if output:
+            targets.append(Path(output))
+        elif output_dir:
+            if name == STDIN:
+                raise UsageError("standard input has no file name: use -o FILE for it")
+            targets.append(Path(output_dir) / Path(name).name)
+        else:
+            targets.append(None)
+    seen: dict[Path, str] = {}
+    for name, target in zip(names, targets):
+        if target is None:
+            continue
+        key = target.resolve()
+        if key in seen:
+            raise UsageError(f"{seen[key]} and {name} would both be written to {target}")
+        seen[key] = name
+        if name != STDIN and _same_file(Path(name), target):
+            raise UsageError(f"the output {target} is the input file itself; choose another -o or --output-dir")
+        if target.is_dir():
+            raise InputError(f"the output {target} is a directory")
+        if target.exists() and not force:
+            raise InputError(f"{target} already exists: use --force to overwrite it")
+        if output and not target.parent.is_dir():
+            raise InputError(f"cannot write {target}: the folder {target.parent} does not exist")
+    return targets
+
+
+def _is_local(engine: Engine) -> bool:
+    local = sys.modules.get("gptcli.engines.local")
+    return local is not None and isinstance(engine, local.LocalEngine)
+
+
+def _same_terminal(a: IO[str], b: IO[str]) -> bool:
+    try:
+        return a.isatty() and b.isatty() and os.fstat(a.fileno()).st_rdev == os.fstat(b.fileno()).st_rdev
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+class _Preview:
+    """The reply being generated for the current chunk: its last lines, dim, erased when the chunk is done."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def __rich_console__(self, console: Any, options: Any) -> Any:
+        from rich.text import Text
+
+        if self.text.strip():
+            lines = self.text.rstrip("\n").split("\n")[-4:]
+            yield Text("\n".join(lines), style="dim", overflow="ellipsis", no_wrap=True)
+
+
+class Display:
+    """Progress (Rich, on stderr when it is a terminal) and the translated text as it is finished.
+
+    When the text goes to the same terminal as the progress bar, it is printed through the live
+    display (above the bar) so neither garbles the other; a chunk's reply shows, dim, while it is
+    being generated and is replaced by the finished text.
+    """
+
+    def __init__(self, env: Env, name: str, sink: Optional[IO[str]], *, stream: bool, preview: bool) -> None:
+        self.env = env
+        self.name = name
+        self.sink = sink  # where the text goes: stdout, a file, or None (--json collects it)
+        self.stream = stream
+        self.held = ""
+        self.live: Any = None
+        self.progress: Any = None
+        self.task: Any = None
+        self.preview = _Preview()
+        self.show_preview = False
+        self.lock = threading.Lock()
+        to_terminal = sink is env.stdout and env.stdout_isatty and stream
+        progress_on = env.stderr_isatty and not env.quiet
+        self.via_live = False
+        console = None
+        if progress_on:
+            console = env.err_console
+            self.via_live = to_terminal and _same_terminal(env.stdout, env.stderr)
+        elif to_terminal:
+            console = env.console()
+            self.via_live = True
+        self.show_preview = self.via_live and preview
+        if console is not None:
+            from rich.console import Group
+            from rich.live import Live
+            from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
+
+            parts: list[Any] = [self.preview] if self.show_preview else []
+            if progress_on:
+                self.progress = Progress(
+                    SpinnerColumn(),
+                    TextColumn("{task.description}"),
+                    BarColumn(),
+                    TextColumn("{task.fields[chunks]}"),
+                    TextColumn("{task.fields[tokens]} tokens"),
+                    TimeRemainingColumn(),
+                    console=console,
+                    auto_refresh=False,
+                )
+                self.task = self.progress.add_task(name, total=None, chunks="", tokens=0)
+                parts.append(self.progress)
+            self.live = Live(
+                Group(*parts),
+                console=console,
+                refresh_per_second=8,
+                transient=True,
+                redirect_stdout=False,
+                redirect_stderr=False,
+            )
+            self.live.start()
+        self.total_chunks = 0
+        self.done_chunks = 0
+        self.tokens = 0
+
+    # ---------------------------------------------------------------- Events
+
+    def start(self, plan: "Plan", cached: int) -> None:
+        self.total_chunks = len(plan.chunks)
+        self.done_chunks = 0
+        if self.progress is not None:
+            todo = sum(c.source_tokens for c in plan.chunks) or 1
+            self.progress.update(self.task, total=todo, completed=0, chunks=f"0/{self.total_chunks} chunks")
+        if cached and not self.env.quiet:
+            self._notice(f"resuming: {cached} of {self.total_chunks} chunks of {self.name} already translated")
+
+    def attempt(self, index: int) -> None:
+        self.preview.text = ""
+
+    def token(self, index: int, text: str) -> None:
+        if self.show_preview:
+            self.preview.text += text
+
+    def chunk_done(self, chunk: "Chunk", result: "ChunkResult") -> None:
+        self.done_chunks += 1
+        self.tokens += result.completion_tokens
+        self.preview.text = ""
+        if self.progress is not None:
+            self.progress.update(
+                self.task,
+                advance=chunk.source_tokens,
+                chunks=f"{self.done_chunks}/{self.total_chunks} chunks",
+                tokens=f"{self.tokens:,}",
+            )
+            self.live.refresh()
+
+    # ---------------------------------------------------------------- text
+
+    def write(self, text: str) -> None:
+        if not text or self.sink is None:
+            return
+        if not self.stream:
+            self.held += text
+            return
+        if self.via_live and self.live is not None:
+            from rich.text import Text
+
+            text, self.held = (self.held + text), ""
+            cut = text.rfind("\n") + 1
+            text, self.held = text[:cut], text[cut:]
+            if text:
+                self.live.console.print(Text(text.expandtabs(4)), end="", soft_wrap=True, markup=False, highlight=False)
+            return
+        try:
+            self.sink.write(text)
+            flush = getattr(self.sink, "flush", None)
+            if flush is not None:
+                flush()
+        except BrokenPipeError:
+            from gptcli.render import OutputClosed
+
+            raise OutputClosed from None
+
+    def _notice(self, text: str) -> None:
+        if self.live is not None:
+            self.live.console.print(text, style="dim", markup=False, highlight=False)
+        else:
+            self.env.notice(text)
+
+    def close(self, finished: bool) -> None:
+        """Stop the live display; write what was held back (a last line without a newline)."""
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+        if self.held and self.sink is not None and finished:
+            text, self.held = self.held, ""
+            if self.sink is self.env.stdout and self.env.stdout_isatty and not text.endswith("\n"):
+                text += "\n"  # the prompt starts on its own line
+            self.sink.write(text)
+            flush = getattr(self.sink, "flush", None)
+            if flush is not None:
+                flush()
+
+
+def _encoding_for(source: Source) -> str:
+    return source.codec if source.codec.startswith("utf-16") else "utf-8"
+
+
+def _summary_line(name: str, target: Optional[Path], summary: "Summary") -> str:
+    where = f"{name} -> {target}" if target else name
+    cached = f" ({summary.cached} from the cache)" if summary.cached else ""
+    speed = f", {summary.tokens_per_second:.1f} tok/s" if summary.completion_tokens else ""
+    return (
+        f"translated {where}: {summary.chunks} chunks{cached}, {summary.completion_tokens:,} tokens"
+        f" in {summary.seconds:.1f} s{speed}"
+    )
+
+
+def _warnings(summary: "Summary") -> list[str]:
+    notes = []
+    if summary.kept_source:
+        notes.append(f"warning: {summary.kept_source} piece(s) came back empty and were kept untranslated")
+    if summary.truncated:
+        notes.append(f"warning: {summary.truncated} reply(ies) were cut at the length limit")
+    for term, count in summary.glossary_misses.most_common(5):
+        notes.append(f"glossary: the translation of '{term}' is missing from {count} chunk(s)")
+    return notes
+
+
+@app.command()
+@generation_options
+def translate(
+    ctx: typer.Context,
+    files: Annotated[
+        Optional[list[str]],
+        typer.Argument(help="Files to translate; '-' (or none, with piped input) reads standard input.", metavar="FILE"),
+    ] = None,
+    to: Annotated[Optional[str], typer.Option("--to", help="Target language: a code or a name (fr, French, zh-CN).")] = None,
+    from_: Annotated[
+        Optional[str], typer.Option("--from", help="Source language (default: auto, the model recognises it).")
+    ] = None,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Write the translation to this file.")] = None,
+    output_dir: Annotated[
+        Optional[str], typer.Option("--output-dir", help="Write each translation into this folder, under the input's name.")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
+    glossary: Annotated[
+        Optional[str], typer.Option("--glossary", help="CSV or TOML file of term pairs the translation must use.", metavar="FILE")
+    ] = None,
+    template: Annotated[Optional[str], typer.Option("--template", "-t", help="Translation template to use.")] = None,
+    register: Annotated[
+        Optional[str], typer.Option("--register", help="Register of the translation: formal, informal... (default: as the source).")
+    ] = None,
+    var: Annotated[Optional[list[str]], typer.Option("--var", "-v", help="Template variable key=value (repeatable).")] = None,
+    encoding: Annotated[
+        Optional[str], typer.Option("--encoding", help="Encoding of the input (default: UTF-8, or UTF-16 with a BOM).")
+    ] = None,
+    text_format: Annotated[
+        Optional[str], typer.Option("--format", help="Input format: markdown, text, or auto (by suffix and content).")
+    ] = None,
+    parallel: Annotated[
+        int, typer.Option("--parallel", "-P", help="Chunks in flight at once (remote engines; the local engine runs one).", min=1, max=64)
+    ] = 1,
+    resume: Annotated[
+        bool, typer.Option("--resume/--no-resume", help="Reuse chunks finished by an earlier run (default) or translate all again.")
+    ] = True,
+    chunk_tokens: Annotated[
+        Optional[int], typer.Option("--chunk-tokens", help="Most source tokens in one chunk (default 512, less if the context is small).", min=8)
+    ] = None,
+    gen: GenOptions = GenOptions(),
+) -> None:
+    """Translate documents of any length, keeping their structure; resumable.
+
+    Markdown headings, lists, tables and code blocks, line endings and the final newline are
+    kept; code, front matter and URLs are never sent to the model. Finished chunks are cached, so
+    running the same command again after Ctrl-C translates only what is left.
+
+    Example: gptcli translate README.md --to fr -o README.fr.md
+    """
+    from gptcli.languages import AUTO, resolve_language
+    from gptcli.templates import load_template, parse_vars
+
+    st = state(ctx)
+    env = st.env
+    if not to:
+        raise UsageError("--to LANG is required (for example --to fr or --to German)")
+    target = resolve_language(to, option="--to")
+    source_lang = resolve_language(from_, option="--from", allow_auto=True) if from_ else AUTO
+    if text_format not in (None, "auto", "markdown", "md", "text", "txt"):
+        raise UsageError("--format must be markdown, text or auto")
+
+    names = list(files or [])
+    if not names:
+        if env.stdin_isatty:
+            raise UsageError("give a FILE to translate, or pipe text into gptcli translate")
+        names = [STDIN]
+    targets = _outputs(names, output, output_dir, force)
+
+    # the template and its values, checked before anything is read or loaded
+    tmpl = load_template(template or "translate")
+    declared = {v.name for v in tmpl.variables}
+    if "target" not in declared:
+        raise TemplateError(f"template '{tmpl.name}' has no {{target}} variable, so it cannot name the target language")
+    values = {
+        "target": target.name,
+        "source": "the language it is written in" if source_lang is AUTO else source_lang.name,
+    }
+    if register:
+        if "register" not in declared:
+            raise TemplateError(f"template '{tmpl.name}' has no {{register}} variable for --register")
+        values["register"] = register
+    values = {k: v for k, v in values.items() if k in declared}
+    values.update(parse_vars(var))
+    if glossary and "glossary" not in declared:
+        raise TemplateError(f"template '{tmpl.name}' has no {{glossary}} variable, so --glossary terms cannot reach it")
+    tmpl.values({k: v for k, v in values.items()})  # unknown or missing variables fail here
+
+    from gptcli.translate import Glossary, Job, TranslationCache, Translator, cache_folder, load_glossary, looks_like_markdown
+
+    terms = load_glossary(glossary) if glossary else Glossary()
+    sources = [_read_source(st, name, encoding) for name in names]
+    if output_dir:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+
+    settings = gen.settings(st.settings)
+    engine = choose.open_engine(settings)
+    if parallel > 1 and _is_local(engine):
+        env.notice(f"--parallel {parallel}: the local engine runs one chunk at a time (one model, one context); use a remote engine to run chunks in parallel")
+        parallel = 1
+    sampling = sampling_from(settings, tmpl.temperature, None)
+    model_id = "|".join(str(x) for x in (engine.model_name, getattr(engine, "path", ""), settings.engine, settings.base_url or ""))
+    job = Job(
+        target=target,
+        source=source_lang,
+        template=tmpl,
+        values=values,
+        glossary=terms,
+        sampling=sampling,
+        model=model_id,
+        max_tokens=settings.max_tokens if settings.sources.get("max_tokens") != "default" else None,
+    )
+    cache = TranslationCache(cache_folder(), job.key)
+    translator = Translator(engine, job, cache=cache, resume=resume, parallel=parallel)
+    try:
+        for src, dest in zip(sources, targets):
+            markdown = (
+                text_format in ("markdown", "md")
+                if text_format not in (None, "auto")
+                else looks_like_markdown(src.text, src.path.name if src.path else None)
+            )
+            code = _translate_one(st, gen, translator, src, dest, markdown, chunk_tokens, target.spaceless)
+            if code:
+                raise typer.Exit(code)
+    finally:
+        cache.close()
+
+
+def _translate_one(
+    st: AppState,
+    gen: GenOptions,
+    translator: Any,
+    src: Source,
+    dest: Optional[Path],
+    markdown: bool,
+    chunk_tokens: Optional[int],
+    spaceless: bool,
+) -> int:
+    """Translate one document to ``dest`` (None: standard output); returns the exit code."""
+    from gptcli.textio import AtomicTextFile
+
+    env = st.env
+    if not src.text:
+        env.notice(f"{src.name} is empty: nothing to translate")
+    plan = translator.plan(src.text, markdown=markdown, chunk_tokens=chunk_tokens) if src.text else None
+    if plan is not None and not plan.chunks and src.text.strip():
+        env.notice(f"{src.name} has nothing to translate (only code, numbers or blank lines): copied as it is")
+
+    out_file: Optional[AtomicTextFile] = None
+    collected: list[str] = []
+    if dest is not None:
+        out_file = AtomicTextFile(dest, encoding=_encoding_for(src), bom=src.bom)
+    sink: Optional[IO[str]]
+    if out_file is not None:
+        sink = out_file  # type: ignore[assignment]
+    elif gen.json:
+        sink = None
+    else:
+        sink = env.stdout
+    display = Display(env, src.name, sink, stream=not gen.no_stream, preview=translator.parallel == 1)
+
+    def write(text: str) -> None:
+        if gen.json and dest is None:
+            collected.append(text)
+        display.write(text)
+
+    events: Any = display
+    if gen.json:
+        events = _JsonEvents(env, src.name, display)
+    summary = None
+    try:
+        if plan is not None:
+            summary = translator.run(plan, write, events, spaceless=spaceless)
+    except BaseException as exc:
+        display.close(False)
+        if out_file is not None:
+            out_file.discard()
+        if not isinstance(exc, KeyboardInterrupt):
+            raise
+        env.notice(f"interrupted: the finished chunks of {src.name} are kept; run the same command again to translate the rest")
+        return 130
+    display.close(True)
+    if out_file is not None:
+        out_file.commit()
+    if gen.json:
+        event: dict[str, Any] = {"type": "done", "file": src.name, "output": str(dest) if dest else None}
+        if dest is None:
+            event["text"] = "".join(collected)
+        if summary is not None:
+            event.update(_summary_fields(summary))
+        _emit(env, event)
+        return 0
+    if summary is not None:
+        if dest is not None or gen.stats:
+            line = _summary_line(src.name, dest, summary)
+            if gen.stats:
+                env.err_console.print(line, style="dim", markup=False, highlight=False, soft_wrap=True)
+            else:
+                env.notice(line)
+        for note in _warnings(summary):
+            env.notice(note)
+    return 0
+
+
+def _summary_fields(summary: "Summary") -> dict[str, Any]:
+    return {
+        "chunks": summary.chunks,
+        "cached": summary.cached,
+        "packed": summary.packed,
+        "fell_back": summary.fell_back,
+        "kept_source": summary.kept_source,
+        "truncated": summary.truncated,
+        "prompt_tokens": summary.prompt_tokens,
+        "completion_tokens": summary.completion_tokens,
+        "seconds": round(summary.seconds, 3),
+        "tokens_per_second": round(summary.tokens_per_second, 2),
+    }
+
+
+def _emit(env: Env, event: dict[str, Any]) -> None:
+    try:
+        env.stdout.write(json.dumps(event, ensure_ascii=False) + "\n")
+        env.stdout.flush()
+    except BrokenPipeError:
+        from gptcli.render import OutputClosed
+
+        raise OutputClosed from None
+
+
+class _JsonEvents:
+    """--json: one ``chunk`` event per finished chunk (in the order they finish), progress as usual."""
+
+    def __init__(self, env: Env, name: str, display: Display) -> None:
+        self.env = env
+        self.name = name
+        self.display = display
+
+    def start(self, plan: "Plan", cached: int) -> None:
+        self.display.start(plan, cached)
+        _emit(self.env, {"type": "start", "file": self.name, "chunks": len(plan.chunks), "cached": cached,
+                         "source_tokens": plan.source_tokens})
+
+    def attempt(self, index: int) -> None:
+        self.display.attempt(index)
+
+    def token(self, index: int, text: str) -> None:
+        self.display.token(index, text)
+
+    def chunk_done(self, chunk: "Chunk", result: "ChunkResult") -> None:
+        self.display.chunk_done(chunk, result)
+        _emit(self.env, {
+            "type": "chunk", "file": self.name, "index": chunk.index, "cached": result.cached,
+            "packed": result.packed, "source_tokens": chunk.source_tokens,
+            "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+            "translations": result.translations,
+        })
+
