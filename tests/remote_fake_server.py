@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Callable
 
 
 @dataclass
@@ -40,6 +40,10 @@ class FakeOpenAIServer:
     retry_after: str | None = None
     stall: float = 0.0  # wait this long before the response headers
     send_usage: bool = True
+    reply_fn: Callable[[dict[str, Any]], str] | None = None  # the reply from the request body
+    delay_fn: Callable[[dict[str, Any]], float] | None = None  # per-request delay between words
+    in_flight: int = 0
+    max_in_flight: int = 0  # the most streams served at the same time
     requests: list[Recorded] = field(default_factory=list)
     disconnects: list[float] = field(default_factory=list)  # when a client went away mid-stream
 
@@ -143,7 +147,9 @@ class FakeOpenAIServer:
             return self._json(h, self.status, data, headers)
         body = body or {}
         stream = bool(body.get("stream"))
-        words = self.reply.split(" ")
+        reply = self.reply_fn(body) if self.reply_fn else self.reply
+        delay = self.delay_fn(body) if self.delay_fn else self.delay
+        words = reply.split(" ")
         pieces = [w if i == len(words) - 1 else w + " " for i, w in enumerate(words)]
         limit = body.get("max_tokens")
         finish = "length" if isinstance(limit, int) and limit < len(pieces) else "stop"
@@ -173,6 +179,9 @@ class FakeOpenAIServer:
             choice["finish_reason"] = reason
             return {"id": "x", "object": "chat.completion.chunk", "model": body.get("model"), "choices": [choice]}
 
+        with self.lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             for i, piece in enumerate(pieces):
                 if self.cut_after is not None and i >= self.cut_after:
@@ -180,8 +189,8 @@ class FakeOpenAIServer:
                     h.connection.shutdown(socket.SHUT_RDWR)  # a crash: no final chunk, no [DONE]
                     return
                 event(chunk(piece))
-                if self.delay:
-                    time.sleep(self.delay)
+                if delay:
+                    time.sleep(delay)
             event(chunk(None, finish))
             if self.send_usage:
                 event({"id": "x", "object": "chat.completion.chunk", "choices": [],
@@ -193,3 +202,6 @@ class FakeOpenAIServer:
             with self.lock:
                 self.disconnects.append(time.monotonic())
             h.close_connection = True
+        finally:
+            with self.lock:
+                self.in_flight -= 1

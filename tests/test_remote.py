@@ -443,3 +443,28 @@ def test_streams_from_several_threads_at_once(fake_server):
     elapsed = time.monotonic() - started
     assert all(results[i] == "Hello from the remote fake." for i in range(4))
     assert elapsed < 4 * 5 * 0.05  # overlapped, not one after another
+
+
+# ---------------------------------------------------------------- translate --parallel
+
+
+def test_translate_parallel_keeps_the_order_with_replies_finishing_out_of_order(cli, fake_server, tmp_path):
+    """Later chunks finish first (they stream faster); the output still follows the document."""
+    count = 8
+    doc = tmp_path / "doc.md"
+    doc.write_text("".join(f"Paragraph {i} says hello to the reader.\n\n" for i in range(count)), encoding="utf-8")
+
+    def which(body: dict) -> int:
+        found = re.search(r"Paragraph (\d+)", body["messages"][-1]["content"])
+        assert found, body
+        return int(found.group(1))
+
+    fake_server.reply_fn = lambda body: f"Absatz {which(body)} grüßt den Leser."
+    fake_server.delay_fn = lambda body: 0.01 * (count - which(body))
+    out = tmp_path / "doc.de.md"
+    result = cli(["translate", str(doc), "--to", "de", "-o", str(out), "--parallel", "4",
+                  "--chunk-tokens", "8", *remote_args(fake_server)])
+    assert result.exit_code == 0, result.stderr
+    assert out.read_text(encoding="utf-8") == "".join(f"Absatz {i} grüßt den Leser.\n\n" for i in range(count))
+    assert len(fake_server.chat_requests()) == count
+    assert fake_server.max_in_flight == 4  # up to N chunks at once, never more

@@ -153,6 +153,21 @@ def test_chat_reads_one_turn_per_line(server, run_gptcli, isolated_home):
     assert [r[1] for r in rows if r[0] == "user"] == ["Hello!", "What is 2+2?"]
 
 
+def test_translate_in_parallel_through_the_server(server, run_gptcli, tmp_path):
+    doc = tmp_path / "notes.md"
+    doc.write_text(
+        "# Garden notes\n\nThe roses need water every morning.\n\n"
+        "- Cut the grass on Saturday.\n- Buy new seeds.\n\nThe apple tree is old but strong.\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "notes.fr.md"
+    proc = run_gptcli(*remote(server, "translate", str(doc), "--to", "fr", "-o", str(out), "--parallel", "2", "--chunk-tokens", "16"))
+    assert proc.returncode == 0, proc.stderr
+    translated = out.read_text(encoding="utf-8")
+    assert translated.startswith("#") and translated.endswith("\n")
+    assert re.search(r"(\d+) chunks", proc.stderr) and int(re.search(r"(\d+) chunks", proc.stderr).group(1)) > 1
+
+
 def test_an_input_too_long_for_the_server_is_a_clear_error(server, run_gptcli):
     proc = run_gptcli(*remote(server, "ask", "Summarize:", "-n", "8"), input="word " * 1500)
     assert proc.returncode == 1
