@@ -205,7 +205,11 @@ class ChatSession:
     # ------------------------------------------------------------ output helpers
 
     def say(self, text: str) -> None:
-        """What a command was asked to show, on stdout."""
+        """What a command was asked to show, on stdout (an ``info`` event with ``--json``)."""
+        if self.mode.json:
+            import json
+
+            text = json.dumps({"type": "info", "text": text}, ensure_ascii=False)
         try:
             print(text, file=self.env.stdout, flush=True)
         except BrokenPipeError:

@@ -177,9 +177,11 @@ def test_ctrl_c_on_a_piped_chat_keeps_the_partial_reply_and_exits_130(cli, monke
 def test_json_lines_per_turn_for_scripts(cli, fake_engine):
     import json
 
-    result = cli(["chat", "--json"], stdin="a\nb\n")
-    done = [e for e in map(json.loads, result.stdout.splitlines()) if e["type"] == "done"]
-    assert [e["text"] for e in done] == ["Hello from the fake engine."] * 2
+    result = cli(["chat", "--json"], stdin="a\n/tokens\nb\n")
+    events = [json.loads(line) for line in result.stdout.splitlines()]  # every line is JSON
+    assert [e["text"] for e in events if e["type"] == "done"] == ["Hello from the fake engine."] * 2
+    info = [e["text"] for e in events if e["type"] == "info"]
+    assert len(info) == 1 and info[0].startswith("context ")
 
 
 def test_resuming_shows_the_last_exchanges(fake_engine):
