@@ -382,23 +382,51 @@ class ConversationStore:
         title: str | None = None,
     ) -> SessionInfo:
         """A new, empty session; without a title, the first prompt will name it."""
-        now = time.time()
-        title = make_title(title) if title else ""
         with self._writing() as db:
-            for _ in range(20):
-                session_id = new_session_id(now)
-                try:
-                    db.execute(
-                        "INSERT INTO sessions (id, title, created, updated, model, template, system)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (session_id, title, now, now, model, template, system),
-                    )
-                    break
-                except sqlite3.IntegrityError:
-                    continue
-            else:  # pragma: no cover - 20 collisions of 20 random bits in one second
-                raise StoreError("could not make a unique session id")
-        return SessionInfo(session_id, title, now, now, model, template, system, 0)
+            return self._insert_session(db, model, template, system, title, time.time())
+
+    def save_exchange(
+        self,
+        user: str,
+        reply: str,
+        usage: Usage | None = None,
+        interrupted: bool = False,
+        *,
+        model: str | None,
+        template: str | None = None,
+        system: str | None = None,
+        title: str | None = None,
+    ) -> SessionInfo:
+        """A new session holding one exchange, in one transaction (one-shot commands): never empty."""
+        with self._writing() as db:
+            now = time.time()
+            info = self._insert_session(db, model, template, system, title, now)
+            self._insert(db, info.id, "user", user, None, False, now)
+            self._insert(db, info.id, "assistant", reply, usage, interrupted, now)
+        return SessionInfo(info.id, info.title or make_title(user), now, now, model, template, system, 1)
+
+    def _insert_session(
+        self,
+        db: sqlite3.Connection,
+        model: str | None,
+        template: str | None,
+        system: str | None,
+        title: str | None,
+        now: float,
+    ) -> SessionInfo:
+        title = make_title(title) if title else ""
+        for _ in range(20):
+            session_id = new_session_id(now)
+            try:
+                db.execute(
+                    "INSERT INTO sessions (id, title, created, updated, model, template, system)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (session_id, title, now, now, model, template, system),
+                )
+                return SessionInfo(session_id, title, now, now, model, template, system, 0)
+            except sqlite3.IntegrityError:
+                continue
+        raise StoreError("could not make a unique session id")  # pragma: no cover - 20 random collisions
 
     def session(self, session_id: str) -> SessionInfo | None:
         rows = self._read(_SESSION_SELECT + " WHERE s.id = ?", (session_id,))

@@ -70,6 +70,15 @@ def test_sessions_and_messages_round_trip_through_a_reopened_file(db_path: Path)
     assert [m.id for m in rows] == sorted(m.id for m in rows)
 
 
+def test_save_exchange_makes_a_one_exchange_session_at_once(store: ConversationStore):
+    info = store.save_exchange("Name a colour.", "Blue", usage(), True, model="m", template="ask", system="sys")
+    assert (info.title, info.turns, info.template, info.system) == ("Name a colour.", 1, "ask", "sys")
+    assert store.find_session(info.id) == info
+    assert [(m.role, m.interrupted) for m in store.messages(info.id)] == [("user", False), ("assistant", True)]
+    titled = store.save_exchange("q", "a", model=None, title="draft: notes")
+    assert store.find_session(titled.id).title == "draft: notes"
+
+
 def test_title_comes_from_the_first_prompt_and_is_kept(store: ConversationStore):
     info = store.create_session(model=None)
     assert info.title == ""

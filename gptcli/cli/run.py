@@ -150,14 +150,15 @@ class OneShotHistory:
         try:
             if not self.saving:
                 return
-            if self.resumed is not None:
-                session_id = self.resumed.id
-                if self.resumed.model != model:
-                    self.store.set_model(session_id, model)
-            else:
+            if self.resumed is None:
                 system = next((m["content"] for m in messages if m["role"] == "system"), None)
-                session_id = self.store.create_session(model=model, template=template, system=system, title=title).id
-            self.store.add_turn(session_id, user, reply.text, usage=reply.usage, interrupted=reply.interrupted)
+                self.store.save_exchange(
+                    user, reply.text, reply.usage, reply.interrupted, model=model, template=template, system=system, title=title
+                )
+                return
+            if self.resumed.model != model:
+                self.store.set_model(self.resumed.id, model)
+            self.store.add_turn(self.resumed.id, user, reply.text, usage=reply.usage, interrupted=reply.interrupted)
         except StoreError as exc:
             self.env.notice(f"history not saved: {exc}")
         finally:
