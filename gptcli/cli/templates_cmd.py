@@ -2,9 +2,6 @@
 
 import json
 import os
-import shlex
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -166,6 +163,10 @@ def render(
 
 def _open_editor(st: AppState, path: Path) -> bool:
     """Open ``path`` in $VISUAL or $EDITOR (vi on a terminal when neither is set). False: no editor."""
+    import shlex
+    import shutil
+    import subprocess
+
     editor = os.environ.get("VISUAL") or os.environ.get("EDITOR")
     if not editor:
         if st.env.stdin_isatty and st.env.stdout_isatty and shutil.which("vi"):
@@ -240,6 +241,8 @@ def edit(ctx: typer.Context, name: NameArgument) -> None:
 
     Example: gptcli templates edit support
     """
+    import shutil
+
     from gptcli.config import ensure_private_dir
     from gptcli.templates import BUILTIN, TemplateLibrary, builtin_dir, user_dir, valid_template_name
 
