@@ -275,14 +275,18 @@ class ChatSession:
             return None
         if fitted.notice:
             self.notice(fitted.notice)
+        failed = False
         try:
             reply = generate(self.engine, fitted.messages, sampling, self.env, self._output_mode())
         except GptcliError as exc:
             self.env.error(str(exc))
-            return None
+            partial: Reply | None = getattr(exc, "partial_reply", None)  # a remote server died mid-reply
+            if partial is None or not partial.text:
+                return None
+            reply, failed = Reply(partial.text, partial.usage, interrupted=True), True
         self.conversation.add_turn(text, reply.text, reply.interrupted)
-        self.last_interrupted = reply.interrupted
-        if reply.interrupted:
+        self.last_interrupted = reply.interrupted and not failed
+        if self.last_interrupted:
             self.notice("(interrupted: the partial reply is kept)")
         if save:
             self._save_turn(text, reply)

@@ -9,6 +9,7 @@ import pytest
 
 from gptcli.config import load_settings
 from gptcli.engines import Chunk, Message, Sampling, Usage
+from gptcli.errors import EngineError
 from gptcli.flow import OutputMode
 from gptcli.render import Env
 from gptcli.repl import ChatSession
@@ -172,6 +173,30 @@ def test_ctrl_c_on_a_piped_chat_keeps_the_partial_reply_and_exits_130(cli, monke
     assert result.stdout == "Once upon a time\n"
     assert stored() == [("user", "tell a story", False), ("assistant", "Once upon a time", True)]
     assert len(engine.calls) == 1
+
+
+class FailingEngine(FakeEngine):
+    """A remote server that goes away mid-reply."""
+
+    def stream(self, messages: Sequence[Message], sampling: Sampling) -> Iterator[Chunk]:
+        self.calls.append([dict(m) for m in messages])  # type: ignore[misc]
+
+        def chunks() -> Iterator[Chunk]:
+            yield Chunk("The first half", Usage(completion_tokens=3))
+            if len(self.calls) == 1:
+                raise EngineError("the server closed the connection")
+
+        return chunks()
+
+
+def test_an_engine_failing_mid_reply_keeps_the_partial_reply_and_the_chat_goes_on(cli, monkeypatch):
+    engine = FailingEngine()
+    monkeypatch.setattr("gptcli.engines.choose.open_engine", lambda settings: engine)
+    result = cli(["chat"], stdin="one\ntwo\n")
+    assert result.exit_code == 0
+    assert "error: the server closed the connection" in result.stderr
+    assert stored()[:2] == [("user", "one", False), ("assistant", "The first half", True)]
+    assert len(engine.calls) == 2 and engine.calls[1][1] == {"role": "assistant", "content": "The first half"}
 
 
 def test_json_lines_per_turn_for_scripts(cli, fake_engine):
