@@ -16,6 +16,7 @@ from gptcli.textio import read_text
 
 KB_SUFFIXES = (".md", ".markdown", ".txt", ".rst", ".text")
 PASSAGE_CHARS = 1000  # a section longer than this is split at paragraph boundaries
+MAX_CHARS_PER_TOKEN = 16  # tokenizers pack fewer characters than this into a token: a cheap bound
 NO_MATCH = "(nothing in the knowledge base matches this question)"
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
@@ -306,7 +307,7 @@ def ground(
     scored = rank(passages, question)
     by_score = {id(sp.passage): sp for sp in scored}
     everything = format_knowledge(passages)
-    if engine.tokenize_count(everything) <= room:
+    if len(everything) <= room * MAX_CHARS_PER_TOKEN and engine.tokenize_count(everything) <= room:
         messages = render(everything)
         if engine.count_tokens(messages) + reserve <= context:
             sources = [by_score[id(p)] for p in passages]
@@ -315,8 +316,10 @@ def ground(
     chosen: list[ScoredPassage] = []
     used = 0
     for sp in scored:
-        if sp.score <= 0:
+        if sp.score <= 0 or room - used < 32:
             break
+        if len(sp.passage.text) > (room - used) * MAX_CHARS_PER_TOKEN:
+            continue  # cannot fit: skip tokenizing it
         cost = engine.tokenize_count(format_passage(len(chosen) + 1, sp.passage)) + 2
         if used + cost <= room:
             chosen.append(sp)
