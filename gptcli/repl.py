@@ -91,7 +91,7 @@ def parse_command(line: str) -> Command | None:
     if spec is None:
         close = get_close_matches(name, list(COMMANDS), n=1, cutoff=0.6)
         hint = f"did you mean /{close[0]}? " if close else ""
-        raise UnknownCommand(f"unknown command /{word}: {hint}/help lists the commands (start a message with // to send a leading /)")
+        raise UnknownCommand(f"unknown command /{word}: {hint}/help lists the commands")
     if spec.arg == "" and arg:
         raise UsageError(f"/{name} takes no argument")
     if spec.arg and not spec.arg.startswith("[") and not arg:
@@ -146,6 +146,7 @@ def help_text() -> str:
         "",
         "  Enter sends · Alt-Enter (or Esc Enter) adds a line · Up/Down and Ctrl-R search input history",
         "  Tab completes commands, templates and models · Ctrl-C stops a reply or clears the line · Ctrl-D leaves",
+        "  // at the start sends a message that begins with / (the first / is dropped)",
     ]
     return "\n".join(lines)
 
