@@ -22,6 +22,7 @@ from gptcli.cli import (  # noqa: F401
     writing,
 )
 from gptcli.cli.app import AppState, app
+from gptcli.cli.completion import use_first_tab_zsh_script
 from gptcli.errors import GptcliError
 from gptcli.render import Env, OutputClosed
 
@@ -60,6 +61,7 @@ def run(argv: list[str] | None = None, env: Env | None = None) -> int:
     env = env or Env()
     args = list(sys.argv[1:] if argv is None else argv)
     st = AppState(env=env, json_errors=wants_json(args))
+    use_first_tab_zsh_script()
     command = typer.main.get_command(app)
 
     def fail(message: str, code: int) -> int:
