@@ -123,6 +123,7 @@ def main() -> None:
     print(f"Store: {n_sessions:,} sessions, {n_messages:,} messages, {size_mb:.0f} MB on disk", end="")
     print(f" (built in {build_s:.0f} s, one transaction per turn)" if build_s else "")
     print(f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}")
+    print(f"Load average during the run: {os.getloadavg()[0]:.1f}")
     print()
     print("| operation | median ms | max ms |")
     print("| --- | ---: | ---: |")

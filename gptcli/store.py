@@ -30,6 +30,7 @@ BUSY_TIMEOUT_S = 10.0  # SQLite waits this long for another writer before saying
 BUSY_RETRY_S = 30.0  # and we retry a refused BEGIN IMMEDIATE for this long on top
 TITLE_LENGTH = 60
 MIN_ID_PREFIX = 4
+RANKED_MATCHES = 20_000  # above this many matching messages, search lists the newest instead of scoring all
 ROLES = ("system", "user", "assistant")
 HIGHLIGHT_START, HIGHLIGHT_END = "\x02", "\x03"  # around matched words in SearchHit.snippet
 
@@ -600,9 +601,14 @@ class ConversationStore:
         best: dict[str, tuple[int, float]] = {}
         batch = max(limit * 4, 50)
         offset = 0
+        # bm25 scores every matching message; a word found nearly everywhere says little about
+        # relevance anyway, so past RANKED_MATCHES the newest matches come first (fast at any size)
+        (matches,) = db.execute("SELECT count(*) FROM messages_fts WHERE messages_fts MATCH ?", (match,)).fetchone()
+        order = "rank" if matches <= RANKED_MATCHES else "rowid DESC"
         while len(best) < limit:
             ranked = db.execute(
-                "SELECT rowid, rank FROM messages_fts WHERE messages_fts MATCH ? ORDER BY rank LIMIT ? OFFSET ?",
+                f"SELECT rowid, {'rank' if order == 'rank' else '0.0'} FROM messages_fts WHERE messages_fts MATCH ?"
+                f" ORDER BY {order} LIMIT ? OFFSET ?",
                 (match, batch, offset),
             ).fetchall()
             if not ranked:
@@ -632,7 +638,7 @@ class ConversationStore:
         ).fetchall()
         ranks = {message_id: rank for message_id, rank in best.values()}
         hits = [SearchHit(r[1], r[2], r[0], r[3], r[4], r[5], ranks[r[0]]) for r in rows]
-        return sorted(hits, key=lambda h: (h.rank, -h.created))
+        return sorted(hits, key=lambda h: (h.rank, -h.message_id))
 
     def _substring_search(self, text: str, limit: int) -> list[SearchHit]:
         pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"

@@ -221,6 +221,19 @@ def test_search_needs_every_word_and_gives_one_hit_per_session(store: Conversati
     assert store.search("paris", limit=1) and len(store.search("paris", limit=1)) == 1
 
 
+def test_a_word_found_almost_everywhere_lists_the_newest_matches(store: ConversationStore, monkeypatch):
+    made = []
+    for n in range(5):
+        info = store.create_session(model="m")
+        store.add_turn(info.id, f"common word {n}", "common " * (5 - n))
+        made.append(info.id)
+    ranked = [h.session_id for h in store.search("common")]
+    assert ranked[0] == made[0]  # bm25: the message saying it most often
+    monkeypatch.setattr("gptcli.store.RANKED_MATCHES", 3)
+    assert [h.session_id for h in store.search("common")] == made[::-1]
+    assert [h.session_id for h in store.search("common", limit=2)] == made[:2:-1]
+
+
 def test_search_accepts_any_text_and_prefixes(store: ConversationStore):
     info = store.create_session(model="m")
     store.add_turn(info.id, 'What does "AND" OR NOT(x) mean?', "Operators: piano-like keys.")

@@ -269,9 +269,10 @@ def test_kill_9_during_a_real_reply_loses_only_that_reply(gptcli_bin: str):
 @pytest.mark.model
 def test_ctrl_c_during_a_real_reply_exits_130_and_saves_the_partial_reply(gptcli_bin: str):
     proc = start_long_reply(gptcli_bin)
-    read_some(proc)
+    first = read_some(proc)
     proc.send_signal(signal.SIGINT)
     out_rest, err = proc.communicate(timeout=120)
+    printed = (first + out_rest).decode()
     assert proc.returncode == 130, err.decode()
     assert b"Traceback" not in err
     with ConversationStore.open() as store:
@@ -280,6 +281,7 @@ def test_ctrl_c_during_a_real_reply_exits_130_and_saves_the_partial_reply(gptcli
     assert (user.role, user.content, user.interrupted) == ("user", LONG_PROMPT, False)
     assert reply.role == "assistant" and reply.interrupted is True
     assert len(reply.content) >= 40
+    assert printed == reply.content + ("" if reply.content.endswith("\n") else "\n")  # what was shown is what was kept
     assert reply.completion_tokens and reply.completion_tokens < 2000
     assert info.title == make_title(LONG_PROMPT)
     assert info.model and info.template == "ask"
