@@ -418,3 +418,24 @@ def test_opening_twice_does_not_rerun_migrations(db_path: Path):
         assert [h.session_id for h in store.search("hello")] == [info.id]
         assert len(store.messages(info.id)) == 2
     assert os.path.getsize(db_path) > 0
+
+
+def test_a_ctrl_c_during_a_save_waits_until_the_turn_is_committed(store: ConversationStore, monkeypatch):
+    import signal
+
+    info = store.create_session(model="m")
+    real_insert = ConversationStore._insert
+    calls = []
+
+    def insert_then_ctrl_c(self, db, session_id, role, *args):  # type: ignore[no-untyped-def]
+        calls.append(role)
+        if role == "user":
+            os.kill(os.getpid(), signal.SIGINT)  # between the prompt row and the reply row
+        return real_insert(self, db, session_id, role, *args)
+
+    monkeypatch.setattr(ConversationStore, "_insert", insert_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        store.add_turn(info.id, "question", "answer")
+    assert calls == ["user", "assistant"]
+    assert [m.content for m in store.messages(info.id)] == ["question", "answer"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
