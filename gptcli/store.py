@@ -171,10 +171,10 @@ _ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower cas
 
 
 def new_session_id(now: float | None = None) -> str:
-    """12 characters: 8 of the creation second (so ids sort by time), 4 random."""
+    """12 characters: 7 of the creation second (so ids sort by time, until the year 3058), 5 random."""
     seconds = int(now if now is not None else time.time())
-    head = "".join(_ID_ALPHABET[(seconds >> shift) & 31] for shift in range(35, -1, -5))
-    tail = "".join(secrets.choice(_ID_ALPHABET) for _ in range(4))
+    head = "".join(_ID_ALPHABET[(seconds >> shift) & 31] for shift in range(30, -1, -5))
+    tail = "".join(secrets.choice(_ID_ALPHABET) for _ in range(5))
     return head + tail
 
 
