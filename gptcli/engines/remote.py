@@ -125,7 +125,7 @@ class RemoteEngine:
             timeout=httpx2.Timeout(min(config.timeout, 30.0), connect=CONNECT_TIMEOUT),
             headers={"Authorization": f"Bearer {key or NO_KEY}"},
         )
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # reentrant: asking the model name may ask the server
         self._model: str | None = config.model
         self._model_checked = False
         self._served: list[str] | None = None
@@ -140,7 +140,13 @@ class RemoteEngine:
 
     @property
     def model_name(self) -> str:
-        return self._model or self.config.model or "default"
+        """The model asked for; without one, the server's only model (asked once)."""
+        if self._model is None and not self._model_checked:
+            try:
+                self._ensure_model()
+            except EngineError:  # the next request reports it
+                pass
+        return self._model or "default"
 
     @model_name.setter
     def model_name(self, value: str) -> None:
