@@ -69,14 +69,22 @@ def timed(action: Callable[[], object], repeat: int) -> tuple[float, float]:
     return statistics.median(samples), max(samples)
 
 
-def command_ms(args: list[str], home: Path, repeat: int) -> tuple[float, float]:
+def command_ms(args: list[str], home: Path, repeat: int) -> tuple[float, float, float]:
+    """(median wall ms, max wall ms, median CPU ms) of the whole ``gptcli`` process."""
+    import resource
+
     exe = str(Path(sys.executable).parent / "gptcli")
     env = {**os.environ, "GPTCLI_HOME": str(home)}
+    cpu: list[float] = []
 
     def run() -> None:
-        subprocess.run([exe, *args], env=env, capture_output=True, check=True)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        subprocess.run([exe, *args], env=env, capture_output=True, check=args[:2] != ["history", "search"])
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu.append((after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) * 1000)
 
-    return timed(run, repeat)
+    median, worst = timed(run, repeat)
+    return median, worst, statistics.median(cpu[1:])
 
 
 def main() -> None:
@@ -99,7 +107,7 @@ def main() -> None:
 
     with ConversationStore.open(path) as store:
         n_sessions = store.count_sessions()
-        rows = [
+        rows: list[tuple[str, tuple[float, ...]]] = [
             ("open the store + list 20 newest (API)", timed(open_and_list, args.repeat)),
             ("list 20 newest (API)", timed(lambda: store.list_sessions(20), args.repeat)),
             ("list 100 newest (API)", timed(lambda: store.list_sessions(100), args.repeat)),
@@ -125,10 +133,11 @@ def main() -> None:
     print(f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}")
     print(f"Load average during the run: {os.getloadavg()[0]:.1f}")
     print()
-    print("| operation | median ms | max ms |")
-    print("| --- | ---: | ---: |")
-    for name, (median, worst) in rows:
-        print(f"| {name} | {median:.1f} | {worst:.1f} |")
+    print("| operation | median ms | max ms | process CPU ms |")
+    print("| --- | ---: | ---: | ---: |")
+    for name, figures in rows:
+        cpu = f"{figures[2]:.0f}" if len(figures) > 2 else ""
+        print(f"| {name} | {figures[0]:.1f} | {figures[1]:.1f} | {cpu} |")
     if not args.keep:
         shutil.rmtree(home, ignore_errors=True)
 
