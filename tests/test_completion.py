@@ -90,8 +90,9 @@ def test_bash_completes_every_command_from_its_first_letters(command):
     assert command in bash_complete(["gptcli", command[:2]])
 
 
-def test_bash_completes_draft_and_options():
+def test_bash_completes_draft_translate_and_options():
     assert bash_complete(["gptcli", "dr"]) == ["draft"]
+    assert bash_complete(["gptcli", "tr"]) == ["translate"]
     assert {"--max-tokens", "--model"} <= set(bash_complete(["gptcli", "ask", "--m"]))
     assert bash_complete(["gptcli", "--color", "a"]) == ["auto", "always"]
 
