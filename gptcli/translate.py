@@ -183,8 +183,12 @@ def looks_like_markdown(text: str, name: str | None = None) -> bool:
     return len(_MARKDOWN_SIGNS.findall(text[:20000])) >= 2
 
 
-def parse_document(text: str, markdown: bool = True) -> list[Block]:
-    """Split a document into blocks; ``"".join(b.text for b in blocks) == text`` always holds."""
+def parse_document(text: str, markdown: bool = True, *, in_table: bool = False, whole: bool = True) -> list[Block]:
+    """Split a document into blocks; ``"".join(b.text for b in blocks) == text`` always holds.
+
+    ``whole=False`` parses a chunk's translation: no front matter or indented code (a chunk has
+    none), and ``in_table`` says it continues a table (rows without outer pipes are rows).
+    """
     lines = split_lines(text)
     blocks: list[Block] = []
     i = 0
@@ -233,7 +237,7 @@ def parse_document(text: str, markdown: bool = True) -> list[Block]:
         return Line(line[: prefix_len + lead], stripped[lead:], content[len(stripped) :], eol)
 
     # front matter: YAML (---) or TOML (+++) at the very start, kept when it is closed
-    if markdown and n and body(0).rstrip() in ("---", "+++"):
+    if markdown and whole and n and body(0).rstrip() in ("---", "+++"):
         opener = body(0).rstrip()
         closers = ("---", "...") if opener == "---" else ("+++",)
         for k in range(1, n):
@@ -244,7 +248,6 @@ def parse_document(text: str, markdown: bool = True) -> list[Block]:
 
     last_was_blank = True
     in_list = False
-    in_table = False
     while i < n:
         quote, rest = quote_of(i)
         was_table, in_table = in_table, False
@@ -271,7 +274,7 @@ def parse_document(text: str, markdown: bool = True) -> list[Block]:
                 i = end
                 last_was_blank = False
                 continue
-            if not quote and last_was_blank and not in_list and (rest.startswith("    ") or rest.startswith("\t")):
+            if whole and not quote and last_was_blank and not in_list and (rest.startswith("    ") or rest.startswith("\t")):
                 k = i
                 while k < n and (body(k).startswith("    ") or body(k).startswith("\t")):
                     k += 1
@@ -497,6 +500,10 @@ def plan_document(
     def close() -> None:
         nonlocal current
         if current is not None:
+            for after in pending:  # lines right after the last unit (a table's separator) give context
+                if not after.text.strip():
+                    break
+                current.blocks.append(after)
             chunks.append(current)
         current = None
 
@@ -550,7 +557,8 @@ def plan_document(
 def match_translation(chunk: Chunk, output: str, markdown: bool = True) -> list[str] | None:
     """The atoms' translations from a packed chunk's translation, or None if its structure differs."""
     units_in = chunk.units()
-    units_out = [b for b in parse_document(clean_output(output), markdown) if isinstance(b, Unit)]
+    continues_table = bool(units_in) and units_in[0].kind == "row"
+    units_out = [b for b in parse_document(clean_output(output), markdown, in_table=continues_table, whole=False) if isinstance(b, Unit)]
     if len(units_in) != len(units_out):
         return None
     translations: list[str] = []
