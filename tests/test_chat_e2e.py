@@ -115,7 +115,7 @@ def test_retry_undo_system_and_tokens(gptcli_bin):
 
 
 def test_ctrl_c_mid_reply_returns_to_the_prompt_and_keeps_the_partial_reply(gptcli_bin):
-    term = Terminal(gptcli_bin, "--ctx", "2048", "-n", "1500", "--temperature", "0.8", "--seed", "3", "--plain")
+    term = Terminal(gptcli_bin, "--ctx", "2048", "-n", "1500", "--temperature", "0.8", "--seed", "3")
     term.child.send("Write a very long story about a dragon and a knight, with many chapters.\r")
     term.child.expect_exact(PROMPT_ACCEPTED)
     term.child.expect(r"[A-Za-z]+\W+[A-Za-z]+\W+[A-Za-z]+\W+[A-Za-z]+", timeout=90)  # the reply is arriving
