@@ -94,6 +94,17 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+class QuietHTTPServer(ThreadingHTTPServer):
+    """A client closing its keep-alive connection is normal here, not an error worth a traceback."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return
+        super().handle_error(request, client_address)
+
+
 class SlotProxy:
     """Least-busy proxy: each generation goes to a backend that is not generating (waits for one).
 
@@ -120,8 +131,7 @@ class SlotProxy:
             def do_POST(self) -> None:
                 proxy.forward(self, "POST")
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = QuietHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     @property
