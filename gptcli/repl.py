@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import os
 import re
@@ -795,10 +797,39 @@ def run_interactive(chat: ChatSession, session: Any) -> int:
         except EOFError:
             return 0
         try:
-            if not chat.handle(line):
-                return 0
+            with typing_not_echoed(chat.env.stdin):
+                if not chat.handle(line):
+                    return 0
         except KeyboardInterrupt:  # between pieces of a turn: the turn is abandoned, the chat goes on
             chat.notice("interrupted")
+
+
+@contextlib.contextmanager
+def typing_not_echoed(stream: IO[str]) -> Iterator[None]:
+    """While a reply streams, keys typed ahead are not echoed into it; they wait for the next prompt.
+
+    Only echo is turned off: Ctrl-C still interrupts.
+    """
+    try:
+        import termios
+
+        fd = stream.fileno()
+        saved = termios.tcgetattr(fd)
+    except (ImportError, OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        yield
+        return
+    quiet = list(saved)
+    quiet[3] &= ~termios.ECHO
+    try:
+        termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    except termios.error:
+        yield
+        return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(termios.error):
+            termios.tcsetattr(fd, termios.TCSANOW, saved)
 
 
 # ---------------------------------------------------------------- the `chat` command's trip

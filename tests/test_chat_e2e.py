@@ -82,6 +82,21 @@ def test_a_reply_streams_and_ctrl_d_exits_0(gptcli_bin):
     assert [r[0] for r in latest_messages()] == ["user", "assistant"]
 
 
+def test_keys_typed_while_a_reply_streams_wait_for_the_next_prompt(gptcli_bin):
+    term = Terminal(gptcli_bin, "--ctx", "1024", "-n", "24", "--seed", "2")
+    term.child.send("Tell me about the moon.\r")
+    term.child.expect_exact(PROMPT_ACCEPTED)
+    term.child.send("and the sun?")  # typed ahead, no Enter yet
+    term.wait_for_prompt()
+    term.enter("")
+    lines = term.screen().splitlines()
+    at_prompt = [i for i, line in enumerate(lines) if line.startswith("› and the sun?")]
+    assert at_prompt, "the typed-ahead text should be waiting at the next prompt"
+    assert not any("and the sun?" in line for line in lines[: at_prompt[0]]), "it must not be echoed into the reply"
+    assert [m[1] for m in latest_messages() if m[0] == "user"] == ["Tell me about the moon.", "and the sun?"]
+    assert term.leave() == 0
+
+
 def test_retry_undo_system_and_tokens(gptcli_bin):
     term = Terminal(gptcli_bin, "--ctx", "1024", "-n", "24", "--temperature", "1.0")
     term.enter("Say hello in one sentence.")
