@@ -854,7 +854,7 @@ def open_store(settings: Settings, env: Env) -> Any:
 
 def run_chat(settings: Settings, env: Env, request: ChatRequest, mode: OutputMode) -> int:
     """Start the chat: load the model once, resume or template, then read turns until the user leaves."""
-    interactive = env.stdin_isatty
+    interactive = env.stdin_isatty and (env.stdout_isatty or env.stderr_isatty)
     if not interactive:
         mode = OutputMode(plain=True, json=mode.json, stream=mode.stream, stats=mode.stats)
     if request.template:  # a missing template fails before the model loads
@@ -887,7 +887,12 @@ def run_chat(settings: Settings, env: Env, request: ChatRequest, mode: OutputMod
             chat.set_system(request.system)
         if not interactive:
             return run_lines(chat, env.stdin)
-        return run_interactive(chat, make_prompt_session(chat))
+        output = None
+        if not env.stdout_isatty:  # `gptcli chat > log`: the prompt goes to the terminal on stderr
+            from prompt_toolkit.output import create_output
+
+            output = create_output(stdout=env.stderr)
+        return run_interactive(chat, make_prompt_session(chat, output=output))
     finally:
         if store is not None:
             store.close()
