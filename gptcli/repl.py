@@ -42,7 +42,7 @@ COMMANDS: dict[str, CommandSpec] = {
         CommandSpec("retry", "", "Regenerate the last reply."),
         CommandSpec("undo", "", "Remove the last exchange."),
         CommandSpec("system", "[TEXT]", "Set the system prompt (no TEXT: show it; 'off' removes it)."),
-        CommandSpec("template", "NAME", "Use a template's system prompt."),
+        CommandSpec("template", "NAME [KEY=VALUE...]", "Use a template's system prompt (with its variables)."),
         CommandSpec("model", "[NAME_OR_PATH]", "Switch to another model (no argument: show the current one)."),
         CommandSpec("set", "[KEY VALUE]", "Change a setting: temperature, top_p, top_k, min_p, repeat_penalty, max_tokens, seed, overflow."),
         CommandSpec("tokens", "", "Show how the context window is used and the room left for the reply."),
@@ -443,16 +443,18 @@ class ChatSession:
             self._store_call(lambda: self.store.set_system(self.session_id, system))
 
     def cmd_template(self, command: Command) -> None:
-        self.use_template(command.arg)
-        self.notice(f"template '{command.arg}': its system prompt applies from the next message")
+        import shlex
 
-    def use_template(self, name: str) -> None:
-        from gptcli.templates import TemplateLibrary, render_text
+        try:
+            name, *pairs = shlex.split(command.arg)
+        except ValueError as exc:
+            raise UsageError(f"/template: {exc} (quote values like tone='very formal')") from None
+        self.use_template(name, pairs)
+        self.notice(f"template '{name}': its system prompt applies from the next message")
 
-        template = TemplateLibrary.load().get(name)
-        values = template.values({})
-        values.setdefault("input", "")
-        system = render_text(template.system, values).strip() or None
+    def use_template(self, name: str, pairs: Sequence[str] = ()) -> None:
+        """Make the template's system prompt (its variables filled from ``key=value`` pairs) the chat's."""
+        template, system = template_system(name, pairs)
         self.template_name = name
         self.template_temperature = template.temperature
         self.set_system(system)
@@ -548,6 +550,21 @@ class ChatSession:
         atomic_write(path, text)
         n = len(self.conversation.turns)
         self.notice(f"wrote {n} exchange{'s' if n != 1 else ''} to {path}")
+
+
+def template_system(name: str, pairs: Sequence[str] = ()) -> tuple[Any, str | None]:
+    """The template ``name`` and its system prompt, variables filled from ``key=value`` pairs."""
+    from gptcli.templates import TemplateLibrary, parse_vars, render_text
+
+    template = TemplateLibrary.load().get(name)
+    given = parse_vars(list(pairs))
+    missing = [v.name for v in template.variables if v.required and v.name not in given]
+    if missing:
+        needed = " ".join(f"{m}=..." for m in missing)
+        raise UsageError(f"template '{name}' needs {needed} (chat -t {name} -v {missing[0]}=..., or /template {name} {needed})")
+    values = template.values(given)
+    values.setdefault("input", "")
+    return template, render_text(template.system, values).strip() or None
 
 
 def _release_local(engine: Engine) -> None:
@@ -842,6 +859,7 @@ class ChatRequest:
     continue_last: bool = False
     session: str | None = None
     template: str | None = None
+    template_vars: tuple[str, ...] = ()  # key=value pairs for the template's variables
     system: str | None = None
 
 
@@ -857,10 +875,8 @@ def run_chat(settings: Settings, env: Env, request: ChatRequest, mode: OutputMod
     interactive = env.stdin_isatty and (env.stdout_isatty or env.stderr_isatty)
     if not interactive:
         mode = OutputMode(plain=True, json=mode.json, stream=mode.stream, stats=mode.stats)
-    if request.template:  # a missing template fails before the model loads
-        from gptcli.templates import load_template
-
-        load_template(request.template)
+    if request.template:  # a missing template or variable fails before the model loads
+        template_system(request.template, request.template_vars)
     store = open_store(settings, env)
     saving = store is not None
     resume_info = None
@@ -882,7 +898,7 @@ def run_chat(settings: Settings, env: Env, request: ChatRequest, mode: OutputMod
         if resume_info is not None:
             chat.resume(resume_info, show=interactive)
         if request.template:
-            chat.use_template(request.template)
+            chat.use_template(request.template, request.template_vars)
         if request.system:
             chat.set_system(request.system)
         if not interactive:

@@ -234,3 +234,20 @@ def test_overflow_keeps_every_turn_in_the_store(cli, fake_engine, policy):
     assert result.exit_code == 0, result.stderr
     assert "context full" in result.stderr
     assert len([r for r in stored() if r[0] == "user"]) == 6
+
+
+def test_template_variables_fill_its_system_prompt(cli, fake_engine):
+    result = cli(["chat", "-t", "translate", "-v", "target=German"], stdin="Good morning\n")
+    assert result.exit_code == 0, result.stderr
+    assert fake_engine.calls[0][0]["role"] == "system" and "German" in fake_engine.calls[0][0]["content"]
+
+
+def test_a_template_missing_a_variable_says_which_before_the_model_loads(cli, monkeypatch):
+    def never(settings):
+        raise AssertionError("the model should not load")
+
+    monkeypatch.setattr("gptcli.engines.choose.open_engine", never)
+    result = cli(["chat", "-t", "translate"], stdin="hi\n")
+    assert result.exit_code == 2 and "needs target=..." in result.stderr
+    result = cli(["chat", "-t", "ask", "-v", "colour=red"], stdin="hi\n")
+    assert result.exit_code == 1 and "has no variable 'colour'" in result.stderr

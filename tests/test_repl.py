@@ -404,3 +404,9 @@ def test_a_failing_completion_source_offers_nothing_instead_of_crashing():
         raise OSError("unreadable folder")
 
     assert completions("/template ", templates=broken) == []
+
+
+def test_template_takes_variables_in_the_chat(repl, fake_engine):
+    result = repl("/template translate" + ENTER, "/template translate target='Brazilian Portuguese'" + ENTER, "hi" + ENTER)
+    assert "error: template 'translate' needs target=..." in result.stderr
+    assert "Brazilian Portuguese" in fake_engine.calls[0][0]["content"]

@@ -16,6 +16,7 @@ def chat(
     continue_last: Annotated[bool, typer.Option("--continue", "-c", help="Resume the most recent conversation.")] = False,
     session: Annotated[Optional[str], typer.Option("--session", "-s", help="Resume the conversation with this name or id.")] = None,
     template: Annotated[Optional[str], typer.Option("--template", "-t", help="Start with this template's system prompt.")] = None,
+    var: Annotated[Optional[list[str]], typer.Option("--var", "-v", help="Template variable key=value (repeatable).")] = None,
     system: Annotated[Optional[str], typer.Option("--system", help="Start with this system prompt.")] = None,
     gen: GenOptions = GenOptions(),
 ) -> None:
@@ -23,12 +24,16 @@ def chat(
 
     Piped input is read one turn per line and answered in plain text.
 
-    Example: gptcli chat -t proofread --temperature 0.3
+    Example: gptcli chat -t translate -v target=German
     """
     from gptcli.repl import ChatRequest, run_chat
 
     if continue_last and session:
         raise typer.BadParameter("use either --continue or --session, not both", param_hint="--continue")
     st = state(ctx)
-    request = ChatRequest(continue_last=continue_last, session=session, template=template, system=system)
+    if var and not template:
+        raise typer.BadParameter("-v sets a template's variables: use it with -t TEMPLATE", param_hint="--var")
+    request = ChatRequest(
+        continue_last=continue_last, session=session, template=template, template_vars=tuple(var or ()), system=system
+    )
     raise typer.Exit(run_chat(gen.settings(st.settings), st.env, request, output_mode(gen)))
