@@ -469,7 +469,12 @@ class ChatSession:
         """Load another model, freeing the current one first; on failure the current one comes back."""
         new_settings = self.settings.with_flags(model=spec)
         old_settings, old_engine = self.settings, self.engine
-        _release_local(old_engine)
+        if choose.engine_kind(new_settings) == "local":
+            from gptcli.models import resolve_model
+
+            path = resolve_model(spec).path  # an unknown name fails here, before anything is freed
+            if path.is_file():
+                _release_local(old_engine)
         try:
             engine = choose.open_engine(new_settings)
         except GptcliError:
