@@ -236,7 +236,7 @@ def read_config_file(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, An
     """Read and validate the TOML file: (settings, engine profiles). Errors name the file and line."""
     try:
         raw = path.read_bytes()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no file (its folder may not even be creatable)
         return {}, {}
     except IsADirectoryError:
         raise ConfigError(f"config file {path} is a directory") from None

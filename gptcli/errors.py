@@ -47,3 +47,13 @@ class Interrupted(GptcliError):
     """The user interrupted the operation (exit code 130)."""
 
     exit_code = 130
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C (the partial reply is kept) but ending the process (exit 143).
+
+    ``Terminated.received`` stays true once the signal came, so loops that survive a Ctrl-C
+    (the chat prompt) know to stop.
+    """
+
+    received = False

@@ -94,7 +94,7 @@ class Registry:
         path = path or registry_path()
         try:
             raw = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return cls(path=path)
         except OSError as exc:
             raise ModelError(f"cannot read the model registry {path}: {exc.strerror or exc}") from None

@@ -101,7 +101,7 @@ class Env:
         """A one-line notice on stderr (dim on a terminal), unless --quiet."""
         if self.quiet:
             return
-        self.err_console.print(text, style="dim", markup=False, highlight=False)
+        self.err_console.print(text, style="dim", markup=False, highlight=False, soft_wrap=True)
 
     def error(self, text: str) -> None:
         """The one stderr line for an error; never silenced, not even by --quiet."""

@@ -199,27 +199,36 @@ def fts_query(text: str) -> str:
     return " ".join(terms)
 
 
+_DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 @contextlib.contextmanager
 def _sigint_deferred() -> Iterator[None]:
-    """Hold a Ctrl-C until the block ends, so a commit is never cut in half by a second one."""
+    """Hold a Ctrl-C (or SIGTERM) until the block ends, so a commit is never cut in half by one."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught: list[int] = []
+    previous: dict[int, Any] = {}
     try:
-        previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+        for signum in _DEFERRED_SIGNALS:
+            previous[signum] = signal.signal(signum, lambda signum, frame: caught.append(signum))
     except ValueError:  # not the main interpreter
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-        if caught:
-            if callable(previous):
-                previous(signal.SIGINT, None)
-            elif previous == signal.SIG_DFL:
-                os.kill(os.getpid(), signal.SIGINT)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(caught):
+            handler = previous[signum]
+            if callable(handler):
+                handler(signum, None)
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), signum)
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:

@@ -17,8 +17,15 @@ BOMS = (
 )
 
 
-def decode_text(data: bytes, name: str, encoding: str | None = None) -> str:
-    """Bytes -> text: UTF-8 (BOM or not) or UTF-16 with a BOM; binary or undecodable is an error."""
+ENCODING_OPTION_ADVICE = "pass --encoding (for example --encoding latin-1)"
+CONVERT_ADVICE = "save it as UTF-8 (or UTF-16 with a byte-order mark) first"
+
+
+def decode_text(data: bytes, name: str, encoding: str | None = None, *, advice: str = ENCODING_OPTION_ADVICE) -> str:
+    """Bytes -> text: UTF-8 (BOM or not) or UTF-16 with a BOM; binary or undecodable is an error.
+
+    ``advice`` ends the invalid-UTF-8 message: the ``--encoding`` option, for commands that have it.
+    """
     if encoding:
         try:
             return data.decode(encoding)
@@ -33,13 +40,27 @@ def decode_text(data: bytes, name: str, encoding: str | None = None) -> str:
             except UnicodeDecodeError:
                 raise InputError(f"{name} is not valid {codec} text") from None
     if b"\x00" in data[:8192]:
+        codec = _utf16_without_bom(data[:8192])
+        if codec:
+            how = f"pass --encoding {codec}" if advice == ENCODING_OPTION_ADVICE else advice
+            raise InputError(f"{name} looks like UTF-16 text without a byte-order mark; {how}")
         raise InputError(f"{name} looks like a binary file, not text")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InputError(
-            f"{name} is not valid UTF-8 (byte {exc.start}); pass --encoding (for example --encoding latin-1)"
-        ) from None
+        raise InputError(f"{name} is not valid UTF-8 (byte {exc.start}); {advice}") from None
+
+
+def _utf16_without_bom(sample: bytes) -> str | None:
+    """``utf-16-le``/``-be`` when every other byte is NUL, as in UTF-16 text of Latin script."""
+    even, odd = sample[0::2], sample[1::2]
+    if len(odd) < 2:
+        return None
+    if odd.count(0) >= 0.4 * len(odd) and even.count(0) <= 0.02 * len(even):
+        return "utf-16-le"
+    if even.count(0) >= 0.4 * len(even) and odd.count(0) <= 0.02 * len(odd):
+        return "utf-16-be"
+    return None
 
 
 def bom_codec(data: bytes) -> str | None:
@@ -67,18 +88,84 @@ def read_bytes(path: str | Path) -> bytes:
 
 def read_text(path: str | Path, encoding: str | None = None) -> str:
     """Read a user's text file with clear errors for missing, directory, unreadable, binary, bad UTF-8."""
-    return decode_text(read_bytes(path), str(path), encoding)
+    return decode_text(read_bytes(path), str(path), encoding, advice=CONVERT_ADVICE)
 
 
 def read_stream(stream: IO[str], name: str = "standard input", encoding: str | None = None) -> str:
     """Read all of a text stream as bytes when possible, so encoding errors are ours to report."""
     buffer = getattr(stream, "buffer", None)
     if buffer is not None:
-        return decode_text(buffer.read(), name, encoding)
+        return decode_text(buffer.read(), name, encoding, advice=CONVERT_ADVICE)
     try:
         return stream.read()
     except UnicodeDecodeError:
         raise InputError(f"{name} is not valid UTF-8") from None
+
+
+def _lock(fd: int) -> bool:
+    """An exclusive, non-blocking lock on an open file; ``False`` when another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no locks, no sweeping
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, owned by someone else
+        return True
+    return True
+
+
+def sweep_stale_temporaries(folder: Path, name: str) -> int:
+    """Delete temporary files for ``name`` left by a gptcli process that was killed; returns how many.
+
+    A temporary file is named ``.NAME.PID.RANDOM.tmp`` and locked by its writer while it lives, so
+    one whose writer is gone and whose lock is free is debris from a ``kill -9`` or a power cut.
+    """
+    removed = 0
+    prefix = f".{name}."
+    try:
+        candidates = [p for p in folder.iterdir() if p.name.startswith(prefix) and p.name.endswith(".tmp")]
+    except OSError:
+        return 0
+    for path in candidates:
+        pid_text = path.name[len(prefix) :].split(".", 1)[0]
+        if not pid_text.isdigit() or _pid_alive(int(pid_text)):
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            continue
+        try:
+            if _lock(fd):
+                os.unlink(path)
+                removed += 1
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
+
+
+def _temporary_beside(target: Path) -> tuple[int, str]:
+    """A new locked temporary file in ``target``'s folder (stale ones of earlier runs removed first)."""
+    folder = target.parent if str(target.parent) else Path(".")
+    sweep_stale_temporaries(folder, target.name)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise InputError(f"cannot write {target}: {exc.strerror or exc}") from None
+    _lock(fd)
+    return fd, tmp
 
 
 def atomic_write(path: str | Path, text: str, *, encoding: str = "utf-8", mode: int | None = None) -> None:
@@ -89,11 +176,7 @@ def atomic_write(path: str | Path, text: str, *, encoding: str = "utf-8", mode: 
 def atomic_write_bytes(path: str | Path, data: bytes, *, mode: int | None = None) -> None:
     """Write ``data`` to a temporary file beside ``path``, fsync it, then rename it into place."""
     target = Path(path)
-    folder = target.parent if str(target.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise InputError(f"cannot write {target}: {exc.strerror or exc}") from None
+    fd, tmp = _temporary_beside(target)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -122,11 +205,7 @@ class AtomicTextFile:
 
     def __init__(self, path: str | Path, *, encoding: str = "utf-8", bom: bool = False) -> None:
         self.target = Path(path)
-        folder = self.target.parent if str(self.target.parent) else Path(".")
-        try:
-            fd, self.tmp = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=".tmp", dir=folder)
-        except OSError as exc:
-            raise InputError(f"cannot write {self.target}: {exc.strerror or exc}") from None
+        fd, self.tmp = _temporary_beside(self.target)
         self.file = os.fdopen(fd, "w", encoding=encoding, newline="")
         if bom:
             self.write("\ufeff")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 
 import typer
@@ -23,7 +24,7 @@ from gptcli.cli import (  # noqa: F401
 )
 from gptcli.cli.app import AppState, app
 from gptcli.cli.completion import use_first_tab_zsh_script
-from gptcli.errors import GptcliError
+from gptcli.errors import GptcliError, Terminated
 from gptcli.render import Env, OutputClosed
 
 __all__ = ["app", "main", "run"]
@@ -99,6 +100,20 @@ def run(argv: list[str] | None = None, env: Env | None = None) -> int:
         return 0
 
 
+TERMINATED_EXIT_CODE = 143  # 128 + SIGTERM, as a shell reports a process the signal ended
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM stops gptcli the way Ctrl-C does: the partial reply is saved, files are left whole."""
+    Terminated.received = True
+    raise Terminated
+
+
 def main() -> None:
     """Console-script entry point."""
-    sys.exit(run())
+    try:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError):  # not the main thread, or no SIGTERM here
+        pass
+    code = run()
+    sys.exit(TERMINATED_EXIT_CODE if Terminated.received else code)

@@ -22,12 +22,19 @@ MessageBuilder = Callable[[Template, str, dict[str, str], Engine, Sampling], lis
 
 
 def read_material(st: AppState, file: str | None) -> str | None:
-    """Text from ``--file`` (``-`` is stdin), else from stdin when it is not a terminal."""
+    """Text from ``--file`` (``-`` is stdin), else from stdin when it is not a terminal.
+
+    A ``--file`` with nothing in it is an error rather than a silent question about nothing.
+    """
     if file and file != "-":
-        return read_text(file)
-    if file == "-" or not st.env.stdin_isatty:
-        return read_stream(st.env.stdin)
-    return None
+        text = read_text(file)
+        if not text.strip():
+            raise InputError(f"{file} is empty: nothing to read")
+    elif file == "-" or not st.env.stdin_isatty:
+        text = read_stream(st.env.stdin)
+    else:
+        return None
+    return text
 
 
 def output_mode(gen: GenOptions) -> OutputMode:
@@ -65,6 +72,8 @@ def run_template(
     template.values(values)  # unknown or missing variables fail before any reading or loading
 
     material = read_material(st, file)
+    if material is not None:
+        material = material.replace("\r\n", "\n")  # a CRLF file reads like any other
     if material is not None and not material.strip():
         material = None if prompt else ""
     if input_from_prompt:

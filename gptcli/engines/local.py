@@ -197,6 +197,7 @@ class LocalEngine:
         self._batch = llama_cpp.llama_batch_init(self._n_batch, 0, 1)
         self._kv_tokens: list[int] = []  # the tokens whose keys and values the cache holds, in order
         self._pieces: dict[int, bytes] = {}
+        self._max_piece_bytes: int | None = None
         self._formatter = self._make_formatter()
 
     def close(self) -> None:
@@ -263,8 +264,26 @@ class LocalEngine:
         except Exception as exc:
             raise ModelError(f"the chat template in {self.path} is broken: {exc}") from None
 
+    def _longest_piece(self) -> int:
+        """Bytes of the longest token's text: a text of N bytes takes at least N / this many tokens."""
+        if self._max_piece_bytes is None:
+            self._max_piece_bytes = max((len(self._piece(t)) for t in range(self._n_vocab)), default=1) or 1
+        return self._max_piece_bytes
+
+    def _refuse_if_surely_too_long(self, size: int) -> None:
+        """A text far larger than the window is refused before llama.cpp spends seconds tokenizing it."""
+        if size <= 32 * self.n_ctx:
+            return
+        at_least = size // self._longest_piece()
+        if at_least >= self.n_ctx:
+            raise ContextOverflowError(
+                f"the input takes at least {at_least} tokens but the context window holds {self.n_ctx}"
+                " (use a larger --ctx or a shorter input)"
+            )
+
     def _format(self, messages: Sequence[Message]) -> list[int]:
         """Messages -> prompt tokens, through the chat template from the GGUF metadata."""
+        self._refuse_if_surely_too_long(sum(len(m["content"].encode("utf-8", "replace")) for m in messages))
         if self._formatter is None:  # a base model: a plain transcript
             text = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages) + "Assistant:"
             return self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
@@ -301,6 +320,7 @@ class LocalEngine:
         return self._generate(self._format(messages), sampling)
 
     def complete(self, prompt: str, sampling: Sampling) -> Iterator[Chunk]:
+        self._refuse_if_surely_too_long(len(prompt.encode("utf-8", "replace")))
         tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
         return self._generate(tokens, sampling)
 
