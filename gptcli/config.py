@@ -85,7 +85,7 @@ def _float_range(lo: float, hi: float, lo_open: bool = False) -> Callable[[Any],
         if isinstance(v, bool) or not isinstance(v, int | float):
             raise ValueError("must be a number")
         v = float(v)
-        if v < lo or v > hi or (lo_open and v == lo):
+        if not lo <= v <= hi or (lo_open and v == lo):  # NaN fails too
             raise ValueError(f"must be {'>' if lo_open else '>='} {lo:g} and <= {hi:g}")
         return v
 

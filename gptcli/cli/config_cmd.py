@@ -135,7 +135,7 @@ def path_command(ctx: typer.Context) -> None:
         st.env.notice("(not created yet: `gptcli config set` or `gptcli config edit` creates it)")
 
 
-@config_app.command("set")
+@config_app.command("set", context_settings={"ignore_unknown_options": True})  # `set temperature -1` is a value
 def set_command(
     ctx: typer.Context,
     setting: KeyArgument,
