@@ -1,0 +1,249 @@
+"""Translation throughput against the engine's raw generation speed, and peak memory as a document grows.
+
+Usage: .venv/bin/python benchmarks/translate_bench.py [--words 5000] [--ctx 2048] [--threads N] [--skip-memory]
+
+1. Speed: loads the embedded model once, measures raw generation (256 tokens, end-of-text ignored)
+   before and after, and translates a generated Markdown document of ``--words`` words (headings,
+   paragraphs, lists, tables, code) into French with gptcli's own translator, the way `gptcli
+   translate` does. Every request's usage is recorded, so the wall time splits into generation,
+   prompt processing and gptcli's own work (planning, structure checks, cache, reassembly).
+2. Memory: runs the installed `gptcli translate` on the document and on one 4x as long, with
+   replies capped at one token (the whole pipeline runs, generation is skipped), and reads each
+   process's peak RSS.
+
+Prints a Markdown report (for benchmarks/translate.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from gptcli.config import load_settings  # noqa: E402
+from gptcli.engines import Chunk, Engine, Message, Sampling, Usage, choose  # noqa: E402
+from gptcli.languages import resolve_language  # noqa: E402
+from gptcli.templates import load_template  # noqa: E402
+from gptcli.translate import Glossary, Job, TranslationCache, Translator  # noqa: E402
+
+WORDS = (
+    "system user file setting option server network device window report value process memory "
+    "folder account service update version backup message address program install network support "
+    "change check start stop open close read write create delete copy move search find show hide "
+    "simple quick small large main new old first last next other every each local remote secure"
+).split()
+
+
+def sentence(rng: random.Random) -> str:
+    words = [rng.choice(WORDS) for _ in range(rng.randint(8, 18))]
+    words[0] = words[0].capitalize()
+    return " ".join(words) + rng.choice([".", ".", ".", "?", "!"])
+
+
+def make_document(words: int, seed: int = 7) -> str:
+    """A Markdown manual of about ``words`` words: sections of paragraphs, lists, tables and code."""
+    rng = random.Random(seed)
+    out: list[str] = []
+    count = 0
+    section = 0
+    while count < words:
+        section += 1
+        title = f"{'#' * rng.choice([1, 2, 2, 3])} {section}. {sentence(rng)[:-1]}"
+        out += [title, ""]
+        count += len(title.split())
+        for _ in range(rng.randint(2, 4)):
+            paragraph = " ".join(sentence(rng) for _ in range(rng.randint(2, 6)))
+            out += [paragraph, ""]
+            count += len(paragraph.split())
+        kind = rng.choice(["list", "table", "code", "none"])
+        if kind == "list":
+            for _ in range(rng.randint(3, 5)):
+                item = f"- {sentence(rng)}"
+                out.append(item)
+                count += len(item.split())
+            out.append("")
+        elif kind == "table":
+            out += ["| Option | Meaning | Default |", "| --- | --- | --- |"]
+            for _ in range(rng.randint(2, 4)):
+                row = f"| `{rng.choice(WORDS)}` | {sentence(rng)} | {rng.randint(1, 999)} |"
+                out.append(row)
+                count += len(row.split())
+            out.append("")
+        elif kind == "code":
+            out += ["```bash", f"gptcli {rng.choice(WORDS)} --{rng.choice(WORDS)} {rng.randint(1, 99)}", "```", ""]
+    return "\n".join(out)
+
+
+@dataclass
+class RecordingEngine:
+    """Passes everything to the real engine and keeps each reply's usage."""
+
+    inner: Engine
+    usages: list[Usage] = field(default_factory=list)
+
+    @property
+    def model_name(self) -> str:
+        return self.inner.model_name
+
+    @property
+    def context_length(self) -> int:
+        return self.inner.context_length
+
+    def count_tokens(self, messages: Sequence[Message]) -> int:
+        return self.inner.count_tokens(messages)
+
+    def tokenize_count(self, text: str) -> int:
+        return self.inner.tokenize_count(text)
+
+    def stream(self, messages: Sequence[Message], sampling: Sampling) -> Iterator[Chunk]:
+        for chunk in self.inner.stream(messages, sampling):
+            if chunk.usage is not None and not chunk.text:
+                self.usages.append(chunk.usage)
+            yield chunk
+
+    def complete(self, prompt: str, sampling: Sampling) -> Iterator[Chunk]:
+        return self.inner.complete(prompt, sampling)
+
+
+def raw_speed(engine: Engine, tokens: int = 256) -> float:
+    """Generation tokens/s of a plain reply (prompt processing excluded), end-of-text ignored."""
+    usage = None
+    messages: list[Message] = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
+    for chunk in engine.stream(messages, Sampling(temperature=0.2, max_tokens=tokens, seed=1, ignore_eos=True)):
+        usage = chunk.usage or usage
+    assert usage is not None
+    return usage.tokens_per_second
+
+
+def speed(words: int, ctx: int, threads: int | None) -> dict[str, float]:
+    settings = load_settings().with_flags(ctx=ctx, threads=threads)
+    engine = RecordingEngine(choose.open_engine(settings))
+    raw_before = statistics.median(raw_speed(engine.inner) for _ in range(3))
+    template = load_template("translate")
+    job = Job(
+        target=resolve_language("fr"),
+        source=resolve_language("en"),
+        template=template,
+        values={"target": "French", "source": "English"},
+        glossary=Glossary(),
+        sampling=Sampling(temperature=template.temperature or 0.2, seed=1),
+        model="bench",
+    )
+    document = make_document(words)
+    with tempfile.TemporaryDirectory() as folder:
+        cache = TranslationCache(Path(folder), job.key)
+        translator = Translator(engine, job, cache=cache, resume=False)
+        started = time.perf_counter()
+        plan = translator.plan(document, markdown=True)
+        planned = time.perf_counter()
+        parts: list[str] = []
+        summary = translator.run(plan, parts.append)
+        wall = time.perf_counter() - started
+        cache.close()
+    raw_after = statistics.median(raw_speed(engine.inner) for _ in range(3))
+    usages = engine.usages
+    generation = sum(u.total_time - u.time_to_first_token for u in usages)
+    prompt = sum(u.time_to_first_token for u in usages)
+    completion = sum(u.completion_tokens for u in usages)
+    return {
+        "words": len(document.split()),
+        "source_tokens": engine.tokenize_count(document),
+        "chunks": len(plan.chunks),
+        "requests": len(usages),
+        "packed": summary.packed,
+        "fell_back": summary.fell_back,
+        "completion": completion,
+        "prompt_tokens": sum(u.prompt_tokens for u in usages),
+        "cached_tokens": sum(u.cached_tokens for u in usages),
+        "wall": wall,
+        "plan": planned - started,
+        "generation": generation,
+        "prompt": prompt,
+        "overhead": wall - generation - prompt,
+        "raw": (raw_before + raw_after) / 2,
+        "raw_before": raw_before,
+        "raw_after": raw_after,
+        "translation": completion / wall,
+        "decode_during": (completion - len(usages)) / generation if generation else 0.0,
+    }
+
+
+def peak_rss(document: Path, ctx: int, home: Path) -> tuple[float, float]:
+    """Peak RSS (MiB) and seconds of `gptcli translate` on ``document`` with one-token replies."""
+    exe = Path(sys.executable).parent / "gptcli"
+    env = dict(os.environ, GPTCLI_HOME=str(home))
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [str(exe), "translate", str(document), "--to", "fr", "-o", str(document) + ".fr", "--force",
+         "--no-resume", "--ctx", str(ctx), "-n", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - started
+    if status != 0:
+        raise SystemExit(f"gptcli translate failed: {proc.stderr.read().decode() if proc.stderr else status}")
+    return usage.ru_maxrss / 1024, seconds
+
+
+def memory(words: int, ctx: int) -> list[tuple[str, int, float, float]]:
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        base = Path(folder)
+        for label, factor in (("1x", 1), ("4x", 4)):
+            path = base / f"doc-{label}.md"
+            text = make_document(words * factor, seed=11)
+            path.write_text(text)
+            rss, seconds = peak_rss(path, ctx, base / f"home-{label}")
+            rows.append((label, len(text.split()), rss, seconds))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--words", type=int, default=5000)
+    parser.add_argument("--ctx", type=int, default=2048)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--skip-memory", action="store_true")
+    args = parser.parse_args()
+    os.environ.setdefault("GPTCLI_HOME", tempfile.mkdtemp(prefix="gptcli-bench-"))
+
+    s = speed(args.words, args.ctx, args.threads)
+    cpu = platform.processor() or platform.machine()
+    print(f"## Translation throughput ({s['words']:,} words, embedded SmolLM2-135M Q4_1, --ctx {args.ctx}, {os.cpu_count()} CPUs, {cpu})\n")
+    print("| measure | value |")
+    print("| --- | --- |")
+    print(f"| source tokens / chunks / requests | {s['source_tokens']:,} / {s['chunks']} / {s['requests']} |")
+    print(f"| chunks translated whole / retried piece by piece | {s['packed']} / {s['fell_back']} |")
+    print(f"| tokens generated | {s['completion']:,} |")
+    print(f"| prompt tokens (reused from the KV cache) | {s['prompt_tokens']:,} ({s['cached_tokens']:,}) |")
+    print(f"| wall time | {s['wall']:.1f} s |")
+    print(f"| - generating | {s['generation']:.1f} s ({100 * s['generation'] / s['wall']:.1f} %) |")
+    print(f"| - prompt processing (source text, first token) | {s['prompt']:.1f} s ({100 * s['prompt'] / s['wall']:.1f} %) |")
+    print(f"| - gptcli's own work (planning {s['plan']:.2f} s, checks, cache, reassembly) | {s['overhead']:.2f} s ({100 * s['overhead'] / s['wall']:.1f} %) |")
+    print(f"| raw generation (256 tokens, before / after) | {s['raw_before']:.1f} / {s['raw_after']:.1f} tok/s |")
+    print(f"| decode speed during the translation | {s['decode_during']:.1f} tok/s |")
+    print(f"| **translation, end to end** | **{s['translation']:.1f} tok/s = {s['translation'] / s['raw']:.2f}x raw** |")
+    if not args.skip_memory:
+        rows = memory(args.words, args.ctx)
+        print("\n## Peak memory (`gptcli translate`, one-token replies)\n")
+        print("| document | words | peak RSS | time |")
+        print("| --- | --- | --- | --- |")
+        for label, words, rss, seconds in rows:
+            print(f"| {label} | {words:,} | {rss:.0f} MiB | {seconds:.0f} s |")
+        print(f"\nGrowth from 1x to 4x: {rows[1][2] - rows[0][2]:+.1f} MiB.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""gptcli translate end to end: the installed executable, the real embedded model, a small context."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.model
+
+LONG = " ".join(
+    f"Step {i} of the setup copies the files, checks the disk space and writes a short report." for i in range(1, 13)
+)
+SOURCE = (
+    "# Installation guide\r\n"
+    "\r\n"
+    f"{LONG}\r\n"
+    "\r\n"
+    "## Steps\r\n"
+    "\r\n"
+    "- Download the archive from the website\r\n"
+    "- Unpack it into a folder\r\n"
+    "- Run the installer\r\n"
+    "\r\n"
+    "| Setting | Value |\r\n"
+    "| --- | --- |\r\n"
+    "| Language | English |\r\n"
+    "| Port | 8080 |\r\n"
+    "\r\n"
+    "```bash\r\n"
+    "./install.sh --prefix /opt/app\r\n"
+    "```\r\n"
+    "\r\n"
+    "## Support\r\n"
+    "\r\n"
+    "Write to us if something goes wrong."  # no final newline
+)
+FAST = ["--ctx", "512", "-n", "12", "--temperature", "0", "--seed", "1"]
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    path = tmp_path / "guide.md"
+    path.write_bytes(SOURCE.encode())
+    return path
+
+
+def events(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+def skeleton(text: str) -> list[str]:
+    """What structure a line has: blank, heading level, list marker, table pipes, or text."""
+    kinds = []
+    for line in text.split("\r\n"):
+        if not line:
+            kinds.append("blank")
+        elif line.startswith("#"):
+            kinds.append(line.split(" ")[0])
+        elif line.startswith("- "):
+            kinds.append("item")
+        elif line.startswith("|"):
+            kinds.append("row" + str(line.count("|")))
+        else:
+            kinds.append("text")
+    return kinds
+
+
+def test_markdown_keeps_structure_code_line_endings_and_order(run_gptcli, source, tmp_path):
+    out = tmp_path / "guide.fr.md"
+    proc = run_gptcli("translate", str(source), "--to", "fr", "-o", str(out), "--json", "--parallel", "4", *FAST)
+    assert proc.returncode == 0, proc.stderr
+    assert "local engine runs one chunk at a time" in " ".join(proc.stderr.split())
+    log = events(proc.stdout)
+    start, chunks, done = log[0], [e for e in log if e["type"] == "chunk"], log[-1]
+    assert start["type"] == "start" and done["type"] == "done"
+    assert start["chunks"] >= 5, "a 512-token context should need many chunks"
+    assert [c["index"] for c in chunks] == list(range(start["chunks"]))  # each chunk once, in order
+    assert all(c["translations"] and all(t.strip() for t in c["translations"]) for c in chunks)
+
+    data = out.read_bytes()
+    text = data.decode("utf-8")
+    assert "\n" not in text.replace("\r\n", "")  # CRLF stays CRLF
+    assert not text.endswith("\n")  # no final newline, as in the source
+    assert skeleton(text) == skeleton(SOURCE)
+    assert "\r\n| --- | --- |\r\n" in text and "| 8080 |" in text
+    assert "```bash\r\n./install.sh --prefix /opt/app\r\n```\r\n" in text  # code byte for byte
+    assert text != SOURCE
+
+
+def _run_until_chunks(cmd: list[str], chunks: int, sig: int) -> tuple[int, list[dict], str]:
+    """Start the translation, send ``sig`` after ``chunks`` chunk events, return (code, events, stderr)."""
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen: list[dict] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        seen.append(json.loads(line))
+        if sum(e["type"] == "chunk" for e in seen) == chunks:
+            os.kill(proc.pid, sig)
+            break
+    proc.stdout.read()
+    code = proc.wait(timeout=60)
+    return code, seen, proc.stderr.read() if proc.stderr else ""
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGKILL, -signal.SIGKILL)], ids=["ctrl-c", "crash"])
+def test_a_stopped_translation_resumes_with_only_the_rest(run_gptcli, gptcli_bin, source, tmp_path, sig, code):
+    out = tmp_path / "guide.fr.md"
+    cmd = [gptcli_bin, "translate", str(source), "--to", "de", "-o", str(out), "--json", *FAST]
+    returncode, seen, stderr = _run_until_chunks(cmd, 2, sig)
+    assert returncode == code, stderr
+    total = seen[0]["chunks"]
+    assert not out.exists(), "a stopped translation must not leave a partial output"
+    if sig == signal.SIGINT:
+        assert "run the same command again" in " ".join(stderr.split())
+        assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+    proc = run_gptcli("translate", str(source), "--to", "de", "-o", str(out), "--json", "--resume", *FAST)
+    assert proc.returncode == 0, proc.stderr
+    log = events(proc.stdout)
+    assert log[0]["cached"] >= 2
+    fresh = [e for e in log if e["type"] == "chunk" and not e["cached"]]
+    assert len(fresh) == total - log[0]["cached"]
+    assert log[-1]["cached"] == log[0]["cached"] and log[-1]["chunks"] == total
+    assert skeleton(out.read_bytes().decode()) == skeleton(SOURCE)
+
+
+def test_stdin_to_stdout_on_a_pipe(run_gptcli):
+    proc = run_gptcli("translate", "--to", "Spanish", *FAST, input="Good morning.\n\nThe shop opens at 9.\n")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.endswith("\n") and proc.stdout.count("\n\n") == 1
+    assert "\x1b" not in proc.stdout and "error" not in proc.stderr
+
+
+def test_binary_input_is_a_one_line_error(run_gptcli, tmp_path):
+    path = tmp_path / "photo.md"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00")
+    proc = run_gptcli("translate", str(path), "--to", "fr")
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: ") and "binary" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
