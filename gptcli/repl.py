@@ -16,7 +16,7 @@ from typing import IO, Any
 from gptcli.config import KEYS, Settings, data_dir, ensure_private_dir
 from gptcli.conversation import POLICIES, Conversation, Turn, turns_from_messages
 from gptcli.engines import Engine, Message, Sampling, choose
-from gptcli.errors import ContextOverflowError, GptcliError, StoreError, UsageError
+from gptcli.errors import ContextOverflowError, GptcliError, StoreError, Terminated, UsageError
 from gptcli.flow import OutputMode, generate
 from gptcli.render import Env, Reply
 
@@ -812,6 +812,8 @@ def make_prompt_session(chat: ChatSession, *, input: Any = None, output: Any = N
 def run_interactive(chat: ChatSession, session: Any) -> int:
     """The REPL loop. Ctrl-C at the prompt clears the line; Ctrl-D or /exit leaves with 0."""
     while True:
+        if Terminated.received:  # SIGTERM: handled like Ctrl-C (the reply in flight is kept), then leave
+            return 130
         try:
             line = session.prompt()
         except KeyboardInterrupt:

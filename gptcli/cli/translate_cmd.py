@@ -326,7 +326,7 @@ def translate(
         bool, typer.Option("--resume/--no-resume", help="Reuse chunks finished by an earlier run (default) or translate all again.")
     ] = True,
     chunk_tokens: Annotated[
-        Optional[int], typer.Option("--chunk-tokens", help="Most source tokens in one chunk (default 512, less if the context is small).", min=8)
+        Optional[int], typer.Option("--chunk-tokens", help="Most source tokens in one chunk (default 384, less if the context is small).", min=8)
     ] = None,
     gen: GenOptions = GenOptions(),
 ) -> None:
@@ -400,7 +400,11 @@ def translate(
         model=model_id,
         max_tokens=settings.max_tokens if settings.sources.get("max_tokens") != "default" else None,
     )
-    cache = TranslationCache(cache_folder(), job.key)
+    cache: Optional[TranslationCache] = None
+    try:
+        cache = TranslationCache(cache_folder(), job.key)
+    except InputError as exc:  # an unwritable data folder: translate anyway, without resuming
+        env.notice(f"{exc}: finished chunks are not kept for resuming")
     translator = Translator(engine, job, cache=cache, resume=resume, parallel=parallel)
     try:
         for src, dest in zip(sources, targets):
@@ -413,7 +417,8 @@ def translate(
             if code:
                 raise typer.Exit(code)
     finally:
-        cache.close()
+        if cache is not None:
+            cache.close()
 
 
 def _translate_one(
