@@ -180,14 +180,14 @@ def speed(words: int, ctx: int, threads: int | None) -> dict[str, float]:
     }
 
 
-def peak_rss(document: Path, ctx: int, home: Path) -> tuple[float, float]:
+def peak_rss(document: Path, ctx: int, home: Path, threads: int | None) -> tuple[float, float]:
     """Peak RSS (MiB) and seconds of `gptcli translate` on ``document`` with one-token replies."""
     exe = Path(sys.executable).parent / "gptcli"
     env = dict(os.environ, GPTCLI_HOME=str(home))
     started = time.perf_counter()
     proc = subprocess.Popen(
         [str(exe), "translate", str(document), "--to", "fr", "-o", str(document) + ".fr", "--force",
-         "--no-resume", "--ctx", str(ctx), "-n", "1"],
+         "--no-resume", "--ctx", str(ctx), "-n", "1", *(["--threads", str(threads)] if threads else [])],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
     )
     _, status, usage = os.wait4(proc.pid, 0)
@@ -197,7 +197,7 @@ def peak_rss(document: Path, ctx: int, home: Path) -> tuple[float, float]:
     return usage.ru_maxrss / 1024, seconds
 
 
-def memory(words: int, ctx: int) -> list[tuple[str, int, float, float]]:
+def memory(words: int, ctx: int, threads: int | None) -> list[tuple[str, int, float, float]]:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         base = Path(folder)
@@ -205,7 +205,7 @@ def memory(words: int, ctx: int) -> list[tuple[str, int, float, float]]:
             path = base / f"doc-{label}.md"
             text = make_document(words * factor, seed=11)
             path.write_text(text)
-            rss, seconds = peak_rss(path, ctx, base / f"home-{label}")
+            rss, seconds = peak_rss(path, ctx, base / f"home-{label}", threads)
             rows.append((label, len(text.split()), rss, seconds))
     return rows
 
@@ -236,7 +236,7 @@ def main() -> None:
     print(f"| decode speed during the translation | {s['decode_during']:.1f} tok/s |")
     print(f"| **translation, end to end** | **{s['translation']:.1f} tok/s = {s['translation'] / s['raw']:.2f}x raw** |")
     if not args.skip_memory:
-        rows = memory(args.words, args.ctx)
+        rows = memory(args.words, args.ctx, args.threads)
         print("\n## Peak memory (`gptcli translate`, one-token replies)\n")
         print("| document | words | peak RSS | time |")
         print("| --- | --- | --- | --- |")
