@@ -14,7 +14,7 @@ Every run translates the same generated Markdown document with greedy sampling i
 GPTCLI_HOME (no resume cache); the setups run interleaved for --rounds rounds (the machine's load
 drifts) and the medians of wall time and output tokens/s are reported, with the load average.
 
-Usage: .venv/bin/python benchmarks/parallel_bench.py [--paragraphs 16] [--servers 4] [--rounds 2]
+Usage: .venv/bin/python benchmarks/parallel_bench.py [--paragraphs 8] [--servers 4] [--rounds 3] [--threads 1]
 """
 
 from __future__ import annotations
@@ -243,8 +243,8 @@ def main() -> None:
     servers = [start_server(args.ctx, per, work / f"s{i + 1}") for i in range(args.servers)]
     proxy = SlotProxy([u for _, u in servers])
     setups = [
-        (f"1 server ({args.threads} threads), --parallel 1", single_url, 1),
-        (f"1 server ({args.threads} threads), --parallel 4", single_url, 4),
+        (f"1 server ({args.threads} thread{'s' if args.threads > 1 else ''}), --parallel 1", single_url, 1),
+        (f"1 server ({args.threads} thread{'s' if args.threads > 1 else ''}), --parallel 4", single_url, 4),
         (f"{args.servers} servers ({per} thread{'s' if per > 1 else ''} each) behind the proxy, --parallel 1", proxy.base_url, 1),
         (f"{args.servers} servers ({per} thread{'s' if per > 1 else ''} each) behind the proxy, --parallel 4", proxy.base_url, 4),
     ]
