@@ -190,7 +190,7 @@ def make_title(text: str) -> str:
 def fts_query(text: str) -> str:
     """A user's words as an FTS5 query: every word must appear; ``word*`` is a prefix; no syntax errors."""
     terms = []
-    for word in text.split():
+    for word in text.replace("\x00", " ").split():  # SQLite ends a query string at a NUL
         prefix = word.endswith("*") and len(word) > 1
         word = word.rstrip("*") if prefix else word
         if not word:
