@@ -148,7 +148,8 @@ _ITEM = re.compile(r"[ \t]*(?:[-*+]|\d{1,9}[.)])(?:[ \t]+|$)(?:\[[ xX]\][ \t]+)?
 _HTML = re.compile(r"[ \t]*(<!--.*|</?[A-Za-z][^>]*>)[ \t]*$")
 _LINK_DEF = re.compile(r"[ \t]{0,3}\[[^\]]+\]:[ \t]*\S+")
 _TABLE_SEP = re.compile(r"[ \t]*\|?[ \t]*:?-+:?[ \t]*(\|[ \t]*:?-+:?[ \t]*)*\|?[ \t]*$")
-_NOT_WORDS = re.compile(r"`[^`]*`|<[^>\s]*>|https?://\S+|www\.\S+|\S+@\S+\.\w+")
+# (?<!\S): a run of non-spaces is tried from its start only, so a 10 MB line without spaces is linear, not quadratic
+_NOT_WORDS = re.compile(r"`[^`]*`|<[^>\s]*>|https?://\S+|www\.\S+|(?<!\S)\S+@\S+\.\w+")
 _MARKDOWN_SIGNS = re.compile(r"^(#{1,6} |```|~~~|\|.*\||[-*+] |\d+\. |> )", re.M)
 MARKDOWN_SUFFIXES = {".md", ".markdown", ".mdown", ".mkd", ".mdx", ".rmd", ".qmd"}
 
@@ -414,7 +415,7 @@ class Plan:
 
 _SENTENCE = re.compile(r"[.!?…]+[\"'”’»)\]]*(\s+)|[。！？]+[」』”’)]*(\s*)")
 _CLAUSE = re.compile(r"[,;:，；：、]+(\s*)")
-_WORD = re.compile(r"\S+(\s+)")
+_WORD = re.compile(r"(?<!\S)\S+(\s+)")  # from a word's start only: linear on a line without spaces
 
 
 def _split_at(text: str, pattern: re.Pattern[str]) -> list[tuple[str, str]]:
@@ -436,6 +437,13 @@ def _split_at(text: str, pattern: re.Pattern[str]) -> list[tuple[str, str]]:
 def split_long_text(text: str, limit: int, count: TokenCounter) -> list[tuple[str, str]]:
     """Cut ``text`` into (piece, whitespace after) of at most ``limit`` tokens: at sentences,
     then clauses, then words, then characters. Joining pieces and their whitespace gives ``text``."""
+    counted: dict[str, int] = {}
+    uncached = count
+
+    def count(part: str) -> int:  # a part is measured at several levels: tokenize it once
+        if part not in counted:
+            counted[part] = uncached(part)
+        return counted[part]
 
     def segments(part: str, level: int) -> list[tuple[str, str]]:
         if count(part) <= limit:

@@ -291,3 +291,24 @@ def test_reading_never_imports_the_model_before_the_input_is_checked(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize(
+    "line",
+    [lambda: "a" * 10_000_000, lambda: "word " * 2_000_000, lambda: ("x" * 5000 + " ") * 2000],
+    ids=["no-spaces", "words", "long-words"],
+)
+def test_a_10_mb_line_is_planned_for_translation_in_seconds(line):
+    """Chunking a 10 MB line is linear: word splitting used to backtrack quadratically (hours for 10 MB)."""
+    from gptcli.translate import Assembler, has_words, normalize_atom, plan_document
+
+    text = line()
+    started = time.monotonic()
+    plan = plan_document(text, lambda t: len(t) // 4 + 1, 256, markdown=True)
+    assert has_words(text)
+    assert time.monotonic() - started < 30
+    assert all(chunk.source_tokens <= 256 for chunk in plan.chunks)
+    assembler = Assembler(plan)  # an identity translation gives the line back byte for byte
+    for chunk in plan.chunks:
+        assembler.add(chunk, [normalize_atom(atom, atom.text) for atom in chunk.atoms])
+    assert assembler.drain() == text
