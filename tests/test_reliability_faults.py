@@ -382,3 +382,57 @@ def test_sigterm_during_an_interactive_reply_keeps_it_and_ends_the_chat(isolated
         messages = store.messages(info.id)
     assert [m.content for m in messages[:3]] == ["first question", "Short first answer.", "second question"]
     assert messages[3].interrupted and messages[3].content.startswith("word word")
+
+
+# ---------------------------------------------------------------- one-shot commands and temporary files
+
+
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
+def test_a_signal_during_ask_saves_the_partial_reply(isolated_home, name):
+    """(SIGKILL and Ctrl-C with the real model: tests/test_store_faults.py)"""
+    sig, code = SIGNALS[name]
+    proc = start(SLOW_CHAT_ENGINE.replace('"Short first answer.", ', ""), "ask", "a long question")
+    read_until(proc, b"word word word")
+    returncode, _, err = finish(proc, sig)
+    assert returncode == code, err
+    assert "Traceback" not in err
+    assert integrity(default_store_path()) == "ok"
+    with ConversationStore.open() as store:
+        (info,) = store.list_sessions()
+        user, reply = store.messages(info.id)
+    assert user.content == "a long question"
+    assert reply.interrupted and reply.content.startswith("word word word")
+
+
+HOLDER = """
+import sys, time
+from gptcli.textio import AtomicTextFile
+out = AtomicTextFile(sys.argv[1])
+out.write("half of a document")
+out.file.flush()
+print(out.tmp, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_live_writers_temporary_file_is_kept_and_a_dead_ones_is_swept(tmp_path):
+    """The next write of a file removes temporaries a killed gptcli left, never one still being written."""
+    from gptcli.textio import atomic_write, sweep_stale_temporaries
+
+    target = tmp_path / "out.md"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(target)], cwd=ROOT, stdout=subprocess.PIPE,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert holder.stdout is not None
+    temporary = Path(holder.stdout.readline().decode().strip())
+    assert temporary.exists()
+    try:
+        assert sweep_stale_temporaries(tmp_path, target.name) == 0
+        atomic_write(target, "another writer's text\n")
+        assert temporary.exists() and temporary.read_text() == "half of a document"
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    atomic_write(target, "the next run\n")
+    assert not temporary.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.md"]
+    assert target.read_text() == "the next run\n"
