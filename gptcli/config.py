@@ -159,6 +159,7 @@ KEYS: dict[str, Key] = {
         Key("color", _choice("auto", "always", "never"), "auto", "Colour output: auto, always or never.", str),
         Key("flash_attn", _boolean, True, "Use flash attention in llama.cpp.", bool),
         Key("batch_size", _positive_int, 512, "Prompt-processing batch size (tokens).", int),
+        Key("kv_cache_mb", _non_negative_int, 512, "Disk kept for saved model states that make resuming a chat instant (MB; 0 = off).", int),
     ]
 }
 

@@ -113,3 +113,30 @@ class KVStateStore:
             with contextlib.suppress(OSError):
                 path.unlink()
                 total -= size
+
+
+def store_for(settings: Any, engine: Any) -> KVStateStore | None:
+    """The state store when the engine can save its KV cache and ``kv_cache_mb`` allows it."""
+    limit_mb = getattr(settings, "kv_cache_mb", 0)
+    if not limit_mb or not hasattr(engine, "export_state"):
+        return None
+    return KVStateStore(limit_bytes=limit_mb * 1024 * 1024)
+
+
+def restore_session(settings: Any, session_id: Any, engine: Any, notice: Callable[[str], None]) -> int:
+    """Load the saved KV state of ``session_id`` into the engine, if there is a valid one."""
+    store = store_for(settings, engine)
+    if store is None or session_id is None:
+        return 0
+    return store.load(str(session_id), engine, notice)
+
+
+def keep_session(settings: Any, session_id: Any, engine: Any, notice: Callable[[str], None]) -> None:
+    """Save the engine's KV cache for ``session_id``; a failure costs only speed on the next resume."""
+    store = store_for(settings, engine)
+    if store is None or session_id is None:
+        return
+    try:
+        store.save(str(session_id), engine)
+    except OSError as exc:
+        notice(f"the model state was not saved ({exc.strerror or exc}); resuming will re-read the chat")

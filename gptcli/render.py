@@ -344,7 +344,8 @@ def render_stream(chunks: Iterable[Chunk], renderer: Renderer) -> Reply:
 def stats_line(usage: Usage, context_used: int | None = None, context_size: int | None = None) -> str:
     """The dim status line after a reply: tokens, time to first token, speed, context."""
     parts = [
-        f"{usage.prompt_tokens} prompt + {usage.completion_tokens} reply tokens",
+        f"{usage.prompt_tokens} prompt{f' ({usage.cached_tokens} cached)' if usage.cached_tokens else ''}"
+        f" + {usage.completion_tokens} reply tokens",
         f"first token {usage.time_to_first_token:.2f} s",
         f"{usage.tokens_per_second:.1f} tok/s",
     ]

@@ -354,6 +354,8 @@ class ChatSession:
         stored = self._store_call(lambda: store.messages(info.id))
         if stored is None:
             return
+        if self.session_id is not None and self.session_id != info.id:
+            self.keep_state()
         rows = [(m.role, m.content, bool(getattr(m, "interrupted", False))) for m in stored]
         system, turns = turns_from_messages(rows)
         system = getattr(info, "system", None) or system
@@ -363,6 +365,9 @@ class ChatSession:
         self.template_name = getattr(info, "template", None)
         name = self.session_title or f"#{info.id}"
         self.notice(f"resumed {name}: {len(turns)} exchange{'s' if len(turns) != 1 else ''}")
+        from gptcli import kvstate
+
+        kvstate.restore_session(self.settings, info.id, self.engine, self.notice)
         if show:
             self.show_turns(turns[-SHOWN_ON_RESUME:])
 
@@ -396,7 +401,14 @@ class ChatSession:
     def cmd_exit(self, command: Command) -> bool:
         return False
 
+    def keep_state(self) -> None:
+        """Save the model's KV cache for the current session, so `chat -c` need not re-read it."""
+        from gptcli import kvstate
+
+        kvstate.keep_session(self.settings, self.session_id, self.engine, self.notice)
+
     def cmd_new(self, command: Command) -> None:
+        self.keep_state()
         self.conversation = Conversation(system=self.conversation.system)
         self.session_id = None
         self.session_title = None
@@ -474,6 +486,7 @@ class ChatSession:
 
             path = resolve_model(spec).path  # an unknown name fails here, before anything is freed
             if path.is_file():
+                self.keep_state()
                 _release_local(old_engine)
         try:
             engine = choose.open_engine(new_settings)
@@ -898,6 +911,7 @@ def run_chat(settings: Settings, env: Env, request: ChatRequest, mode: OutputMod
             resume_info = store.latest_session()
             if resume_info is None:
                 env.notice("no saved conversation to continue: starting a new one")
+    chat: ChatSession | None = None
     try:
         chat = ChatSession(settings, env, store=store, saving=saving, mode=mode, interactive=interactive)
         if interactive:
@@ -917,5 +931,7 @@ def run_chat(settings: Settings, env: Env, request: ChatRequest, mode: OutputMod
             output = create_output(stdout=env.stderr)
         return run_interactive(chat, make_prompt_session(chat, output=output))
     finally:
+        if chat is not None:
+            chat.keep_state()
         if store is not None:
             store.close()

@@ -117,3 +117,69 @@ def test_disk_limit_evicts_least_recently_used(session, tmp_path):
     assert names == ["b", "c"]
     total = sum(p.stat().st_size for p in (tmp_path / "kv").glob("*.kv"))
     assert total <= store.limit_bytes
+
+
+# ---------------------------------------------------------------- through the command line
+
+CHAT = ["--temperature", "0", "--repeat-penalty", "1", "-n", "12", "--ctx", "1024", "--stats"]
+
+
+def kv_files():
+    from gptcli.config import data_dir
+
+    return sorted((data_dir() / "kv").glob("*.kv"))
+
+
+def first_reply_stats(stderr: str) -> str:
+    return next(line for line in stderr.splitlines() if "reply tokens" in line)
+
+
+def test_chat_continue_resumes_from_the_saved_state(run_gptcli):
+    """`chat -c` in a new process reads the saved state: the same reply, the history not re-read."""
+    first = run_gptcli("chat", *CHAT, input="Name a planet.\nWhy is the sky blue?\nAnd the sea?\n")
+    assert first.returncode == 0, first.stderr
+    (state,) = kv_files()
+    assert stat.S_IMODE(state.stat().st_mode) == 0o600
+    assert stat.S_IMODE(state.parent.stat().st_mode) == 0o700
+
+    question = "Tell me about the moon.\n"
+    warm = run_gptcli("chat", "-c", "--no-history", *CHAT, input=question)
+    cold = run_gptcli("chat", "-c", "--no-history", *CHAT, input=question, env={"GPTCLI_KV_CACHE_MB": "0"})
+    assert warm.returncode == cold.returncode == 0, warm.stderr + cold.stderr
+    assert warm.stdout == cold.stdout and warm.stdout.strip()
+    assert "cached" in first_reply_stats(warm.stderr)  # e.g. "140 prompt (128 cached) + ..."
+    assert "cached" not in first_reply_stats(cold.stderr)
+    assert "ignored" not in warm.stderr
+
+    state.write_bytes(b"GPTCLIKV" + b"\xff" * 64)  # a torn or tampered file
+    damaged = run_gptcli("chat", "-c", "--no-history", *CHAT, input=question)
+    assert damaged.returncode == 0
+    assert "ignored the saved model state of this session (it is corrupt)" in damaged.stderr
+    assert damaged.stdout == cold.stdout
+    assert "Traceback" not in damaged.stderr
+
+
+def test_state_of_another_context_size_is_ignored(run_gptcli):
+    assert run_gptcli("chat", *CHAT, input="Name a planet.\n").returncode == 0
+    assert kv_files()
+    other = [*CHAT[:-3], "--ctx", "2048", "--stats"]
+    resumed = run_gptcli("chat", "-c", *other, input="And another?\n")
+    assert resumed.returncode == 0
+    assert "the model or the context settings changed" in resumed.stderr
+    assert "cached" not in first_reply_stats(resumed.stderr)
+
+
+def test_ask_continue_uses_and_refreshes_the_state(run_gptcli):
+    assert run_gptcli("chat", *CHAT, input="Name a planet.\n").returncode == 0
+    (state,) = kv_files()
+    before = state.stat().st_size
+    asked = run_gptcli("ask", "-c", *CHAT, "And a moon?")
+    assert asked.returncode == 0, asked.stderr
+    assert "cached" in first_reply_stats(asked.stderr)
+    assert state.stat().st_size > before  # the state now holds the new exchange too
+
+
+def test_no_state_is_written_with_history_off_or_a_zero_limit(run_gptcli):
+    assert run_gptcli("chat", "--no-history", *CHAT, input="Name a planet.\n").returncode == 0
+    assert run_gptcli("chat", *CHAT, input="Name a planet.\n", env={"GPTCLI_KV_CACHE_MB": "0"}).returncode == 0
+    assert kv_files() == []

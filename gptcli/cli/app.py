@@ -13,6 +13,32 @@ from gptcli.config import Settings, load_settings
 from gptcli.errors import ConfigError, UsageError
 from gptcli.render import Env
 
+
+def _plain_type_labels() -> None:
+    """Help shows no value for a flag and TEXT/INTEGER/FLOAT for a value, as click always did.
+
+    Typer 0.2x labels every option with its Python annotation (``--continue <bool>``), which reads
+    as if a flag took a value.
+    """
+    core = getattr(typer, "core", None)
+    option = getattr(core, "TyperOption", None)
+    original = getattr(option, "display_type_rich", None)
+    if original is None or getattr(original, "_gptcli", False):
+        return
+    names = {"<str>": "TEXT", "<int>": "INTEGER", "<float>": "FLOAT", "<list[str]>": "TEXT"}
+
+    def display_type_rich(self, ctx):  # type: ignore[no-untyped-def]
+        if getattr(self, "is_flag", False) and self.metavar is None:
+            return None
+        label = original(self, ctx)
+        return names.get(label, label) if isinstance(label, str) else label
+
+    display_type_rich._gptcli = True  # type: ignore[attr-defined]
+    option.display_type_rich = display_type_rich
+
+
+_plain_type_labels()
+
 app = typer.Typer(
     name="gptcli",
     help="A terminal chat and writing assistant running a local language model.\n\n"

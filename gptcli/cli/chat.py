@@ -16,7 +16,7 @@ def chat(
     continue_last: Annotated[bool, typer.Option("--continue", "-c", help="Resume the most recent conversation.")] = False,
     session: Annotated[Optional[str], typer.Option("--session", "-s", help="Resume the conversation with this name or id.")] = None,
     template: Annotated[Optional[str], typer.Option("--template", "-t", help="Start with this template's system prompt.")] = None,
-    var: Annotated[Optional[list[str]], typer.Option("--var", "-v", help="Template variable key=value (repeatable).")] = None,
+    var: Annotated[Optional[list[str]], typer.Option("--var", "-v", help="Template variable key=value (repeatable).", metavar="KEY=VALUE")] = None,
     system: Annotated[Optional[str], typer.Option("--system", help="Start with this system prompt.")] = None,
     gen: GenOptions = GenOptions(),
 ) -> None:

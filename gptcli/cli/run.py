@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from gptcli import kvstate
 from gptcli.cli.app import AppState
 from gptcli.cli.options import GenOptions, sampling_from
 from gptcli.config import Settings
@@ -97,6 +98,7 @@ def run_template(
         messages = build_messages(template, text, values, engine, sampling)
     if history.resumed is not None:
         messages = history.continued(messages, engine, settings, sampling)
+        kvstate.restore_session(settings, history.resumed.id, engine, st.env.notice)
     basis = (prompt or instructions or text).strip()
     title = (basis if template_name == "ask" else f"{template_name}: {basis}") if basis else None
     try:
@@ -107,6 +109,8 @@ def run_template(
             history.save(messages, partial, model=engine.model_name, template=template_name, title=title)
         raise
     history.save(messages, reply, model=engine.model_name, template=template_name, title=title)
+    if history.resumed is not None and history.saving:
+        kvstate.keep_session(settings, history.resumed.id, engine, st.env.notice)
     return 130 if reply.interrupted else 0
 
 

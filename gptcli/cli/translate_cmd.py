@@ -312,7 +312,7 @@ def translate(
     register: Annotated[
         Optional[str], typer.Option("--register", help="Register of the translation: formal, informal... (default: as the source).")
     ] = None,
-    var: Annotated[Optional[list[str]], typer.Option("--var", "-v", help="Template variable key=value (repeatable).")] = None,
+    var: Annotated[Optional[list[str]], typer.Option("--var", "-v", help="Template variable key=value (repeatable).", metavar="KEY=VALUE")] = None,
     encoding: Annotated[
         Optional[str], typer.Option("--encoding", help="Encoding of the input (default: UTF-8, or UTF-16 with a BOM).")
     ] = None,
