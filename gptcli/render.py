@@ -11,8 +11,6 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
 from rich.console import Console, ConsoleOptions, RenderResult
-from rich.live import Live
-from rich.markdown import Markdown
 
 from gptcli.engines import Chunk, Usage
 from gptcli.errors import GptcliError
@@ -178,6 +176,8 @@ class _Tail:
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         if self.text.strip():
+            from rich.markdown import Markdown  # imported when a reply renders, not for --help
+
             yield Markdown(self.text)
 
 
@@ -190,6 +190,8 @@ class MarkdownRenderer:
 
     def __init__(self, console: Console) -> None:
         self.console = console
+        from rich.live import Live
+
         self.tail = _Tail()
         self.printed_blocks = 0
         self.live = Live(
@@ -207,6 +209,8 @@ class MarkdownRenderer:
             return
         if self.printed_blocks:
             self.console.print()
+        from rich.markdown import Markdown
+
         self.console.print(Markdown(block.strip("\n")))
         self.printed_blocks += 1
 

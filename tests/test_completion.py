@@ -131,6 +131,28 @@ def test_bash_completes_session_ids_without_creating_a_history(isolated_home):
     assert bash_complete(["gptcli", "draft", "-s", unique]) == [second]
 
 
+def test_every_command_taking_a_name_completes_it(isolated_home):
+    """chat -t/-s, translate --to/--from/-t, history IDs, models NAME, serve -m, --engine."""
+    from gptcli.models import RegisteredModel, Registry
+    from gptcli.store import ConversationStore
+
+    Registry(models={"qwen-small": RegisteredModel(name="qwen-small", path="/models/q.gguf", source="local")}).save()
+    with ConversationStore.open() as store:
+        sid = store.create_session(model="m", title="packing list").id
+    (isolated_home / "config.toml").write_text('[engines.gpu-box]\nbase_url = "http://127.0.0.1:9/v1"\n')
+    assert bash_complete(["gptcli", "chat", "-t", "supp"]) == ["support"]
+    assert bash_complete(["gptcli", "chat", "-s", ""]) == [sid]
+    assert "German" in bash_complete(["gptcli", "translate", "--to", "Germ"])
+    assert "de" in bash_complete(["gptcli", "translate", "x.md", "--from", "d"])
+    assert bash_complete(["gptcli", "translate", "-t", "transl"]) == ["translate"]
+    for sub in ("show", "export", "rm", "rename"):
+        assert bash_complete(["gptcli", "history", sub, sid[:3]]) == [sid], sub
+    for sub in ("info", "rm", "default"):
+        assert bash_complete(["gptcli", "models", sub, "qw"]) == ["qwen-small"], sub
+    assert bash_complete(["gptcli", "serve", "--model", "qw"]) == ["qwen-small"]
+    assert bash_complete(["gptcli", "ask", "--engine", ""]) == ["local", "remote", "gpu-box"]
+
+
 def test_bash_completes_config_keys_and_choice_values():
     assert bash_complete(["gptcli", "config", "set", "tem"]) == ["temperature"]
     assert bash_complete(["gptcli", "config", "set", "overflow", ""]) == ["summarize", "drop", "stop"]

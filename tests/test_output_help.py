@@ -32,3 +32,13 @@ def test_rendered_help_shows_the_example(run_gptcli):
     proc = run_gptcli("config", "set", "--help", env={"COLUMNS": "120"})
     assert proc.returncode == 0
     assert "Example: gptcli config set overflow drop" in proc.stdout
+
+
+def test_flags_show_no_value_and_values_a_plain_type(run_gptcli):
+    """`--continue` takes no value, so help shows none after it (Typer 0.29 printed `<bool>`)."""
+    proc = run_gptcli("chat", "--help", env={"COLUMNS": "120", "NO_COLOR": "1"})
+    assert proc.returncode == 0
+    assert "<bool>" not in proc.stdout and "<str>" not in proc.stdout
+    continue_row = next(line for line in proc.stdout.splitlines() if "--continue" in line)
+    assert "TEXT" not in continue_row
+    assert "KEY=VALUE" in proc.stdout and "INTEGER" in proc.stdout

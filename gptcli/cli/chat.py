@@ -5,6 +5,7 @@ from typing import Annotated, Optional
 import typer
 
 from gptcli.cli.app import app, state
+from gptcli.cli.completion import complete_session, complete_template
 from gptcli.cli.options import GenOptions, generation_options
 from gptcli.cli.run import output_mode
 
@@ -14,8 +15,8 @@ from gptcli.cli.run import output_mode
 def chat(
     ctx: typer.Context,
     continue_last: Annotated[bool, typer.Option("--continue", "-c", help="Resume the most recent conversation.")] = False,
-    session: Annotated[Optional[str], typer.Option("--session", "-s", help="Resume the conversation with this name or id.")] = None,
-    template: Annotated[Optional[str], typer.Option("--template", "-t", help="Start with this template's system prompt.")] = None,
+    session: Annotated[Optional[str], typer.Option("--session", "-s", help="Resume the conversation with this name or id.", autocompletion=complete_session)] = None,
+    template: Annotated[Optional[str], typer.Option("--template", "-t", help="Start with this template's system prompt.", autocompletion=complete_template)] = None,
     var: Annotated[Optional[list[str]], typer.Option("--var", "-v", help="Template variable key=value (repeatable).", metavar="KEY=VALUE")] = None,
     system: Annotated[Optional[str], typer.Option("--system", help="Start with this system prompt.")] = None,
     gen: GenOptions = GenOptions(),

@@ -108,6 +108,21 @@ def complete_language(incomplete: str) -> Suggestions:
     return _matching(_safely(language_pairs), incomplete)
 
 
+def engine_pairs() -> list[tuple[str, str]]:
+    """``local``, ``remote`` and the ``[engines.NAME]`` profiles of the config file."""
+    from gptcli.config import load_settings
+
+    profiles = load_settings().profiles
+    return [("local", "llama.cpp in this process"), ("remote", "an OpenAI-compatible server")] + [
+        (name, str(profile.get("base_url", "profile"))) for name, profile in profiles.items()
+    ]
+
+
+def complete_engine(incomplete: str) -> Suggestions:
+    """``--engine``: local, remote and the config file's profiles."""
+    return _matching(_safely(engine_pairs), incomplete)
+
+
 def complete_config_key(incomplete: str) -> Suggestions:
     """``config set/unset/show KEY``: setting names."""
     return _matching(_safely(config_key_pairs), incomplete)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from gptcli.cli.app import app, state
+from gptcli.cli.completion import complete_session
 from gptcli.errors import UsageError
 from gptcli.render import Env
 
@@ -21,7 +22,7 @@ history_app = typer.Typer(
 )
 app.add_typer(history_app, name="history")
 
-IdArgument = Annotated[str, typer.Argument(help="Session id, the start of one (4+ characters), or its exact title.", metavar="ID")]
+IdArgument = Annotated[str, typer.Argument(help="Session id, the start of one (4+ characters), or its exact title.", metavar="ID", autocompletion=complete_session)]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
 

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from gptcli.cli.app import AppState, app, state
+from gptcli.cli.completion import complete_model
 from gptcli.errors import ConfigError, UsageError
 
 models_app = typer.Typer(
@@ -120,7 +121,7 @@ def list_(
 @models_app.command("info")
 def info(
     ctx: typer.Context,
-    name: Annotated[Optional[str], typer.Argument(help="Alias, REPO[:FILE] or GGUF path (default: the default model).")] = None,
+    name: Annotated[Optional[str], typer.Argument(help="Alias, REPO[:FILE] or GGUF path (default: the default model).", autocompletion=complete_model)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show a model's architecture, parameters, quantization, context and file, read from its GGUF header.
@@ -162,7 +163,7 @@ def info(
 @models_app.command("default")
 def default(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="Alias, REPO[:FILE] or GGUF path; 'smollm2-135m' for the embedded model.")],
+    name: Annotated[str, typer.Argument(help="Alias, REPO[:FILE] or GGUF path; 'smollm2-135m' for the embedded model.", autocompletion=complete_model)],
 ) -> None:
     """Set the model used when no --model is given.
 
@@ -205,7 +206,7 @@ def add(
 @models_app.command("rm")
 def rm(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="Alias (or REPO[:FILE]) of the model to remove.")],
+    name: Annotated[str, typer.Argument(help="Alias (or REPO[:FILE]) of the model to remove.", autocompletion=complete_model)],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Remove a model: pulled files leave the Hub cache; an added file of yours is only unregistered.

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 
-from gptcli.cli.completion import complete_model, complete_session
+from gptcli.cli.completion import complete_engine, complete_model, complete_session
 from gptcli.config import Settings
 from gptcli.engines import Sampling
 
@@ -92,7 +92,7 @@ def sampling_from(settings: Settings, temperature: float | None = None, max_toke
 
 _OPTIONS: dict[str, Any] = {
     "model": Annotated[Optional[str], typer.Option("--model", "-m", help="Model: alias, REPO[:FILE], or GGUF path.", rich_help_panel=PANEL, autocompletion=complete_model)],
-    "engine": Annotated[Optional[str], typer.Option("--engine", help="'local', 'remote', or a profile from the config file.", rich_help_panel=PANEL)],
+    "engine": Annotated[Optional[str], typer.Option("--engine", help="'local', 'remote', or a profile from the config file.", rich_help_panel=PANEL, autocompletion=complete_engine)],
     "base_url": Annotated[Optional[str], typer.Option("--base-url", help="OpenAI-compatible server URL (remote engine).", rich_help_panel=PANEL)],
     "ctx_size": Annotated[Optional[int], typer.Option("--ctx", help="Context window in tokens (multiple of 256).", rich_help_panel=PANEL)],
     "threads": Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: physical cores).", rich_help_panel=PANEL)],

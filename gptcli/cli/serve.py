@@ -5,13 +5,14 @@ from typing import Annotated, Optional
 import typer
 
 from gptcli.cli.app import app, state
+from gptcli.cli.completion import complete_model
 from gptcli.errors import UsageError
 
 
 @app.command()
 def serve(
     ctx: typer.Context,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model: alias, REPO[:FILE], or GGUF path.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model: alias, REPO[:FILE], or GGUF path.", autocompletion=complete_model)] = None,
     port: Annotated[int, typer.Option("--port", "-p", help="TCP port (0 picks a free one).")] = 8000,
     host: Annotated[str, typer.Option("--host", help="Address to listen on (keep 127.0.0.1 unless you set a key).")] = "127.0.0.1",
     ctx_size: Annotated[Optional[int], typer.Option("--ctx", help="Context window in tokens (multiple of 256).")] = None,

@@ -11,6 +11,7 @@ from typing import IO, TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from gptcli.cli.app import AppState, app, state
+from gptcli.cli.completion import complete_language, complete_template
 from gptcli.cli.options import GenOptions, generation_options, sampling_from
 from gptcli.engines import Engine, choose
 from gptcli.errors import InputError, TemplateError, UsageError
@@ -296,9 +297,9 @@ def translate(
         Optional[list[str]],
         typer.Argument(help="Files to translate; '-' (or none, with piped input) reads standard input.", metavar="FILE"),
     ] = None,
-    to: Annotated[Optional[str], typer.Option("--to", help="Target language: a code or a name (fr, French, zh-CN).")] = None,
+    to: Annotated[Optional[str], typer.Option("--to", help="Target language: a code or a name (fr, French, zh-CN).", autocompletion=complete_language)] = None,
     from_: Annotated[
-        Optional[str], typer.Option("--from", help="Source language (default: auto, the model recognises it).")
+        Optional[str], typer.Option("--from", help="Source language (default: auto, the model recognises it).", autocompletion=complete_language)
     ] = None,
     output: Annotated[Optional[str], typer.Option("--output", "-o", help="Write the translation to this file.")] = None,
     output_dir: Annotated[
@@ -308,7 +309,7 @@ def translate(
     glossary: Annotated[
         Optional[str], typer.Option("--glossary", help="CSV or TOML file of term pairs the translation must use.", metavar="FILE")
     ] = None,
-    template: Annotated[Optional[str], typer.Option("--template", "-t", help="Translation template to use.")] = None,
+    template: Annotated[Optional[str], typer.Option("--template", "-t", help="Translation template to use.", autocompletion=complete_template)] = None,
     register: Annotated[
         Optional[str], typer.Option("--register", help="Register of the translation: formal, informal... (default: as the source).")
     ] = None,
