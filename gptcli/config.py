@@ -122,8 +122,9 @@ def _gpu_layers(v: Any) -> int:
 
 
 def _seed(v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**32:
-        raise ValueError("must be an integer between 0 and 4294967295")
+    # 4294967295 (LLAMA_DEFAULT_SEED) would make llama.cpp pick a random seed: not reproducible
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**32 - 1:
+        raise ValueError("must be an integer between 0 and 4294967294")
     return v
 
 

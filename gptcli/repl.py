@@ -15,7 +15,7 @@ from typing import IO, Any
 
 from gptcli.config import KEYS, Settings, data_dir, ensure_private_dir
 from gptcli.conversation import POLICIES, Conversation, Turn, turns_from_messages
-from gptcli.engines import Engine, Message, Sampling, choose
+from gptcli.engines import Engine, Message, Sampling, choose, sampling_from
 from gptcli.errors import ContextOverflowError, GptcliError, StoreError, Terminated, UsageError
 from gptcli.flow import OutputMode, generate
 from gptcli.render import Env, Reply
@@ -156,22 +156,6 @@ def help_text() -> str:
 # ---------------------------------------------------------------- the chat itself
 
 
-def sampling_for(settings: Settings, template_temperature: float | None = None) -> Sampling:
-    """Sampling from the effective settings; a template's temperature applies where none was set."""
-    temperature = settings.temperature
-    if template_temperature is not None and settings.sources.get("temperature") == "default":
-        temperature = template_temperature
-    return Sampling(
-        temperature=temperature,
-        top_p=settings.top_p,
-        top_k=settings.top_k,
-        min_p=settings.min_p,
-        repeat_penalty=settings.repeat_penalty,
-        max_tokens=settings.max_tokens,
-        seed=settings.seed,
-    )
-
-
 class ChatSession:
     """One chat: the engine (loaded once), the conversation, the store, and what each command does.
 
@@ -261,7 +245,7 @@ class ChatSession:
     # ------------------------------------------------------------ a turn
 
     def sampling(self) -> Sampling:
-        return sampling_for(self.settings, self.template_temperature)
+        return sampling_from(self.settings, self.template_temperature)
 
     def send(self, text: str, *, save: bool = True) -> Reply | None:
         """Fit the history, stream the reply, keep the turn. ``None`` when nothing was sent."""

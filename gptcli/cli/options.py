@@ -12,7 +12,6 @@ import typer
 
 from gptcli.cli.completion import complete_engine, complete_model, complete_session
 from gptcli.config import Settings
-from gptcli.engines import Sampling
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -69,25 +68,6 @@ class GenOptions:
             seed=self.seed,
             history=False if self.no_history else None,
         )
-
-
-def sampling_from(settings: Settings, temperature: float | None = None, max_tokens: int | None = None) -> Sampling:
-    """Sampling options from settings; a template's defaults apply where no flag/env/file set them."""
-    temp = settings.temperature
-    if temperature is not None and settings.sources.get("temperature") == "default":
-        temp = temperature
-    limit = settings.max_tokens
-    if max_tokens is not None and settings.sources.get("max_tokens") == "default":
-        limit = max_tokens
-    return Sampling(
-        temperature=temp,
-        top_p=settings.top_p,
-        top_k=settings.top_k,
-        min_p=settings.min_p,
-        repeat_penalty=settings.repeat_penalty,
-        max_tokens=limit,
-        seed=settings.seed,
-    )
 
 
 _OPTIONS: dict[str, Any] = {

@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING
 
 from gptcli import kvstate
 from gptcli.cli.app import AppState
-from gptcli.cli.options import GenOptions, sampling_from
+from gptcli.cli.options import GenOptions
 from gptcli.config import Settings
-from gptcli.engines import Engine, Message, Sampling, choose
+from gptcli.engines import Engine, Message, Sampling, choose, sampling_from
 from gptcli.errors import GptcliError, InputError, StoreError, UsageError
 from gptcli.flow import OutputMode, generate
 from gptcli.render import Env, Reply

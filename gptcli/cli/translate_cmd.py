@@ -12,8 +12,8 @@ import typer
 
 from gptcli.cli.app import AppState, app, state
 from gptcli.cli.completion import complete_language, complete_template
-from gptcli.cli.options import GenOptions, generation_options, sampling_from
-from gptcli.engines import Engine, choose
+from gptcli.cli.options import GenOptions, generation_options
+from gptcli.engines import Engine, choose, sampling_from
 from gptcli.errors import InputError, TemplateError, UsageError
 from gptcli.render import Env
 

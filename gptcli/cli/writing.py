@@ -6,9 +6,9 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from gptcli.cli.app import AppState, app, state
-from gptcli.cli.options import GenOptions, generation_options, sampling_from
+from gptcli.cli.options import GenOptions, generation_options
 from gptcli.cli.run import output_mode, read_material, run_template
-from gptcli.engines import Engine, Message, Sampling, choose
+from gptcli.engines import Engine, Message, Sampling, choose, sampling_from
 from gptcli.errors import InputError, TemplateError, UsageError
 from gptcli.templates import Template
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Literal, Protocol, TypedDict, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, TypedDict, runtime_checkable
+
+if TYPE_CHECKING:
+    from gptcli.config import Settings
 
 Role = Literal["system", "user", "assistant"]
 
@@ -29,6 +32,25 @@ class Sampling:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False  # keep generating past end-of-generation tokens (benchmarks)
+
+
+def sampling_from(settings: Settings, temperature: float | None = None, max_tokens: int | None = None) -> Sampling:
+    """Sampling options from settings; a template's defaults apply where no flag/env/file set them."""
+    temp = settings.temperature
+    if temperature is not None and settings.sources.get("temperature") == "default":
+        temp = temperature
+    limit = settings.max_tokens
+    if max_tokens is not None and settings.sources.get("max_tokens") == "default":
+        limit = max_tokens
+    return Sampling(
+        temperature=temp,
+        top_p=settings.top_p,
+        top_k=settings.top_k,
+        min_p=settings.min_p,
+        repeat_penalty=settings.repeat_penalty,
+        max_tokens=limit,
+        seed=settings.seed,
+    )
 
 
 @dataclass
