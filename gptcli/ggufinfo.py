@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +20,7 @@ _SCALARS = {
     0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d",
 }
 _STRING, _ARRAY = 8, 9
+_U64 = struct.Struct("<Q")
 
 # llama.cpp's LLAMA_FTYPE names for `general.file_type`
 FILE_TYPES = {
@@ -134,6 +137,25 @@ class _Reader:
         n = self.count("string length")
         self.f.seek(n, 1)
 
+    def skip_strings(self, n: int) -> None:
+        """Skip an array of ``n`` strings (a tokenizer's 50,000 tokens) reading the file in large blocks."""
+        f, size = self.f, self.size
+        base, buf, pos = f.tell(), b"", 0
+        for _ in range(n):
+            if pos + 8 > len(buf):
+                base += pos
+                f.seek(base)
+                buf, pos = f.read(1 << 20), 0
+                if len(buf) < 8:
+                    raise self.fail("the file is truncated")
+            (length,) = _U64.unpack_from(buf, pos)
+            if length > size:
+                raise self.fail(f"absurd string length ({length}) for a file of {size} bytes")
+            pos += 8 + length
+        if base + pos > size:
+            raise self.fail("the file is truncated")
+        f.seek(base + pos)
+
     def value(self, vtype: int, keep: bool = True) -> Any:
         if vtype in _SCALARS:
             return self.unpack(_SCALARS[vtype])
@@ -154,18 +176,38 @@ class _Reader:
                 self.f.seek(n * width, 1)
                 return {"array_length": n}
             kept = n <= MAX_ARRAY_KEPT
+            if etype == _STRING and not kept:
+                self.skip_strings(n)
+                return {"array_length": n}
             items = [self.value(etype, keep=kept) for _ in range(n)]
             return items if kept else {"array_length": n}
         raise self.fail(f"unknown metadata value type {vtype}")
 
 
-def _tensor_nbytes(t: TensorInfo) -> int | None:
-    try:
-        from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+@functools.lru_cache(maxsize=1)
+def _quant_sizes() -> dict[int, tuple[int, int]]:
+    """gguf's table of (block size, bytes per block) by tensor type.
 
-        block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(t.ggml_type)]
-    except (ImportError, KeyError, ValueError):
+    Read from ``gguf/constants.py`` alone: importing the ``gguf`` package loads numpy and its
+    readers and writers, 70 ms of every command's start-up for one table.
+    """
+    spec = importlib.util.find_spec("gguf")
+    if spec is None or not spec.submodule_search_locations:
+        return {}
+    path = Path(next(iter(spec.submodule_search_locations))) / "constants.py"
+    module_spec = importlib.util.spec_from_file_location("_gptcli_gguf_constants", path)
+    if module_spec is None or module_spec.loader is None:
+        return {}
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return {int(kind): sizes for kind, sizes in module.GGML_QUANT_SIZES.items()}
+
+
+def _tensor_nbytes(t: TensorInfo) -> int | None:
+    sizes = _quant_sizes().get(t.ggml_type)
+    if sizes is None:
         return None
+    block, type_size = sizes
     return t.n_elements // block * type_size
 
 
