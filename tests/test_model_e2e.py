@@ -102,3 +102,31 @@ def test_python_dash_m_and_version(gptcli_bin):
 
     out = subprocess.run([sys.executable, "-m", "gptcli", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("gptcli ")
+
+
+@pytest.mark.parametrize("signame, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_stops_a_long_prompt_evaluation_at_once(gptcli_bin, tmp_path, signame, code):
+    """Ctrl-C (or SIGTERM) lands inside llama_decode: it must not wait for the whole batch."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    words = " ".join(f"word{i % 97}" for i in range(1200))  # ~3,500 tokens: one batch of ~10 s here
+    env = dict(os.environ, GPTCLI_BATCH_SIZE="4096")
+    proc = subprocess.Popen(
+        [gptcli_bin, "ask", "Count the words.", "--ctx", "4096", "-n", "8", "--no-history"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )
+    proc.stdin.write(words.encode())
+    proc.stdin.close()
+    time.sleep(3)  # loaded (0.4 s) and well into evaluating the prompt
+    assert proc.poll() is None, proc.stderr.read().decode()
+    sent = time.monotonic()
+    proc.send_signal(getattr(signal, signame))
+    proc.wait(timeout=60)
+    stopped_after = time.monotonic() - sent
+    err = proc.stderr.read().decode()
+    assert proc.returncode == code, err
+    assert "Traceback" not in err
+    assert stopped_after < 2.5, f"took {stopped_after:.1f} s to stop"

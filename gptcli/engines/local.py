@@ -196,6 +196,10 @@ class LocalEngine:
         self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
         self._n_batch = min(batch_size, self.n_ctx)
         self._batch = llama_cpp.llama_batch_init(self._n_batch, 0, 1)
+        self._caught_signals: list[int] = []
+        caught = self._caught_signals
+        self._abort_callback = llama_cpp.ggml_abort_callback(lambda data: bool(caught))
+        self._no_abort_callback = llama_cpp.ggml_abort_callback()  # NULL
         self._kv_tokens: list[int] = []  # the tokens whose keys and values the cache holds, in order
         self._pieces: dict[int, bytes] = {}
         self._max_piece_bytes: int | None = None
@@ -389,8 +393,43 @@ class LocalEngine:
         C.llama_memory_seq_rm(C.llama_get_memory(self._ctx), 0, n, -1)
         del self._kv_tokens[n:]
 
+    @contextlib.contextmanager
+    def _signals_abort_compute(self) -> Iterator[list[int]]:
+        """Let Ctrl-C (and SIGTERM) stop llama.cpp in the middle of evaluating a prompt.
+
+        Python runs signal handlers only between bytecodes, so a signal arriving while
+        ``llama_decode`` computes a batch would wait for the whole batch (seconds; minutes for a
+        large model on a CPU). For the duration, the handlers only note the signal, and llama.cpp's
+        abort callback, called between graph nodes on this thread, reads the note; the original
+        handler runs once the call has returned. Yields the list of signals noted.
+        """
+        caught = self._caught_signals
+        caught.clear()
+        if threading.current_thread() is not threading.main_thread():
+            yield caught
+            return
+        previous = {}
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError, OSError):
+                previous[signum] = signal.signal(signum, lambda signum, frame: caught.append(signum))
+        self._llama_cpp.llama_set_abort_callback(self._ctx, self._abort_callback, None)
+        try:
+            yield caught
+        finally:
+            # none at all while generating: a Python callback there would run signal handlers
+            # (Ctrl-C's KeyboardInterrupt) inside llama.cpp, where they cannot propagate
+            self._llama_cpp.llama_set_abort_callback(self._ctx, self._no_abort_callback, None)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            if caught:
+                _deliver(caught[0], previous.get(caught[0]))
+
     def _decode(self, tokens: Sequence[int]) -> None:
         """Evaluate ``tokens`` after what the cache holds, in batches; logits for the last one only."""
+        with self._signals_abort_compute() as caught:
+            self._decode_batches(tokens, caught)
+
+    def _decode_batches(self, tokens: Sequence[int], caught: list[int]) -> None:
         C = self._llama_cpp
         batch_size = self._n_batch
         for start in range(0, len(tokens), batch_size):
@@ -408,6 +447,8 @@ class LocalEngine:
             rc = C.llama_decode(self._ctx, batch)
             if rc != 0:
                 self._forget_after(base)
+                if caught:  # aborted by a signal: its own handler runs on the way out
+                    return
                 raise EngineError(f"llama.cpp could not evaluate the prompt (llama_decode returned {rc})")
             self._kv_tokens.extend(part)
 
@@ -472,6 +513,16 @@ class LocalEngine:
             usage.total_time = time.perf_counter() - started
             usage.time_to_first_token = usage.time_to_first_token or usage.total_time
         yield Chunk("", usage)
+
+
+def _deliver(signum: int, handler: Any) -> None:
+    """Run what ``handler`` (as ``signal.signal`` returned it) would have done with ``signum``."""
+    if callable(handler):
+        handler(signum, None)
+    elif handler == signal.SIG_DFL:
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        os.kill(os.getpid(), signum)
 
 
 class _StopFilter:
