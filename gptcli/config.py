@@ -170,7 +170,7 @@ PROFILE_KEYS = {"base_url", "model", "api_key_env", "context_length", "timeout"}
 def use_flash_attention(flash_attn: bool | None, gpu_layers: int) -> bool:
     """The ``flash_attn`` setting, or when unset: on with GPU offload, off on the CPU.
 
-    llama.cpp's CPU flash attention is 10% faster on an empty context but about 2x slower a
+    llama.cpp's CPU flash attention is a little faster on an empty context but 40% slower a
     thousand tokens in (benchmarks/README.md), which is where chats and long replies spend their time.
     """
     return bool(gpu_layers) if flash_attn is None else flash_attn

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -15,26 +15,35 @@ from gptcli.render import Env
 
 
 def _plain_type_labels() -> None:
-    """Help shows no value for a flag and TEXT/INTEGER/FLOAT for a value, as click always did.
+    """Help labels option values TEXT, INTEGER, FLOAT, as click always did, and flags not at all.
 
-    Typer 0.2x labels every option with its Python annotation (``--continue <bool>``), which reads
-    as if a flag took a value.
+    Recent Typer releases print the Python annotation instead (``--model <str>``, and in 0.29
+    ``--continue <bool>``, which reads as if a flag took a value).
     """
-    core = getattr(typer, "core", None)
-    option = getattr(core, "TyperOption", None)
-    original = getattr(option, "display_type_rich", None)
-    if original is None or getattr(original, "_gptcli", False):
+    option = getattr(getattr(typer, "core", None), "TyperOption", None)
+    if option is None or getattr(option, "_gptcli_labels", False):
         return
-    names = {"<str>": "TEXT", "<int>": "INTEGER", "<float>": "FLOAT", "<list[str]>": "TEXT"}
+    import re
 
-    def display_type_rich(self, ctx):  # type: ignore[no-untyped-def]
-        if getattr(self, "is_flag", False) and self.metavar is None:
-            return None
-        label = original(self, ctx)
-        return names.get(label, label) if isinstance(label, str) else label
+    plain = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "list[str]": "TEXT", "list[int]": "INTEGER"}
 
-    display_type_rich._gptcli = True  # type: ignore[attr-defined]
-    option.display_type_rich = display_type_rich
+    def relabel(label: Any) -> Any:
+        if not isinstance(label, str):
+            return label
+        return re.sub(r"<([a-z\[\]]+)>", lambda m: plain.get(m.group(1), m.group(0)), label)
+
+    for name in ("make_metavar", "display_type_rich"):
+        original = option.__dict__.get(name)
+        if original is None:
+            continue
+
+        def wrapped(self: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            if getattr(self, "is_flag", False) and self.metavar is None:
+                return None if _original.__name__ == "display_type_rich" else ""
+            return relabel(_original(self, *args, **kwargs))
+
+        setattr(option, name, wrapped)
+    option._gptcli_labels = True
 
 
 _plain_type_labels()
