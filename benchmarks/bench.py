@@ -62,9 +62,9 @@ def first_byte(cmd: list[str], env: dict[str, str], stdin: bytes = b"") -> tuple
     return first, time.perf_counter() - start
 
 
-def llama_bench(binary: str, model: str, args: list[str]) -> float:
+def llama_bench(binary: str, model: str, args: list[str], reps: int = 3) -> float:
     out = subprocess.run(
-        [binary, "-m", model, "-t", str(THREADS), "-r", "3", "-o", "json", *args],
+        [binary, "-m", model, "-t", str(THREADS), "-r", str(reps), "-o", "json", *args],
         capture_output=True, text=True, check=True,
     ).stdout
     return float(json.loads(out)[0]["avg_ts"])
@@ -123,8 +123,11 @@ def main() -> None:
     # (temperature 0.2, no repeat penalty, fixed seed): gptcli uses the same, so both write the same reply.
     same = ["-t", "bare", "--temperature", "0.2", "--repeat-penalty", "1.0", "--seed", str(LLM_SEED),
             "--threads", str(THREADS), "--no-history"]
-    one_g = wall([gptcli, "ask", PROMPT, *same], env, max(3, runs // 2))
-    one_l = wall([llm, "-m", "SmolLM2", "--no-log", PROMPT], llm_env, max(3, runs // 2))
+    one_g_runs, one_l_runs = [], []
+    for _ in range(max(3, runs // 2)):  # interleaved, medians
+        one_g_runs.append(wall([gptcli, "ask", PROMPT, *same], env, 1))
+        one_l_runs.append(wall([llm, "-m", "SmolLM2", "--no-log", PROMPT], llm_env, 1))
+    one_g, one_l = statistics.median(one_g_runs), statistics.median(one_l_runs)
     out_g = subprocess.run([gptcli, "ask", PROMPT, *same], env=env, capture_output=True, text=True).stdout
     out_l = subprocess.run([llm, "-m", "SmolLM2", "--no-log", PROMPT], env=llm_env, capture_output=True, text=True).stdout
     note = "same reply" if out_g.strip() == out_l.strip() else f"replies differ: {len(out_g)} vs {len(out_l)} chars"
@@ -133,12 +136,22 @@ def main() -> None:
     print("3-4. generation and prompt processing", file=sys.stderr)
     engine = LocalEngine(Path(model), ctx=4096, threads=THREADS)  # gptcli's defaults
     fa = ["-fa", "1" if engine.flash_attn else "0"]  # llama-bench with the same flash-attention choice
+    engine_tg(engine, 16)  # warm-up, as llama-bench does its own
+    # interleaved rounds (ours, then llama-bench), medians: a shared VM drifts by 10% within minutes
+    rounds = 3 if args.quick else 5
     for n in ([128] if args.quick else [128, 2048]):
-        ours = statistics.median(engine_tg(engine, n) for _ in range(3 if n == 128 else 1))
-        native = llama_bench(args.llama_bench, model, ["-p", "0", "-n", str(n), "--repack", "0", *fa])
+        k = rounds if n == 128 else 2
+        ours_runs, native_runs = [], []
+        for _ in range(k):
+            ours_runs.append(engine_tg(engine, n))
+            native_runs.append(llama_bench(args.llama_bench, model, ["-p", "0", "-n", str(n), "--repack", "0", *fa], reps=1))
+        ours, native = statistics.median(ours_runs), statistics.median(native_runs)
         row(f"generation tg{n} (tokens/s)", f"{ours:.1f}", f"llama-bench {native:.1f}", f"{ours / native:.2f}x")
-    ours_pp = engine_pp(engine, 512)
-    native_pp = llama_bench(args.llama_bench, model, ["-p", "512", "-n", "0", "--repack", "0", *fa])
+    ours_runs, native_runs = [], []
+    for _ in range(rounds):
+        ours_runs.append(engine_pp(engine, 512))
+        native_runs.append(llama_bench(args.llama_bench, model, ["-p", "512", "-n", "0", "--repack", "0", *fa], reps=1))
+    ours_pp, native_pp = statistics.median(ours_runs), statistics.median(native_runs)
     row("prompt processing pp512 (tokens/s)", f"{ours_pp:.1f}", f"llama-bench {native_pp:.1f}", f"{ours_pp / native_pp:.2f}x")
 
     print("5. multi-turn", file=sys.stderr)

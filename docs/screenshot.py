@@ -25,7 +25,7 @@ from rich.style import Style
 from rich.text import Text
 
 COLS, ROWS = 92, 44
-PROMPT = "› "
+PROMPT_READY = "\x1b[?2004h"  # prompt-toolkit turns bracketed paste on as each prompt starts
 TURNS = [
     "Give me three tips for naming git branches, as a short Markdown list.",
     "/tokens",
@@ -68,11 +68,11 @@ def screen_text(screen: pyte.Screen) -> Text:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     gptcli = shutil.which("gptcli", path=str(Path(sys.executable).parent)) or "gptcli"
     home = tempfile.mkdtemp(prefix="gptcli-shot-")
-    env = dict(os.environ, GPTCLI_HOME=home, TERM="xterm-256color", COLUMNS=str(COLS), LINES=str(ROWS))
+    env = dict(os.environ, GPTCLI_HOME=home, TERM="xterm-256color", COLUMNS=str(COLS), LINES=str(ROWS), PROMPT_TOOLKIT_NO_CPR="1")
     env.pop("NO_COLOR", None)
     screen = pyte.Screen(COLS, ROWS)
     stream = pyte.Stream(screen)
@@ -88,10 +88,10 @@ def main() -> None:
     )
     child.logfile_read = Feed()
     try:
-        child.expect_exact(PROMPT)
+        child.expect_exact(PROMPT_READY)
         for line in TURNS:
             child.send(line + "\r")
-            child.expect_exact(PROMPT)
+            child.expect_exact(PROMPT_READY)
         child.sendeof()
         child.expect(pexpect.EOF)
     finally:
