@@ -130,3 +130,11 @@ def test_a_signal_stops_a_long_prompt_evaluation_at_once(gptcli_bin, tmp_path, s
     assert proc.returncode == code, err
     assert "Traceback" not in err
     assert stopped_after < 2.5, f"took {stopped_after:.1f} s to stop"
+
+
+def test_llama_cpp_log_is_silent_by_default_and_shown_with_verbose(run_gptcli):
+    quiet = run_gptcli("ask", "hi", "-n", "2", "--no-history")
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    loud = run_gptcli("--verbose", "ask", "hi", "-n", "2", "--no-history")
+    assert loud.returncode == 0
+    assert "llama_model_loader" in loud.stderr and "create_tensor" in loud.stderr  # its debug lines too

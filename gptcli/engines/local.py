@@ -77,6 +77,8 @@ def _import_llama() -> Any:
         def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
             py_level = last_level[0] if level == 5 else _GGML_LEVELS.get(level, logging.DEBUG)
             last_level[0] = py_level
+            if py_level < logging.ERROR and not log.isEnabledFor(py_level):
+                return  # ~2,000 debug lines a model load: not decoded unless --verbose shows them
             message = text.decode("utf-8", errors="replace").rstrip("\n")
             if not message:
                 return
