@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -108,3 +109,23 @@ def cli():
         return CliResult(code, env.stdout.getvalue(), env.stderr.getvalue())  # type: ignore[attr-defined]
 
     return invoke
+
+
+def integrity(path: Path) -> str:
+    """``PRAGMA integrity_check`` of a SQLite file, read with sqlite3 alone (not through gptcli's store)."""
+    con = sqlite3.connect(path)
+    try:
+        return con.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        con.close()
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch):
+    """A fake Hugging Face Hub on 127.0.0.1; this process and `run_gptcli` children talk to it, online."""
+    from tests.hubserver import FakeHub
+
+    with FakeHub() as server:
+        for key, value in server.env().items():
+            monkeypatch.setenv(key, value)
+        yield server

@@ -28,15 +28,6 @@ def ggufs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     return files
 
 
-@pytest.fixture
-def hub(monkeypatch: pytest.MonkeyPatch):
-    """A fake Hub; this process (and `run_gptcli` children) talk to it, online."""
-    with FakeHub() as server:
-        for key, value in server.env().items():
-            monkeypatch.setenv(key, value)
-        yield server
-
-
 def quant_repo(hub: FakeHub, ggufs: dict[str, bytes], quants: tuple[str, ...] = ("Q8_0", "Q4_K_M", "Q5_K_M"), repo: str = REPO):
     files: dict[str, bytes | Path] = {f"tiny-{q}.gguf": ggufs[q] for q in quants}
     files["README.md"] = b"# tiny\n"

@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -23,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from gptcli.store import ConversationStore, default_store_path
-from tests.conftest import ROOT
+from tests.conftest import ROOT, integrity
 
 SIGNALS = {
     "SIGINT": (signal.SIGINT, 130),
@@ -89,14 +88,6 @@ def finish(proc: subprocess.Popen, sig: int) -> tuple[int, bytes, str]:
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
     return proc.returncode, out, err.decode("utf-8", "replace")
-
-
-def integrity(path: Path) -> str:
-    con = sqlite3.connect(path)
-    try:
-        return con.execute("PRAGMA integrity_check").fetchone()[0]
-    finally:
-        con.close()
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -240,16 +231,6 @@ def test_a_full_disk_under_a_translation_is_one_error_and_no_half_written_file(t
 
 
 # ---------------------------------------------------------------- models pull
-
-
-@pytest.fixture
-def hub(monkeypatch: pytest.MonkeyPatch):
-    from tests.hubserver import FakeHub
-
-    with FakeHub() as server:
-        for key, value in server.env().items():
-            monkeypatch.setenv(key, value)
-        yield server
 
 
 @pytest.mark.parametrize("name", ["SIGTERM", "SIGKILL"])

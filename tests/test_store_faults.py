@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from gptcli.store import ConversationStore, default_store_path, make_title
-from tests.conftest import ROOT
+from tests.conftest import ROOT, integrity
 
 WRITERS = 8
 
@@ -47,14 +46,6 @@ sys.exit(max(codes))
 
 def fake_gptcli(tag: str, *argvs: str, prelude: str = "", env: dict[str, str] | None = None) -> subprocess.Popen:
     return python(FAKE_GPTCLI.replace("PRELUDE", prelude), tag, *argvs, env=env)
-
-
-def integrity(path: Path) -> str:
-    con = sqlite3.connect(path)
-    try:
-        return con.execute("PRAGMA integrity_check").fetchone()[0]
-    finally:
-        con.close()
 
 
 # ---------------------------------------------------------------- concurrent writers
