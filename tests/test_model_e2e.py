@@ -104,6 +104,14 @@ def test_python_dash_m_and_version(gptcli_bin):
     assert out.returncode == 0 and out.stdout.startswith("gptcli ")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a running process (Linux /proc)."""
+    import os
+
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @pytest.mark.parametrize("signame, code", [("SIGINT", 130), ("SIGTERM", 143)])
 def test_a_signal_stops_a_long_prompt_evaluation_at_once(gptcli_bin, tmp_path, signame, code):
     """Ctrl-C (or SIGTERM) lands inside llama_decode: it must not wait for the whole batch."""
@@ -120,7 +128,10 @@ def test_a_signal_stops_a_long_prompt_evaluation_at_once(gptcli_bin, tmp_path, s
     )
     proc.stdin.write(words.encode())
     proc.stdin.close()
-    time.sleep(3)  # loaded (0.4 s) and well into evaluating the prompt
+    # loaded (about 0.5 s of CPU here) and into evaluating the prompt, on a slow or a fast machine
+    deadline = time.monotonic() + 120
+    while cpu_seconds(proc.pid) < 1.5 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert proc.poll() is None, proc.stderr.read().decode()
     sent = time.monotonic()
     proc.send_signal(getattr(signal, signame))
