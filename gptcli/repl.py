@@ -188,6 +188,7 @@ class ChatSession:
         self.template_name: str | None = None
         self.template_temperature: float | None = None
         self.last_interrupted = False
+        self.state_unsaved = False  # a turn was added since the model state was last saved or loaded
 
     # ------------------------------------------------------------ output helpers
 
@@ -323,6 +324,7 @@ class ChatSession:
     def _save_turn(self, user: str, reply: Reply) -> None:
         if self._ensure_session() is None:
             return
+        self.state_unsaved = True
         self._store_call(
             lambda: self.store.add_turn(self.session_id, user, reply.text, usage=reply.usage, interrupted=reply.interrupted)
         )
@@ -352,6 +354,7 @@ class ChatSession:
         from gptcli import kvstate
 
         kvstate.restore_session(self.settings, info.id, self.engine, self.notice)
+        self.state_unsaved = False
         if show:
             self.show_turns(turns[-SHOWN_ON_RESUME:])
 
@@ -386,10 +389,16 @@ class ChatSession:
         return False
 
     def keep_state(self) -> None:
-        """Save the model's KV cache for the current session, so `chat -c` need not re-read it."""
+        """Save the model's KV cache for the current session, so `chat -c` need not re-read it.
+
+        Only when a turn was added: leaving a resumed chat untouched does not rewrite its state.
+        """
+        if not self.state_unsaved:
+            return
         from gptcli import kvstate
 
         kvstate.keep_session(self.settings, self.session_id, self.engine, self.notice)
+        self.state_unsaved = False
 
     def cmd_new(self, command: Command) -> None:
         self.keep_state()

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from gptcli import kvstate
 from gptcli.cli.app import AppState
 from gptcli.cli.options import GenOptions
 from gptcli.config import Settings
@@ -97,6 +96,8 @@ def run_template(
     if build_messages is not None:
         messages = build_messages(template, text, values, engine, sampling)
     if history.resumed is not None:
+        from gptcli import kvstate
+
         messages = history.continued(messages, engine, settings, sampling)
         kvstate.restore_session(settings, history.resumed.id, engine, st.env.notice)
     basis = (prompt or instructions or text).strip()
@@ -110,6 +111,8 @@ def run_template(
         raise
     history.save(messages, reply, model=engine.model_name, template=template_name, title=title)
     if history.resumed is not None and history.saving:
+        from gptcli import kvstate
+
         kvstate.keep_session(settings, history.resumed.id, engine, st.env.notice)
     return 130 if reply.interrupted else 0
 
