@@ -15,35 +15,26 @@ from gptcli.render import Env
 
 
 def _plain_type_labels() -> None:
-    """Help labels option values TEXT, INTEGER, FLOAT, as click always did, and flags not at all.
+    """Help labels option values TEXT, INTEGER, FLOAT, as click always did, not ``<str>``.
 
-    Recent Typer releases print the Python annotation instead (``--model <str>``, and in 0.29
-    ``--continue <bool>``, which reads as if a flag took a value).
+    Typer 0.28 prints the Python annotation (``--model <str>``); flags show no label.
     """
     option = getattr(getattr(typer, "core", None), "TyperOption", None)
-    if option is None or getattr(option, "_gptcli_labels", False):
+    original = getattr(option, "make_metavar", None)
+    if original is None or getattr(original, "_gptcli", False):
         return
     import re
 
     plain = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "list[str]": "TEXT", "list[int]": "INTEGER"}
 
-    def relabel(label: Any) -> Any:
+    def make_metavar(self: Any, *args: Any, **kwargs: Any) -> Any:
+        label = original(self, *args, **kwargs)
         if not isinstance(label, str):
             return label
         return re.sub(r"<([a-z\[\]]+)>", lambda m: plain.get(m.group(1), m.group(0)), label)
 
-    for name in ("make_metavar", "display_type_rich"):
-        original = option.__dict__.get(name)
-        if original is None:
-            continue
-
-        def wrapped(self: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
-            if getattr(self, "is_flag", False) and self.metavar is None:
-                return None if _original.__name__ == "display_type_rich" else ""
-            return relabel(_original(self, *args, **kwargs))
-
-        setattr(option, name, wrapped)
-    option._gptcli_labels = True
+    make_metavar._gptcli = True  # type: ignore[attr-defined]
+    option.make_metavar = make_metavar
 
 
 _plain_type_labels()
