@@ -36,7 +36,7 @@ from gptcli.config import load_settings  # noqa: E402
 from gptcli.engines import Chunk, Engine, Message, Sampling, Usage, choose  # noqa: E402
 from gptcli.languages import resolve_language  # noqa: E402
 from gptcli.templates import load_template  # noqa: E402
-from gptcli.translate import Glossary, Job, TranslationCache, Translator  # noqa: E402
+from gptcli.translate import ChunkResult, Glossary, Job, TranslationCache, Translator  # noqa: E402
 
 WORDS = (
     "system user file setting option server network device window report value process memory "
@@ -116,6 +116,13 @@ class RecordingEngine:
     def complete(self, prompt: str, sampling: Sampling) -> Iterator[Chunk]:
         return self.inner.complete(prompt, sampling)
 
+    def parallel(self, n: int, n_ctx: int | None = None) -> RecordingEngine:
+        """The inner engine's batched form (as the translator asks for it), recording into the same list."""
+        return RecordingEngine(self.inner.parallel(n, n_ctx), self.usages)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:  # pump, wake, close: the inner engine's
+        return getattr(self.inner, name)
+
 
 def raw_speed(engine: Engine, tokens: int = 256) -> float:
     """Generation tokens/s of a plain reply (prompt processing excluded), end-of-text ignored."""
@@ -127,7 +134,75 @@ def raw_speed(engine: Engine, tokens: int = 256) -> float:
     return usage.tokens_per_second
 
 
-def speed(words: int, ctx: int, threads: int | None) -> dict[str, float]:
+class Kept:
+    """Events that keep each chunk's final translation (to count the tokens of the result)."""
+
+    def __init__(self) -> None:
+        self.translations: list[str] = []
+
+    def start(self, plan: object, cached: int) -> None:
+        pass
+
+    def attempt(self, index: int) -> None:
+        pass
+
+    def token(self, index: int, text: str) -> None:
+        pass
+
+    def chunk_done(self, chunk: object, result: ChunkResult) -> None:
+        self.translations.extend(result.translations)
+
+
+def translate(engine: RecordingEngine, job: Job, document: str, parallel: int) -> dict[str, float]:
+    """Translate ``document`` with ``parallel`` chunks at once; the figures of that run.
+
+    Throughput counts the tokens of the translation that was kept (what a reader gets), not
+    those of attempts the translator threw away (a chunk that came back broken and was sent again
+    paragraph by paragraph).
+    """
+    engine.usages.clear()
+    kept = Kept()
+    with tempfile.TemporaryDirectory() as folder:
+        cache = TranslationCache(Path(folder), job.key)
+        translator = Translator(engine, job, cache=cache, resume=False, parallel=parallel)
+        started = time.perf_counter()
+        plan = translator.plan(document, markdown=True)
+        planned = time.perf_counter()
+        parts: list[str] = []
+        summary = translator.run(plan, parts.append, kept)
+        wall = time.perf_counter() - started
+        cache.close()
+    usages = engine.usages
+    output = sum(engine.tokenize_count(text) for text in kept.translations)
+    generation = sum(u.total_time - u.time_to_first_token for u in usages)
+    prompt = sum(u.time_to_first_token for u in usages)
+    completion = sum(u.completion_tokens for u in usages)
+    return {
+        "parallel": parallel,
+        "chunks": len(plan.chunks),
+        "requests": len(usages),
+        "packed": summary.packed,
+        "fell_back": summary.fell_back,
+        "completion": completion,
+        "prompt_tokens": sum(u.prompt_tokens for u in usages),
+        "cached_tokens": sum(u.cached_tokens for u in usages),
+        "wall": wall,
+        "plan": planned - started,
+        "generation": generation,
+        "prompt": prompt,
+        "overhead": wall - generation - prompt,
+        "output": output,
+        "translation": output / wall,
+        "generated_rate": completion / wall,
+        "decode_during": (completion - len(usages)) / generation if generation else 0.0,
+    }
+
+
+def speed(words: int, ctx: int, threads: int | None, parallel: int | None = None) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    """Raw generation before and after; the document translated as `gptcli translate` does by
+    default (several chunks decoded at once), and one chunk at a time."""
+    from gptcli.engines.parallel import auto_parallel
+
     settings = load_settings().with_flags(ctx=ctx, threads=threads)
     engine = RecordingEngine(choose.open_engine(settings))
     raw_before = statistics.median(raw_speed(engine.inner) for _ in range(3))
@@ -142,42 +217,21 @@ def speed(words: int, ctx: int, threads: int | None) -> dict[str, float]:
         model="bench",
     )
     document = make_document(words)
-    with tempfile.TemporaryDirectory() as folder:
-        cache = TranslationCache(Path(folder), job.key)
-        translator = Translator(engine, job, cache=cache, resume=False)
-        started = time.perf_counter()
-        plan = translator.plan(document, markdown=True)
-        planned = time.perf_counter()
-        parts: list[str] = []
-        summary = translator.run(plan, parts.append)
-        wall = time.perf_counter() - started
-        cache.close()
+    batched = translate(engine, job, document, parallel or auto_parallel(engine.inner))  # type: ignore[arg-type]
+    serial = translate(engine, job, document, 1)
     raw_after = statistics.median(raw_speed(engine.inner) for _ in range(3))
-    usages = engine.usages
-    generation = sum(u.total_time - u.time_to_first_token for u in usages)
-    prompt = sum(u.time_to_first_token for u in usages)
-    completion = sum(u.completion_tokens for u in usages)
-    return {
+    raw = (raw_before + raw_after) / 2
+    for run in (batched, serial):
+        run["ratio"] = run["translation"] / raw
+        run["generated_ratio"] = run["generated_rate"] / raw
+    info = {
         "words": len(document.split()),
         "source_tokens": engine.tokenize_count(document),
-        "chunks": len(plan.chunks),
-        "requests": len(usages),
-        "packed": summary.packed,
-        "fell_back": summary.fell_back,
-        "completion": completion,
-        "prompt_tokens": sum(u.prompt_tokens for u in usages),
-        "cached_tokens": sum(u.cached_tokens for u in usages),
-        "wall": wall,
-        "plan": planned - started,
-        "generation": generation,
-        "prompt": prompt,
-        "overhead": wall - generation - prompt,
-        "raw": (raw_before + raw_after) / 2,
+        "raw": raw,
         "raw_before": raw_before,
         "raw_after": raw_after,
-        "translation": completion / wall,
-        "decode_during": (completion - len(usages)) / generation if generation else 0.0,
     }
+    return info, batched, serial
 
 
 def peak_rss(document: Path, ctx: int, home: Path, threads: int | None) -> tuple[float, float]:
@@ -215,29 +269,40 @@ def main() -> None:
     parser.add_argument("--words", type=int, default=5000)
     parser.add_argument("--ctx", type=int, default=2048)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--parallel", type=int, default=None, help="chunks at once (default: as gptcli translate)")
     parser.add_argument("--skip-memory", action="store_true")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[attr-defined]  # nothing lost if the process dies at exit
     os.environ.setdefault("GPTCLI_HOME", tempfile.mkdtemp(prefix="gptcli-bench-"))
 
-    s = speed(args.words, args.ctx, args.threads)
+    # memory first: a child's peak RSS counts what it inherited at fork, so the model must not be
+    # loaded here yet
+    rows = [] if args.skip_memory else memory(args.words, args.ctx, args.threads)
+    info, batched, serial = speed(args.words, args.ctx, args.threads, args.parallel)
     cpu = platform.processor() or platform.machine()
-    print(f"## Translation throughput ({s['words']:,} words, embedded SmolLM2-135M Q4_1, --ctx {args.ctx}, {os.cpu_count()} CPUs, {cpu})\n")
-    print("| measure | value |")
-    print("| --- | --- |")
-    print(f"| source tokens / chunks / requests | {s['source_tokens']:,} / {s['chunks']} / {s['requests']} |")
-    print(f"| chunks translated whole / retried piece by piece | {s['packed']} / {s['fell_back']} |")
-    print(f"| tokens generated | {s['completion']:,} |")
-    print(f"| prompt tokens (reused from the KV cache) | {s['prompt_tokens']:,} ({s['cached_tokens']:,}) |")
-    print(f"| wall time | {s['wall']:.1f} s |")
-    print(f"| - generating | {s['generation']:.1f} s ({100 * s['generation'] / s['wall']:.1f} %) |")
-    print(f"| - prompt processing (source text, first token) | {s['prompt']:.1f} s ({100 * s['prompt'] / s['wall']:.1f} %) |")
-    print(f"| - gptcli's own work (planning {s['plan']:.2f} s, checks, cache, reassembly) | {s['overhead']:.2f} s ({100 * s['overhead'] / s['wall']:.1f} %) |")
-    print(f"| raw generation (256 tokens, before / after) | {s['raw_before']:.1f} / {s['raw_after']:.1f} tok/s |")
-    print(f"| decode speed during the translation | {s['decode_during']:.1f} tok/s |")
-    print(f"| **translation, end to end** | **{s['translation']:.1f} tok/s = {s['translation'] / s['raw']:.2f}x raw** |")
-    if not args.skip_memory:
-        rows = memory(args.words, args.ctx, args.threads)
+    runs = (batched, serial)
+    print(f"## Translation throughput ({info['words']:,} words, {info['source_tokens']:,} tokens, embedded SmolLM2-135M Q4_1,"
+          f" --ctx {args.ctx}, {os.cpu_count()} CPUs, {cpu})\n")
+    print(f"| measure | default: {batched['parallel']} chunks at once | one chunk at a time |")
+    print("| --- | --- | --- |")
+
+    def row(label: str, fmt: str, key: str) -> None:
+        print(f"| {label} | " + " | ".join(fmt.format(run[key]) for run in runs) + " |")
+
+    row("chunks / requests", "{:.0f}", "chunks")
+    row("requests (chunks whole, or one per paragraph, item or row)", "{:.0f}", "requests")
+    row("tokens generated, all requests", "{:,.0f}", "completion")
+    row("tokens of the translation kept", "{:,.0f}", "output")
+    row("prompt tokens", "{:,.0f}", "prompt_tokens")
+    row("- of which reused from the KV cache", "{:,.0f}", "cached_tokens")
+    row("wall time (s)", "{:.1f}", "wall")
+    print(f"| - model reading prompts (s) | (overlaps generation) | {serial['prompt']:.1f} ({100 * serial['prompt'] / serial['wall']:.0f} %) |")
+    print(f"| - model generating (s) | (overlaps reading) | {serial['generation']:.1f} ({100 * serial['generation'] / serial['wall']:.0f} %) |")
+    print(f"| - gptcli's own work: planning, checks, cache, reassembly (s) | | {serial['overhead']:.2f} ({100 * serial['overhead'] / serial['wall']:.1f} %) |")
+    print(f"| raw generation, one reply of 256 tokens, before / after (tok/s) | {info['raw_before']:.1f} / {info['raw_after']:.1f} | |")
+    print("| tokens generated per second of the whole run | " + " | ".join(f"{run['generated_rate']:.1f} = {run['generated_ratio']:.2f}x raw" for run in runs) + " |")
+    print("| **translation, end to end (kept tokens/s)** | " + " | ".join(f"**{run['translation']:.1f} = {run['ratio']:.2f}x raw**" for run in runs) + " |")
+    if rows:
         print("\n## Peak memory (`gptcli translate`, one-token replies)\n")
         print("| document | words | peak RSS | time |")
         print("| --- | --- | --- | --- |")

@@ -77,6 +77,24 @@ class GGUFInfo:
         return int(value) if isinstance(value, int) else None
 
     @property
+    def kv_bytes_per_token(self) -> int | None:
+        """Bytes of llama.cpp's default (f16) KV cache per token of context, if the metadata says."""
+        arch, md = self.architecture, self.metadata
+        layers, heads = self.block_count, md.get(f"{arch}.attention.head_count")
+        kv_heads = md.get(f"{arch}.attention.head_count_kv", heads)
+        width = md.get(f"{arch}.embedding_length")
+        if isinstance(heads, list):
+            heads = max(heads, default=0)
+        if not layers or not isinstance(heads, int) or not heads or not isinstance(width, int):
+            return None
+        key = md.get(f"{arch}.attention.key_length") or width // heads
+        value = md.get(f"{arch}.attention.value_length") or key
+        per_layer = sum(kv_heads) / layers if isinstance(kv_heads, list) else kv_heads
+        if not isinstance(per_layer, (int, float)) or not isinstance(key, int) or not isinstance(value, int):
+            return None
+        return int(layers * per_layer * (key + value) * 2)
+
+    @property
     def chat_template(self) -> str | None:
         value = self.metadata.get("tokenizer.chat_template")
         return value if isinstance(value, str) and value.strip() else None

@@ -931,9 +931,12 @@ class Translator:
         self.parallel = max(1, parallel)
         self.cancel = threading.Event()
         self.overhead = 0
-        # a model that keeps breaking packed chunks gets its parts one by one from then on
+        # a model that keeps breaking packed chunks gets its parts one by one from then on; until
+        # one packed chunk has come back whole, only one is tried at a time (chunks in parallel
+        # would otherwise all be tried, and all be translated twice, by a model that cannot)
         self.packed_ok = 0
         self.packed_failed = 0
+        self.packed_trying = 0
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------ planning
@@ -970,7 +973,9 @@ class Translator:
             limit = self.job.max_tokens
         return max(1, min(room, limit))
 
-    def _request(self, text: str, source_tokens: int, stop: tuple[str, ...], result: ChunkResult, events: Events | None) -> str:
+    def _request(
+        self, engine: Engine, text: str, source_tokens: int, stop: tuple[str, ...], result: ChunkResult, events: Events | None
+    ) -> str:
         sampling = Sampling(
             temperature=self.job.sampling.temperature,
             top_p=self.job.sampling.top_p,
@@ -984,7 +989,7 @@ class Translator:
         if events is not None:
             events.attempt(result.index)
         parts: list[str] = []
-        stream: Iterator = iter(self.engine.stream(self.job.messages(text), sampling))
+        stream: Iterator = iter(engine.stream(self.job.messages(text), sampling))
         usage = None
         try:
             for piece in stream:
@@ -1007,25 +1012,32 @@ class Translator:
                 result.truncated += 1
         return "".join(parts)
 
-    def _translate_atom(self, atom: Atom, result: ChunkResult, events: Events | None) -> str:
-        tokens = self.engine.tokenize_count(atom.text)
+    def _translate_atom(self, engine: Engine, atom: Atom, result: ChunkResult, events: Events | None) -> str:
+        tokens = engine.tokenize_count(atom.text)
         stop = ("\n",) if atom.single_line else ("\n\n",)
-        text = normalize_atom(atom, self._request(atom.text, tokens, stop, result, events))
+        text = normalize_atom(atom, self._request(engine, atom.text, tokens, stop, result, events))
         if not text:  # nothing (or only a newline) came: once more, without the stop
-            text = normalize_atom(atom, self._request(atom.text, tokens, (), result, events))
+            text = normalize_atom(atom, self._request(engine, atom.text, tokens, (), result, events))
         if not text:
             result.kept_source += 1
             return atom.text
         return text
 
-    def translate_chunk(self, chunk: Chunk, events: Events | None = None, markdown: bool = True) -> ChunkResult:
+    def translate_chunk(
+        self, chunk: Chunk, events: Events | None = None, markdown: bool = True, engine: Engine | None = None
+    ) -> ChunkResult:
         """Translate one chunk: whole when packed (its structure checked), else atom by atom."""
+        engine = engine or self.engine
         started = time.perf_counter()
         result = ChunkResult(chunk.index, [])
         translations: list[str] | None = None
         if chunk.packed and self._try_packed():
-            output = self._request(chunk.source, chunk.source_tokens, (), result, events)
-            translations = match_translation(chunk, output, markdown)
+            try:
+                output = self._request(engine, chunk.source, chunk.source_tokens, (), result, events)
+                translations = match_translation(chunk, output, markdown)
+            finally:
+                with self._lock:
+                    self.packed_trying -= 1
             with self._lock:
                 if translations is None:
                     self.packed_failed += 1
@@ -1034,15 +1046,21 @@ class Translator:
             result.packed = translations is not None
             result.fell_back = translations is None
         if translations is None:
-            translations = [self._translate_atom(atom, result, events) for atom in chunk.atoms]
+            translations = [self._translate_atom(engine, atom, result, events) for atom in chunk.atoms]
         result.translations = translations
         result.seconds = time.perf_counter() - started
         result.glossary_misses = self._glossary_misses(chunk, translations)
         return result
 
     def _try_packed(self) -> bool:
+        """Whether to send a packed chunk whole (and count it as being tried) or its parts one by one."""
         with self._lock:
-            return not (self.packed_failed >= 2 and self.packed_failed > self.packed_ok)
+            if self.packed_failed >= 2 and self.packed_failed > self.packed_ok:
+                return False
+            if not self.packed_ok and self.packed_trying:
+                return False
+            self.packed_trying += 1
+            return True
 
     def _glossary_misses(self, chunk: Chunk, translations: Sequence[str]) -> list[str]:
         pairs = self.job.glossary.relevant(chunk.source)
@@ -1098,11 +1116,22 @@ class Translator:
         return summary
 
     def _run_parallel(self, todo: list[Chunk], finish: Callable[[ChunkResult], None], markdown: bool) -> None:
-        """Up to ``parallel`` chunks in flight on daemon threads; results handled here, in any order."""
+        """Up to ``parallel`` chunks in flight on daemon threads; results handled here, in any order.
+
+        An engine that runs several replies at once itself (the local one: ``parallel(n)`` gives a
+        batched form of it, driven from this thread by ``pump``) is used that way; other engines
+        (remote ones) are called from the threads directly.
+        """
         work: queue.Queue[Chunk] = queue.Queue()
         for chunk in todo:
             work.put(chunk)
         results: queue.Queue[tuple[ChunkResult | None, BaseException | None]] = queue.Queue()
+        count = min(self.parallel, len(todo))
+        opener = getattr(self.engine, "parallel", None)
+        # the longest request: prompt, source and room for the reply (the longest chunk's)
+        longest = max(self.overhead + c.source_tokens + self._max_tokens(c.source_tokens) + 8 for c in todo)
+        batched = opener(count, longest) if callable(opener) else None
+        engine = batched or self.engine
 
         def worker() -> None:
             while not self.cancel.is_set():
@@ -1111,26 +1140,40 @@ class Translator:
                 except queue.Empty:
                     return
                 try:
-                    results.put((self.translate_chunk(chunk, None, markdown), None))
+                    results.put((self.translate_chunk(chunk, None, markdown, engine), None))
                 except _Cancelled:
                     return
                 except BaseException as exc:  # handed to the main thread, which stops the rest
                     results.put((None, exc))
                     return
+                finally:
+                    if batched is not None:
+                        batched.wake()
 
-        threads = [threading.Thread(target=worker, daemon=True, name=f"translate-{k}") for k in range(min(self.parallel, len(todo)))]
-        for thread in threads:
-            thread.start()
-        for _ in range(len(todo)):
+        def next_result() -> tuple[ChunkResult | None, BaseException | None]:
             while True:
                 try:
-                    result, error = results.get(timeout=0.2)
-                    break
+                    if batched is None:
+                        return results.get(timeout=0.2)
+                    batched.pump(0.2)
+                    return results.get_nowait()
                 except queue.Empty:
                     if not any(t.is_alive() for t in threads) and results.empty():
-                        raise EngineError("the translation workers stopped without a result")
-            if error is not None:
-                self.cancel.set()
-                raise error
-            assert result is not None
-            finish(result)
+                        raise EngineError("the translation workers stopped without a result") from None
+
+        threads = [threading.Thread(target=worker, daemon=True, name=f"translate-{k}") for k in range(count)]
+        for thread in threads:
+            thread.start()
+        try:
+            for _ in range(len(todo)):
+                result, error = next_result()
+                if error is not None:
+                    raise error
+                assert result is not None
+                finish(result)
+        finally:
+            self.cancel.set()
+            if batched is not None:  # the workers' replies end with an error; the model is theirs no more
+                batched.close()
+                for thread in threads:
+                    thread.join(timeout=5)

@@ -402,6 +402,22 @@ def test_parallel_keeps_chunks_in_flight_and_the_order(cli, engine, tmp_path):
     assert engine.most_in_flight == 4
 
 
+def test_parallel_tries_one_whole_chunk_at_a_time_until_one_comes_back_whole(cli, engine, tmp_path):
+    # a model that flattens every chunk: with four in flight, four whole-chunk attempts would all be
+    # thrown away and translated again paragraph by paragraph; one trial at a time wastes two
+    engine.transform = lambda text: " ".join(text.split()).upper()
+    engine.delay = 0.05
+    src = tmp_path / "many.md"
+    src.write_text("".join(f"## Section {i}\n\nParagraph {i} here.\n\n- item {i}\n\n" for i in range(12)))
+    result = cli(["translate", str(src), "--to", "fr", "--parallel", "4", "--json", "--chunk-tokens", "24"])
+    assert result.exit_code == 0, result.stderr
+    done = json.loads(result.stdout.splitlines()[-1])
+    assert done["chunks"] >= 8
+    assert done["fell_back"] == 2 and done["packed"] == 0
+    assert engine.most_in_flight == 4
+    assert "## SECTION 11\n\nPARAGRAPH 11 HERE.\n\n- ITEM 11\n" in done["text"]
+
+
 def test_parallel_error_stops_and_reports(cli, engine, tmp_path):
     from gptcli.errors import EngineError
 

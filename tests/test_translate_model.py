@@ -74,12 +74,13 @@ def test_markdown_keeps_structure_code_line_endings_and_order(run_gptcli, source
     out = tmp_path / "guide.fr.md"
     proc = run_gptcli("translate", str(source), "--to", "fr", "-o", str(out), "--json", "--parallel", "4", *FAST)
     assert proc.returncode == 0, proc.stderr
-    assert "local engine runs one chunk at a time" in " ".join(proc.stderr.split())
+    assert proc.stderr == ""
     log = events(proc.stdout)
     start, chunks, done = log[0], [e for e in log if e["type"] == "chunk"], log[-1]
     assert start["type"] == "start" and done["type"] == "done"
     assert start["chunks"] >= 5, "a 512-token context should need many chunks"
-    assert [c["index"] for c in chunks] == list(range(start["chunks"]))  # each chunk once, in order
+    # each chunk once (events come as chunks finish, four at a time here; the file is in order)
+    assert sorted(c["index"] for c in chunks) == list(range(start["chunks"]))
     assert all(c["translations"] and all(t.strip() for t in c["translations"]) for c in chunks)
 
     data = out.read_bytes()

@@ -101,6 +101,15 @@ def _is_local(engine: Engine) -> bool:
     return local is not None and isinstance(engine, local.LocalEngine)
 
 
+def _auto_parallel(engine: Engine) -> int:
+    """The local engine decodes up to 4 chunks in one batch (as memory allows); a remote one gets 1 at a time."""
+    if not _is_local(engine):
+        return 1
+    from gptcli.engines.parallel import auto_parallel
+
+    return auto_parallel(engine)  # type: ignore[arg-type]
+
+
 def _same_terminal(a: IO[str], b: IO[str]) -> bool:
     try:
         return a.isatty() and b.isatty() and os.fstat(a.fileno()).st_rdev == os.fstat(b.fileno()).st_rdev
@@ -321,8 +330,11 @@ def translate(
         Optional[str], typer.Option("--format", help="Input format: markdown, text, or auto (by suffix and content).")
     ] = None,
     parallel: Annotated[
-        int, typer.Option("--parallel", "-P", help="Chunks in flight at once (remote engines; the local engine runs one).", min=1, max=64)
-    ] = 1,
+        Optional[int],
+        typer.Option(
+            "--parallel", "-P", help="Chunks translated at once (default: up to 4 on the local engine, 1 on a remote one).", min=1, max=64
+        ),
+    ] = None,
     resume: Annotated[
         bool, typer.Option("--resume/--no-resume", help="Reuse chunks finished by an earlier run (default) or translate all again.")
     ] = True,
@@ -386,9 +398,8 @@ def translate(
 
     settings = gen.settings(st.settings)
     engine = choose.open_engine(settings)
-    if parallel > 1 and _is_local(engine):
-        env.notice(f"--parallel {parallel}: the local engine runs one chunk at a time (one model, one context); use a remote engine to run chunks in parallel")
-        parallel = 1
+    if parallel is None:
+        parallel = _auto_parallel(engine)
     sampling = sampling_from(settings, tmpl.temperature, None)
     model_id = "|".join(str(x) for x in (engine.model_name, getattr(engine, "path", ""), settings.engine, settings.base_url or ""))
     job = Job(

@@ -206,9 +206,23 @@ class LocalEngine:
         self._pieces: dict[int, bytes] = {}
         self._max_piece_bytes: int | None = None
         self._formatter = self._make_formatter()
+        self._parallel: list[Any] = []
+
+    def parallel(self, n: int, n_ctx: int | None = None) -> Any:
+        """An engine that runs up to ``n`` replies (of at most ``n_ctx`` tokens) at once on this model.
+
+        See ``engines.parallel``; this thread drives it.
+        """
+        from gptcli.engines.parallel import ParallelEngine
+
+        engine = ParallelEngine(self, n, n_ctx)
+        self._parallel.append(engine)
+        return engine
 
     def close(self) -> None:
-        """Free the batch, the context and the weights."""
+        """Free the batch, the context and the weights (after any parallel contexts on them)."""
+        for engine in list(self._parallel):
+            engine.close()
         with contextlib.suppress(Exception):
             if self._batch is not None:
                 self._llama_cpp.llama_batch_free(self._batch)
@@ -396,7 +410,7 @@ class LocalEngine:
         del self._kv_tokens[n:]
 
     @contextlib.contextmanager
-    def _signals_abort_compute(self) -> Iterator[list[int]]:
+    def _signals_abort_compute(self, ctx: Any = None) -> Iterator[list[int]]:
         """Let Ctrl-C (and SIGTERM) stop llama.cpp in the middle of evaluating a prompt.
 
         Python runs signal handlers only between bytecodes, so a signal arriving while
@@ -410,17 +424,18 @@ class LocalEngine:
         if threading.current_thread() is not threading.main_thread():
             yield caught
             return
+        ctx = ctx or self._ctx
         previous = {}
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(ValueError, OSError):
                 previous[signum] = signal.signal(signum, lambda signum, frame: caught.append(signum))
-        self._llama_cpp.llama_set_abort_callback(self._ctx, self._abort_callback, None)
+        self._llama_cpp.llama_set_abort_callback(ctx, self._abort_callback, None)
         try:
             yield caught
         finally:
             # none at all while generating: a Python callback there would run signal handlers
             # (Ctrl-C's KeyboardInterrupt) inside llama.cpp, where they cannot propagate
-            self._llama_cpp.llama_set_abort_callback(self._ctx, self._no_abort_callback, None)
+            self._llama_cpp.llama_set_abort_callback(ctx, self._no_abort_callback, None)
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             if caught:

@@ -1,0 +1,359 @@
+"""Several replies at once from one loaded model: one llama.cpp context, one batch a step.
+
+A CPU (and more so a GPU) computes a batch of N tokens in much less than N times the time of
+one, so replies that run side by side, one token each per ``llama_decode``, come out faster
+together than one after another (on the 2-core machine of ``benchmarks/README.md``, four replies
+decode at about 1.7x the tokens/s of one). ``translate`` uses this for the chunks of a document.
+
+``ParallelEngine.stream`` may be called from any thread: it queues a request and reads the reply
+from a queue of its own. The thread that made the engine (the driver) evaluates the batches, in
+``pump``: it admits requests into free sequences (each into the one whose cache already holds the
+longest prefix of its prompt, such as a shared prompt template), fills each batch with one token
+per generating sequence plus as much of the waiting prompts as fits, and samples each sequence
+with its own sampler. llama.cpp runs on the main thread that way (its OpenMP threads run a third
+slower when a second thread drives them) and Ctrl-C stops a long batch as it does in the chat.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import queue
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gptcli.engines import Chunk, Message, Sampling, Usage
+from gptcli.engines.local import LocalEngine, _LogWriter, _recent_errors, _StopFilter
+from gptcli.errors import ContextOverflowError, EngineError, ModelError
+
+KV_BUDGET = 1 << 30  # bytes of KV cache the automatic choice of sequences may take
+AUTO_MAX = 4  # beyond 4 the gain is small on a CPU (benchmarks/README.md)
+BATCH = 128  # tokens a step: prompts of more take several steps; llama.cpp's buffers grow with it
+
+
+def auto_parallel(engine: LocalEngine) -> int:
+    """How many replies to run at once by default: up to 4, while their KV caches fit in 1 GiB."""
+    per_token = engine.info.kv_bytes_per_token
+    if not per_token:
+        return 1
+    fits = KV_BUDGET // (per_token * engine.n_ctx)
+    return int(max(1, min(AUTO_MAX, fits)))
+
+
+@dataclass(eq=False)
+class _Request:
+    tokens: list[int]
+    sampling: Sampling
+    out: queue.SimpleQueue[Chunk | BaseException] = field(default_factory=queue.SimpleQueue)
+    cancelled: bool = False
+
+
+@dataclass(frozen=True)
+class _Final(Chunk):
+    """The last chunk of a reply, the one whose usage is final."""
+
+
+@dataclass(eq=False)
+class _Slot:
+    """One llama.cpp sequence: what its cache holds, and the request it is serving, if any."""
+
+    seq: int
+    kv: list[int] = field(default_factory=list)  # the tokens whose keys and values it holds
+    request: _Request | None = None
+    todo: list[int] = field(default_factory=list)  # prompt tokens not evaluated yet
+    sampler: Any = None
+    usage: Usage | None = None
+    decoder: Any = None
+    stops: _StopFilter | None = None
+    max_new: int = 0
+    started: float = 0.0
+    last: int = -1  # the token sampled last, to be evaluated in the next batch
+    added: list[int] = field(default_factory=list)  # what it put in the current batch
+    logits_at: int = -1  # the index in the current batch whose logits it samples from
+
+
+class ParallelEngine:
+    """Up to ``n`` replies at once from ``engine``'s model (see the module's docstring)."""
+
+    def __init__(self, engine: LocalEngine, n: int, n_ctx: int | None = None) -> None:
+        self.engine = engine
+        self.n = max(1, n)
+        # each sequence's window: the engine's, or less when the caller knows its replies are short
+        self.n_ctx = min(engine.n_ctx, max(256, -(-n_ctx // 256) * 256)) if n_ctx else engine.n_ctx
+        self.model_name = engine.model_name
+        self._C = engine._llama_cpp
+        self._slots = [_Slot(seq) for seq in range(self.n)]
+        self._pending: deque[_Request] = deque()
+        self._cv = threading.Condition()
+        self._driver = threading.current_thread()
+        self._closed = False
+        self._ctx, self._batch, self._n_batch = self._new_context()
+
+    def _new_context(self) -> tuple[Any, Any, int]:
+        """A context of n sequences of ``n_ctx`` tokens each, and a batch for it."""
+        C, engine = self._C, self.engine
+        params = C.llama_context_default_params()
+        params.n_ctx = self.n_ctx * self.n
+        params.n_batch = params.n_ubatch = max(min(engine._n_batch, BATCH), self.n)
+        params.n_seq_max = self.n
+        params.n_threads = params.n_threads_batch = engine.threads
+        params.flash_attn_type = 1 if engine.flash_attn else 0
+        params.kv_unified = False  # each sequence attends over its own cells only
+        _recent_errors.clear()
+        with contextlib.redirect_stderr(_LogWriter()), contextlib.redirect_stdout(_LogWriter()):
+            ctx = C.llama_init_from_model(engine.llm._model.model, params)
+        if not ctx:
+            why = f" ({_recent_errors[-1]})" if _recent_errors else ""
+            raise ModelError(
+                f"no memory for {self.n} replies at once of {self.n_ctx} tokens each{why}: use a smaller --parallel or --ctx"
+            )
+        return ctx, C.llama_batch_init(params.n_batch, 0, 1), params.n_batch
+
+    # ------------------------------------------------------------ Engine
+
+    @property
+    def context_length(self) -> int:
+        return self.n_ctx
+
+    def count_tokens(self, messages: Sequence[Message]) -> int:
+        return self.engine.count_tokens(messages)
+
+    def tokenize_count(self, text: str) -> int:
+        return self.engine.tokenize_count(text)
+
+    def stream(self, messages: Sequence[Message], sampling: Sampling) -> Iterator[Chunk]:
+        return self._submit(self.engine._format(messages), sampling)
+
+    def complete(self, prompt: str, sampling: Sampling) -> Iterator[Chunk]:
+        self.engine._refuse_if_surely_too_long(len(prompt.encode("utf-8", "replace")))
+        tokens = self.engine.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
+        return self._submit(tokens, sampling)
+
+    def _submit(self, tokens: list[int], sampling: Sampling) -> Iterator[Chunk]:
+        if len(tokens) >= self.n_ctx:
+            raise ContextOverflowError(
+                f"the input takes {len(tokens)} tokens but the context window holds {self.n_ctx}"
+                " (use a larger --ctx or a shorter input)"
+            )
+        request = _Request(tokens, sampling)
+        with self._cv:
+            if self._closed:
+                raise EngineError("the model's batch context is closed")
+            self._pending.append(request)
+            self._cv.notify_all()
+        return self._replies(request)
+
+    def _replies(self, request: _Request) -> Iterator[Chunk]:
+        driving = threading.current_thread() is self._driver
+        try:
+            while True:
+                if driving:  # nobody else evaluates batches: this reader does, until its reply is in
+                    while request.out.empty():
+                        self.pump(0.05)
+                item = request.out.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if isinstance(item, _Final):
+                    yield Chunk("", item.usage)
+                    return
+                yield item
+        finally:
+            request.cancelled = True  # a reader that stops early frees its sequence
+
+    def wake(self) -> None:
+        """End a ``pump`` that is waiting for requests (say, because a result is ready elsewhere)."""
+        with self._cv:
+            self._cv.notify_all()
+
+    def close(self) -> None:
+        """Abandon the replies in flight (their readers get an error) and free the context."""
+        if self._ctx is None:
+            return
+        if threading.current_thread() is not self._driver:
+            raise RuntimeError("ParallelEngine.close() belongs to the thread that made it")
+        with contextlib.suppress(ValueError):
+            self.engine._parallel.remove(self)
+        error = EngineError("the model's batch context was closed")
+        with self._cv:
+            self._closed = True
+            for slot in self._slots:
+                self._drop(slot, error)
+            while self._pending:
+                self._pending.popleft().out.put(error)
+            self._cv.notify_all()
+        if self._batch is not None:
+            self._C.llama_batch_free(self._batch)
+            self._batch = None
+        if self._ctx is not None:
+            self._C.llama_free(self._ctx)
+            self._ctx = None
+
+    def __enter__(self) -> ParallelEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ the driver's side
+
+    def pump(self, wait: float) -> bool:
+        """Evaluate one batch if any reply is waiting for one; else wait up to ``wait`` s for a request.
+
+        Driver thread only. Returns whether a batch was evaluated. A failure of llama.cpp is
+        passed to every reader in flight and raised here too.
+        """
+        with self._cv:
+            if self._closed:
+                return False
+            self._admit()
+            if not self._busy():
+                self._cv.wait(wait)
+                self._admit()
+                if not self._busy():
+                    return False
+        try:
+            self._step()
+        except EngineError as exc:
+            with self._cv:
+                for slot in self._slots:
+                    self._drop(slot, exc)
+            raise
+        return True
+
+    def _busy(self) -> bool:
+        return any(slot.request is not None for slot in self._slots)
+
+    def _admit(self) -> None:
+        """Free the sequences of readers that left; give waiting requests the free ones."""
+        C = self._C
+        for slot in self._slots:
+            if slot.request is not None and slot.request.cancelled:
+                self._drop(slot, None)
+        while self._pending:
+            free = [slot for slot in self._slots if slot.request is None]
+            if not free:
+                return
+            request = self._pending.popleft()
+            if request.cancelled:
+                continue
+            tokens, sampling = request.tokens, request.sampling
+            slot = max(free, key=lambda s: _shared(s.kv, tokens))
+            reused = min(_shared(slot.kv, tokens), len(tokens) - 1)  # the last one again, for its logits
+            C.llama_memory_seq_rm(C.llama_get_memory(self._ctx), slot.seq, reused, -1)
+            del slot.kv[reused:]
+            budget = self.n_ctx - len(tokens)
+            seed = sampling.seed if sampling.seed is not None else secrets.randbelow(2**31)
+            slot.request = request
+            slot.todo = tokens[reused:]
+            slot.max_new = min(sampling.max_tokens or budget, budget)
+            slot.sampler = self.engine._make_sampler(sampling, seed)
+            slot.usage = Usage(prompt_tokens=len(tokens), cached_tokens=reused)
+            slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            slot.stops = _StopFilter(sampling.stop)
+            slot.started = time.perf_counter()
+
+    def _step(self) -> None:
+        """One ``llama_decode``: a token for each generating sequence, then prompt tokens as room allows."""
+        C, batch = self._C, self._batch
+        n = prompt_tokens = 0
+        active = [slot for slot in self._slots if slot.request is not None]
+        for slot in active:
+            slot.added, slot.logits_at = [], -1
+            if not slot.todo:
+                _put(batch, n, slot.last, len(slot.kv), slot.seq, True)
+                slot.added, slot.logits_at = [slot.last], n
+                n += 1
+        for slot in active:
+            room = self._n_batch - n
+            if not slot.todo or room <= 0:
+                continue
+            part, slot.todo = slot.todo[:room], slot.todo[room:]
+            for i, token in enumerate(part):
+                _put(batch, n + i, token, len(slot.kv) + i, slot.seq, False)
+            n += len(part)
+            prompt_tokens += len(part)
+            slot.added = part
+            if not slot.todo:
+                batch.logits[n - 1] = True
+                slot.logits_at = n - 1
+        batch.n_tokens = n
+        if prompt_tokens:  # a long batch: Ctrl-C may stop it halfway (see LocalEngine)
+            with self.engine._signals_abort_compute(self._ctx) as caught:
+                rc = C.llama_decode(self._ctx, batch)
+        else:
+            caught, rc = [], C.llama_decode(self._ctx, batch)
+        if rc != 0:
+            for slot in active:  # whatever llama.cpp kept of this batch goes
+                C.llama_memory_seq_rm(C.llama_get_memory(self._ctx), slot.seq, len(slot.kv), -1)
+            if caught:
+                return
+            raise EngineError(f"llama.cpp could not evaluate a batch of {n} tokens (llama_decode returned {rc})")
+        for slot in active:
+            slot.kv.extend(slot.added)
+        for slot in active:
+            if slot.logits_at >= 0:
+                self._sample(slot)
+
+    def _sample(self, slot: _Slot) -> None:
+        C, engine = self._C, self.engine
+        request, usage, stops = slot.request, slot.usage, slot.stops
+        assert request is not None and usage is not None and stops is not None
+        token = C.llama_sampler_sample(slot.sampler, self._ctx, slot.logits_at)
+        if not request.sampling.ignore_eos and C.llama_vocab_is_eog(engine._vocab, token):
+            self._finish(slot, "stop")
+            return
+        usage.completion_tokens += 1
+        text = stops.feed(slot.decoder.decode(engine._piece(token)))
+        if text:
+            now = time.perf_counter()
+            usage.time_to_first_token = usage.time_to_first_token or now - slot.started
+            usage.total_time = now - slot.started
+            request.out.put(Chunk(text, usage))
+        if stops.hit:
+            self._finish(slot, "stop")
+        elif usage.completion_tokens >= slot.max_new:
+            self._finish(slot, "length" if slot.max_new == request.sampling.max_tokens else "context")
+        else:
+            slot.last = token
+
+    def _finish(self, slot: _Slot, reason: str) -> None:
+        request, usage, stops = slot.request, slot.usage, slot.stops
+        assert request is not None and usage is not None and stops is not None
+        usage.finish_reason = reason
+        if tail := stops.flush(slot.decoder.decode(b"", final=True)):
+            request.out.put(Chunk(tail, usage))
+        usage.total_time = time.perf_counter() - slot.started
+        usage.time_to_first_token = usage.time_to_first_token or usage.total_time
+        request.out.put(_Final("", usage))
+        self._drop(slot, None)
+
+    def _drop(self, slot: _Slot, error: BaseException | None) -> None:
+        """Free the slot's sampler and request; its cache (and ``kv``) stay for the next prompt."""
+        if slot.sampler is not None:
+            self._C.llama_sampler_free(slot.sampler)
+            slot.sampler = None
+        if slot.request is not None and error is not None:
+            slot.request.out.put(error)
+        slot.request, slot.todo, slot.usage = None, [], None
+
+
+def _shared(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _put(batch: Any, i: int, token: int, pos: int, seq: int, logits: bool) -> None:
+    batch.token[i] = token
+    batch.pos[i] = pos
+    batch.n_seq_id[i] = 1
+    batch.seq_id[i][0] = seq
+    batch.logits[i] = logits
