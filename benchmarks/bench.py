@@ -83,7 +83,7 @@ def engine_tg(engine: LocalEngine, n: int) -> float:
 
 
 def engine_pp(engine: LocalEngine, n: int) -> float:
-    tokens = [engine.llm.token_bos()] + [1000 + (i * 7) % 20000 for i in range(n - 1)]
+    tokens = [engine._bos] + [1000 + (i * 7) % 20000 for i in range(n - 1)]
     times = []
     for _ in range(3):
         engine._forget_after(0)

@@ -31,7 +31,7 @@ from gptcli.models import embedded_model_path  # noqa: E402
 
 def tg_at_depth(engine: LocalEngine, depth: int, n: int = 64) -> float:
     """Generation speed ``depth`` tokens into the context (a long chat, a long reply)."""
-    prompt = [engine.llm.token_bos()] + [1000 + (i * 7) % 20000 for i in range(depth - 1)]
+    prompt = [engine._bos] + [1000 + (i * 7) % 20000 for i in range(depth - 1)]
     engine._forget_after(0)
     engine._prepare(prompt)
     usage = None

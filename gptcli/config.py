@@ -215,6 +215,9 @@ class Settings:
     sources: Mapping[str, str]
     profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     path: Path | None = None
+    # the most tokens this process will need, prompt and reply (a one-shot command knows it before
+    # the model loads): a local model's context is made no larger unless ctx is set
+    fit: int | None = None
 
     def __getattr__(self, name: str) -> Any:
         try:

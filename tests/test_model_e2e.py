@@ -61,6 +61,30 @@ def test_stats_line(run_gptcli):
     assert "tok/s" in proc.stderr and "first token" in proc.stderr
 
 
+def context_of(stats: str) -> tuple[int, int]:
+    used, size = stats.split("context ")[1].split()[0].split("/")
+    return int(used), int(size)
+
+
+def test_a_one_shot_gets_the_context_it_needs_and_flags_or_long_input_get_more(run_gptcli, tmp_path):
+    short = run_gptcli("ask", "hi", "-n", "8", "--stats", "--no-history")
+    assert short.returncode == 0, short.stderr
+    used, size = context_of(short.stderr)
+    assert used <= size < 4096  # loads faster than the default window
+    assert size >= used + 8 - 1  # and leaves room for the whole reply
+    asked = run_gptcli("ask", "hi", "-n", "8", "--stats", "--no-history", "--ctx", "4096")
+    assert context_of(asked.stderr)[1] == 4096
+    long_reply = run_gptcli("ask", "hi", "-n", "3000", "--stats", "--no-history", "--seed", "1")
+    assert long_reply.returncode == 0, long_reply.stderr
+    assert context_of(long_reply.stderr)[1] >= 3000
+    document = tmp_path / "notes.txt"
+    document.write_text("The meeting moved to Tuesday. " * 300)
+    piped = run_gptcli("ask", "Summarize.", "--file", str(document), "-n", "8", "--stats", "--no-history")
+    assert piped.returncode == 0, piped.stderr
+    used, size = context_of(piped.stderr)
+    assert used > 1500 and size >= used
+
+
 def test_empty_stdin_is_an_error(run_gptcli):
     proc = run_gptcli("ask", input="")
     assert proc.returncode == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -89,10 +90,12 @@ def run_template(
             raise InputError(f"no input for '{template_name}': pipe text into it or use --file")
 
     history = OneShotHistory.open(settings, st.env, continue_=continue_, session=session)
+    sampling = sampling_from(settings, template.temperature, template.max_tokens)
     if build_messages is None:
         messages = template.render(text, values)
-    engine = choose.open_engine(settings)
-    sampling = sampling_from(settings, template.temperature, template.max_tokens)
+        engine = _engine_for(settings, messages, sampling, resuming=history.resumed is not None)
+    else:
+        engine = choose.open_engine(settings)
     if build_messages is not None:
         messages = build_messages(template, text, values, engine, sampling)
     if history.resumed is not None:
@@ -117,6 +120,30 @@ def run_template(
     return 130 if reply.interrupted else 0
 
 
+def _engine_for(settings: Settings, messages: list[Message], sampling: Sampling, *, resuming: bool) -> Engine:
+    """The engine, with a local model's context no larger than this one exchange needs.
+
+    A prompt of n bytes is at most n tokens, and a chat template adds a few dozen of its own, so
+    the need is known before the model loads; the exact count is checked once it has, and a
+    template that took more gets the usual window. A resumed conversation is fitted to the whole
+    window, so it keeps the usual one.
+    """
+    if resuming or not sampling.max_tokens or choose.engine_kind(settings) != "local":
+        return choose.open_engine(settings)
+    need = sum(len(m["content"].encode("utf-8")) + 16 for m in messages) + 256 + sampling.max_tokens
+    engine = choose.open_engine(dataclasses.replace(settings, fit=need))
+    info = getattr(engine, "info", None)
+    if info is None:
+        return engine
+    from gptcli.engines.local import default_context, release_engines
+
+    if engine.context_length < default_context(info, settings.ctx):
+        if engine.count_tokens(messages) + sampling.max_tokens > engine.context_length:
+            release_engines()
+            engine = choose.open_engine(settings)
+    return engine
+
+
 class OneShotHistory:
     """The store side of a one-shot command: the session it continues, and saving the exchange."""
 
@@ -129,10 +156,12 @@ class OneShotHistory:
     @classmethod
     def open(cls, settings: Settings, env: Env, *, continue_: bool, session: str | None) -> OneShotHistory:
         """Open the store before the model loads, so a broken history file fails fast."""
-        from gptcli.store import ConversationStore, open_history
-
         if continue_ and session:
             raise UsageError("use either --continue or --session, not both")
+        if not (continue_ or session or settings.history):
+            return cls(env, None, None, False)  # history off: the store is not even imported
+        from gptcli.store import ConversationStore, open_history
+
         if not (continue_ or session):
             return cls(env, open_history(settings, env), None, True)
         store = ConversationStore.open()  # reading works with history off; saving does not

@@ -19,7 +19,12 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def open_engine(settings: Settings) -> Engine:
-    """The engine for these settings; the local model is loaded once per process."""
+    """The engine for these settings; the local model is loaded once per process.
+
+    With ``settings.fit`` (the most tokens this process will need), a local model's context is
+    made no larger, unless ``--ctx`` (or the config) sets it: a one-shot command loads faster
+    with a context of the size it needs.
+    """
     remote = remote_config(settings)
     if remote is not None:
         from gptcli.engines.remote import open_remote_engine
@@ -29,8 +34,10 @@ def open_engine(settings: Settings) -> Engine:
     from gptcli.engines.local import load_local_engine
 
     ref = resolve_model(settings.model)
+    fit = settings.fit if settings.sources.get("ctx", "default") == "default" else None
     return load_local_engine(
         ref.path,
+        fit=fit,
         name=ref.name,
         ctx=settings.ctx,
         threads=settings.threads,

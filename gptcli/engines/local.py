@@ -9,13 +9,16 @@ import atexit
 import codecs
 import contextlib
 import ctypes
+import importlib.util
 import io
 import logging
 import os
 import secrets
 import signal
+import sys
 import threading
 import time
+import types
 from collections import deque
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -46,34 +49,54 @@ def cpu_has_amx() -> bool:
     return False
 
 
-def _import_llama() -> Any:
-    """Import llama_cpp and route llama.cpp's own log to the ``gptcli.llama`` logger.
+def _bindings() -> Any:
+    """llama-cpp-python's ctypes bindings (``llama_cpp.llama_cpp``), with llama.cpp's log routed
+    to the ``gptcli.llama`` logger.
+
+    Only the bindings: the package's ``__init__`` also imports its high-level half (``Llama``,
+    chat formats, numpy), 75 ms at every command that loads a model, and the engine needs none of
+    it. While the bindings load, a bare stand-in for the package takes its place in
+    ``sys.modules``; it is removed afterwards, so a later ``import llama_cpp`` (``serve``) runs
+    the real ``__init__``, which finds the bindings already loaded and shares them.
 
     On CPUs with AMX, llama.cpp's AMX matrix kernels (an "extra buffer type") crash the process
     with a general-protection fault in some virtual machines (seen with llama-cpp-python 0.3.36).
-    llama-cpp-python offers no argument for ``use_extra_bufts``, so its default model parameters
-    are wrapped to turn them off there; ``GPTCLI_EXTRA_BUFTS=1`` turns them back on.
+    Its default model parameters are wrapped to turn them off there (``llama-cpp-python``'s own
+    ``Llama`` takes them from the same function); ``GPTCLI_EXTRA_BUFTS=1`` turns them back on.
     """
     global _log_callback
-    import llama_cpp
-    import llama_cpp.llama_cpp as llama_c
+    C = sys.modules.get("llama_cpp.llama_cpp")
+    if C is None:
+        if "llama_cpp" in sys.modules:
+            import llama_cpp.llama_cpp as C
+        else:
+            spec = importlib.util.find_spec("llama_cpp")
+            if spec is None or not spec.submodule_search_locations:
+                raise ModelError("llama-cpp-python is not installed: pip install llama-cpp-python")
+            stand_in = types.ModuleType("llama_cpp")
+            stand_in.__path__ = list(spec.submodule_search_locations)
+            sys.modules["llama_cpp"] = stand_in
+            try:
+                import llama_cpp.llama_cpp as C
+            finally:
+                if sys.modules.get("llama_cpp") is stand_in:
+                    del sys.modules["llama_cpp"]
 
-    if not getattr(llama_c.llama_model_default_params, "_gptcli", False):
+    if _log_callback is None:  # the first call: set up once
         if cpu_has_amx() and os.environ.get("GPTCLI_EXTRA_BUFTS") != "1":
-            defaults = llama_c.llama_model_default_params
+            defaults = C.llama_model_default_params
 
             def model_params() -> Any:
                 params = defaults()
                 params.use_extra_bufts = False
                 return params
 
-            model_params._gptcli = True  # type: ignore[attr-defined]
-            llama_c.llama_model_default_params = model_params
+            C.llama_model_default_params = model_params
+        C.llama_backend_init()
 
-    if _log_callback is None:
         last_level = [logging.INFO]
 
-        @llama_cpp.llama_log_callback
+        @C.llama_log_callback
         def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
             py_level = last_level[0] if level == 5 else _GGML_LEVELS.get(level, logging.DEBUG)
             last_level[0] = py_level
@@ -87,8 +110,27 @@ def _import_llama() -> Any:
             log.log(py_level, "%s", message)
 
         _log_callback = callback
-        llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+        C.llama_log_set(callback, ctypes.c_void_p(0))
+    return C
+
+
+def _import_llama() -> Any:
+    """The whole llama_cpp package (``doctor``, ``serve``), on the bindings ``_bindings`` set up."""
+    C = _bindings()
+    import llama_cpp  # its _logger module sets a log callback of its own: ours goes back in
+
+    C.llama_log_set(_log_callback, ctypes.c_void_p(0))
     return llama_cpp
+
+
+def llama_cpp_version() -> str:
+    """The installed llama-cpp-python's version, without importing the package."""
+    try:
+        from importlib.metadata import version
+
+        return version("llama_cpp_python")
+    except Exception:
+        return "?"
 
 
 TEMPLATE_SECONDS = 5  # a chat template (code from the GGUF file) that runs longer is stopped
@@ -151,6 +193,53 @@ def default_context(info: GGUFInfo, requested: int | None) -> int:
     return max(256, size // 256 * 256)
 
 
+class _ChatTemplate:
+    """A GGUF chat template (Jinja), rendered the way llama-cpp-python's ``Jinja2ChatFormatter``
+    and Hugging Face's transformers do: sandboxed, trimmed blocks, loop controls, ``{% generation %}``
+    ignored, ``tojson`` without ASCII escapes, ``raise_exception`` and ``strftime_now``."""
+
+    def __init__(self, template: str, *, eos_token: str, bos_token: str) -> None:
+        import jinja2
+        import jinja2.ext
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        class IgnoreGenerationTags(jinja2.ext.Extension):
+            tags = {"generation"}
+
+            def parse(self, parser: Any) -> Any:
+                parser.stream.skip(1)
+                return parser.parse_statements(("name:endgeneration",), drop_needle=True)
+
+        environment = ImmutableSandboxedEnvironment(
+            loader=jinja2.BaseLoader(),
+            trim_blocks=True,
+            lstrip_blocks=True,
+            extensions=[IgnoreGenerationTags, jinja2.ext.loopcontrols],
+        )
+        environment.filters["tojson"] = _tojson
+        self._template = environment.from_string(template)
+        self.eos_token, self.bos_token = eos_token, bos_token
+
+    def render(self, messages: list[Message]) -> str:
+        def raise_exception(message: str) -> None:
+            raise ValueError(message)
+
+        return self._template.render(
+            messages=messages,
+            eos_token=self.eos_token,
+            bos_token=self.bos_token,
+            raise_exception=raise_exception,
+            add_generation_prompt=True,
+            strftime_now=lambda f: time.strftime(f),
+        )
+
+
+def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None, sort_keys: bool = False) -> str:
+    import json
+
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
 class LocalEngine:
     """Chat with a GGUF model in this process; the model is loaded once and reused across turns."""
 
@@ -164,44 +253,49 @@ class LocalEngine:
         gpu_layers: int = 0,
         flash_attn: bool | None = None,
         batch_size: int = 512,
+        fit: int | None = None,
     ) -> None:
         self.path = Path(path)
         self.info = read_gguf(self.path)  # a broken file is an error here, never an abort in C
         self.model_name = name or self.path.name
         self.n_ctx = default_context(self.info, ctx)
+        if fit and not ctx:  # only what the caller will use: a smaller context loads faster
+            self.n_ctx = min(self.n_ctx, max(256, -(-fit // 256) * 256))
         self.threads = threads or physical_cores()
         self.flash_attn = use_flash_attention(flash_attn, gpu_layers)
-        llama_cpp = _import_llama()
-        self._llama_cpp = llama_cpp
+        C = _bindings()
+        self._llama_cpp = C
         _recent_errors.clear()
         started = time.perf_counter()
-        try:
-            with contextlib.redirect_stderr(_LogWriter()), contextlib.redirect_stdout(_LogWriter()):
-                self.llm = llama_cpp.Llama(
-                    model_path=str(self.path),
-                    n_ctx=self.n_ctx,
-                    n_batch=min(batch_size, self.n_ctx),
-                    n_ubatch=min(batch_size, self.n_ctx),
-                    n_threads=self.threads,
-                    n_threads_batch=self.threads,
-                    n_gpu_layers=gpu_layers,
-                    flash_attn=self.flash_attn,
-                    verbose=True,  # False would hide llama.cpp's errors; its log goes to our logger
-                )
-        except Exception as exc:  # llama-cpp-python raises ValueError/RuntimeError, Jinja its own
-            why = _recent_errors[-1] if _recent_errors else str(exc)
-            raise ModelError(f"cannot load model {self.path}: {why}") from None
-        self.llm.verbose = False
+        model_params = C.llama_model_default_params()
+        model_params.n_gpu_layers = 0x7FFFFFFF if gpu_layers == -1 else gpu_layers
+        context_params = C.llama_context_default_params()
+        context_params.n_ctx = self.n_ctx
+        context_params.n_batch = context_params.n_ubatch = min(batch_size, self.n_ctx)
+        context_params.n_threads = context_params.n_threads_batch = self.threads
+        context_params.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_ENABLED if self.flash_attn else C.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        self._model = self._ctx = None
+        with contextlib.redirect_stderr(_LogWriter()), contextlib.redirect_stdout(_LogWriter()):
+            self._model = C.llama_model_load_from_file(str(self.path).encode("utf-8"), model_params)
+            if self._model:
+                self._ctx = C.llama_init_from_model(self._model, context_params)
+        if not self._model or not self._ctx:
+            what = "model" if not self._model else f"context of {self.n_ctx} tokens for"
+            if self._model:
+                C.llama_model_free(self._model)
+            why = _recent_errors[-1] if _recent_errors else "llama.cpp refused it"
+            raise ModelError(f"cannot load {what} {self.path}: {why}")
         self.load_time = time.perf_counter() - started
-        self._vocab = self.llm._model.vocab
-        self._ctx = self.llm._ctx.ctx
-        self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        self._vocab = C.llama_model_get_vocab(self._model)
+        self._bos = C.llama_vocab_bos(self._vocab)
+        self._eos = C.llama_vocab_eos(self._vocab)
+        self._n_vocab = C.llama_vocab_n_tokens(self._vocab)
         self._n_batch = min(batch_size, self.n_ctx)
-        self._batch = llama_cpp.llama_batch_init(self._n_batch, 0, 1)
+        self._batch = C.llama_batch_init(self._n_batch, 0, 1)
         self._caught_signals: list[int] = []
         caught = self._caught_signals
-        self._abort_callback = llama_cpp.ggml_abort_callback(lambda data: bool(caught))
-        self._no_abort_callback = llama_cpp.ggml_abort_callback()  # NULL
+        self._abort_callback = C.ggml_abort_callback(lambda data: bool(caught))
+        self._no_abort_callback = C.ggml_abort_callback()  # NULL
         self._kv_tokens: list[int] = []  # the tokens whose keys and values the cache holds, in order
         self._pieces: dict[int, bytes] = {}
         self._max_piece_bytes: int | None = None
@@ -223,11 +317,16 @@ class LocalEngine:
         """Free the batch, the context and the weights (after any parallel contexts on them)."""
         for engine in list(self._parallel):
             engine.close()
-        with contextlib.suppress(Exception):
-            if self._batch is not None:
-                self._llama_cpp.llama_batch_free(self._batch)
-                self._batch = None
-            self.llm.close()
+        C = self._llama_cpp
+        if self._batch is not None:
+            C.llama_batch_free(self._batch)
+            self._batch = None
+        if self._ctx is not None:
+            C.llama_free(self._ctx)
+            self._ctx = None
+        if self._model is not None:
+            C.llama_model_free(self._model)
+            self._model = None
 
     # ------------------------------------------------------------ KV-cache state (resume)
 
@@ -241,7 +340,7 @@ class LocalEngine:
             "n_ctx": self.n_ctx,
             "n_batch": self._n_batch,
             "flash_attn": self.flash_attn,
-            "llama_cpp": getattr(self._llama_cpp, "__version__", "?"),
+            "llama_cpp": llama_cpp_version(),
         }
 
     def export_state(self) -> tuple[list[int], bytes]:
@@ -267,23 +366,34 @@ class LocalEngine:
 
     # ------------------------------------------------------------ formatting
 
-    def _make_formatter(self) -> Any:
+    def _make_formatter(self) -> _ChatTemplate | None:
         template = self.info.chat_template
         if not template:
             return None
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-        def text_of(token: int) -> str:
-            return self.llm._model.token_get_text(token) if token != -1 else ""
-
         try:
-            return Jinja2ChatFormatter(
-                template=template,
-                eos_token=text_of(self.llm.token_eos()),
-                bos_token=text_of(self.llm.token_bos()),
-            )
+            return _ChatTemplate(template, eos_token=self._token_text(self._eos), bos_token=self._token_text(self._bos))
         except Exception as exc:
             raise ModelError(f"the chat template in {self.path} is broken: {exc}") from None
+
+    def _token_text(self, token: int) -> str:
+        if token == -1:
+            return ""
+        return self._llama_cpp.llama_vocab_get_text(self._vocab, token).decode("utf-8", "replace")
+
+    def tokenize(self, text: str, *, add_bos: bool, special: bool) -> list[int]:
+        """The model's tokens for ``text``."""
+        C = self._llama_cpp
+        data = text.encode("utf-8")
+        room = len(data) + 2
+        tokens = (C.llama_token * room)()
+        n = C.llama_tokenize(self._vocab, data, len(data), tokens, room, add_bos, special)
+        if n < 0:  # never for a text of n bytes, but the API allows it
+            room = -n
+            tokens = (C.llama_token * room)()
+            n = C.llama_tokenize(self._vocab, data, len(data), tokens, room, add_bos, special)
+            if n < 0:
+                raise EngineError(f"llama.cpp could not tokenize a text of {len(data)} bytes")
+        return tokens[:n]
 
     def _longest_piece(self) -> int:
         """Bytes of the longest token's text: a text of N bytes takes at least N / this many tokens."""
@@ -307,10 +417,10 @@ class LocalEngine:
         self._refuse_if_surely_too_long(sum(len(m["content"].encode("utf-8", "replace")) for m in messages))
         if self._formatter is None:  # a base model: a plain transcript
             text = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages) + "Assistant:"
-            return self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
+            return self.tokenize(text, add_bos=True, special=False)
         try:
             with _time_limit(TEMPLATE_SECONDS):
-                result = self._formatter(messages=list(messages))
+                prompt = self._formatter.render(list(messages))
         except _TimeUp:
             raise ModelError(
                 f"the model's chat template ran for more than {TEMPLATE_SECONDS} s and was stopped"
@@ -319,11 +429,8 @@ class LocalEngine:
             raise ModelError("the model's chat template recursed without end") from None
         except Exception as exc:  # the template runs in Jinja's sandbox; any failure is the model's
             raise ModelError(f"the model's chat template failed: {exc}") from None
-        add_bos = not getattr(result, "added_special", False)
-        bos_text = self.llm._model.token_get_text(self.llm.token_bos()) if self.llm.token_bos() != -1 else ""
-        if bos_text and result.prompt.startswith(bos_text):
-            add_bos = False
-        return self.llm.tokenize(result.prompt.encode("utf-8"), add_bos=add_bos, special=True)
+        # as llama-cpp-python's Jinja2ChatFormatter does: a template writes its own BOS, or has none
+        return self.tokenize(prompt, add_bos=False, special=True)
 
     # ------------------------------------------------------------ Engine
 
@@ -335,14 +442,14 @@ class LocalEngine:
         return len(self._format(messages))
 
     def tokenize_count(self, text: str) -> int:
-        return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+        return len(self.tokenize(text, add_bos=False, special=False))
 
     def stream(self, messages: Sequence[Message], sampling: Sampling) -> Iterator[Chunk]:
         return self._generate(self._format(messages), sampling)
 
     def complete(self, prompt: str, sampling: Sampling) -> Iterator[Chunk]:
         self._refuse_if_surely_too_long(len(prompt.encode("utf-8", "replace")))
-        tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
+        tokens = self.tokenize(prompt, add_bos=True, special=False)
         return self._generate(tokens, sampling)
 
     def _piece(self, token: int) -> bytes:

@@ -106,7 +106,7 @@ class ParallelEngine:
         params.kv_unified = False  # each sequence attends over its own cells only
         _recent_errors.clear()
         with contextlib.redirect_stderr(_LogWriter()), contextlib.redirect_stdout(_LogWriter()):
-            ctx = C.llama_init_from_model(engine.llm._model.model, params)
+            ctx = C.llama_init_from_model(engine._model, params)
         if not ctx:
             why = f" ({_recent_errors[-1]})" if _recent_errors else ""
             raise ModelError(
@@ -131,7 +131,7 @@ class ParallelEngine:
 
     def complete(self, prompt: str, sampling: Sampling) -> Iterator[Chunk]:
         self.engine._refuse_if_surely_too_long(len(prompt.encode("utf-8", "replace")))
-        tokens = self.engine.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
+        tokens = self.engine.tokenize(prompt, add_bos=True, special=False)
         return self._submit(tokens, sampling)
 
     def _submit(self, tokens: list[int], sampling: Sampling) -> Iterator[Chunk]:
