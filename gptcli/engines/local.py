@@ -120,6 +120,11 @@ def _import_llama() -> Any:
     import llama_cpp  # its _logger module sets a log callback of its own: ours goes back in
 
     C.llama_log_set(_log_callback, ctypes.c_void_p(0))
+    # submodules loaded under the stand-in are not attributes of the real package yet
+    for name, module in list(sys.modules.items()):
+        parent, _, child = name.rpartition(".")
+        if parent == "llama_cpp" and module is not None and not hasattr(llama_cpp, child):
+            setattr(llama_cpp, child, module)
     return llama_cpp
 
 
@@ -191,6 +196,14 @@ def default_context(info: GGUFInfo, requested: int | None) -> int:
     trained = info.context_length or 4096
     size = min(trained, 4096)
     return max(256, size // 256 * 256)
+
+
+def _set_flash_attention(params: Any, on: bool) -> None:
+    """llama.cpp's context parameter: ``flash_attn_type`` (1 on, 0 off), ``flash_attn`` before it."""
+    if hasattr(params, "flash_attn_type"):
+        params.flash_attn_type = 1 if on else 0
+    else:
+        params.flash_attn = on
 
 
 class _ChatTemplate:
@@ -273,7 +286,7 @@ class LocalEngine:
         context_params.n_ctx = self.n_ctx
         context_params.n_batch = context_params.n_ubatch = min(batch_size, self.n_ctx)
         context_params.n_threads = context_params.n_threads_batch = self.threads
-        context_params.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_ENABLED if self.flash_attn else C.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        _set_flash_attention(context_params, self.flash_attn)
         self._model = self._ctx = None
         with contextlib.redirect_stderr(_LogWriter()), contextlib.redirect_stdout(_LogWriter()):
             self._model = C.llama_model_load_from_file(str(self.path).encode("utf-8"), model_params)

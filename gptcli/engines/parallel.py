@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gptcli.engines import Chunk, Message, Sampling, Usage
-from gptcli.engines.local import LocalEngine, _LogWriter, _recent_errors, _StopFilter
+from gptcli.engines.local import LocalEngine, _LogWriter, _recent_errors, _set_flash_attention, _StopFilter
 from gptcli.errors import ContextOverflowError, EngineError, ModelError
 
 KV_BUDGET = 1 << 30  # bytes of KV cache the automatic choice of sequences may take
@@ -102,7 +102,7 @@ class ParallelEngine:
         params.n_batch = params.n_ubatch = max(min(engine._n_batch, BATCH), self.n)
         params.n_seq_max = self.n
         params.n_threads = params.n_threads_batch = engine.threads
-        params.flash_attn_type = 1 if engine.flash_attn else 0
+        _set_flash_attention(params, engine.flash_attn)
         params.kv_unified = False  # each sequence attends over its own cells only
         _recent_errors.clear()
         with contextlib.redirect_stderr(_LogWriter()), contextlib.redirect_stdout(_LogWriter()):
