@@ -312,8 +312,12 @@ class LocalEngine:
         self._kv_tokens: list[int] = []  # the tokens whose keys and values the cache holds, in order
         self._pieces: dict[int, bytes] = {}
         self._max_piece_bytes: int | None = None
-        self._formatter = self._make_formatter()
         self._parallel: list[Any] = []
+        try:
+            self._formatter = self._make_formatter()
+        except BaseException:
+            self.close()  # a broken chat template: the weights are not kept alive for nothing
+            raise
 
     def parallel(self, n: int, n_ctx: int | None = None) -> Any:
         """An engine that runs up to ``n`` replies (of at most ``n_ctx`` tokens) at once on this model.
