@@ -464,7 +464,9 @@ def _translate_one(
         sink = None
     else:
         sink = env.stdout
-    display = Display(env, src.name, sink, stream=not gen.no_stream, preview=translator.parallel == 1)
+    # the text being written is shown when chunks go one at a time (a document of one chunk always does)
+    one_at_a_time = translator.parallel == 1 or (plan is not None and len(plan.chunks) <= 1)
+    display = Display(env, src.name, sink, stream=not gen.no_stream, preview=one_at_a_time)
 
     def write(text: str) -> None:
         if gen.json and dest is None:
