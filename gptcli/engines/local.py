@@ -206,6 +206,24 @@ def _set_flash_attention(params: Any, on: bool) -> None:
         params.flash_attn = on
 
 
+def refuse_overflow(tokens: int, n_ctx: int) -> None:
+    """A prompt that leaves no room in the window is an error, not a silent truncation."""
+    if tokens >= n_ctx:
+        raise ContextOverflowError(
+            f"the input takes {tokens} tokens but the context window holds {n_ctx} (use a larger --ctx or a shorter input)"
+        )
+
+
+def shared_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many tokens two sequences share from the start (what a KV cache can keep)."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 class _ChatTemplate:
     """A GGUF chat template (Jinja), rendered the way llama-cpp-python's ``Jinja2ChatFormatter``
     and Hugging Face's transformers do: sandboxed, trimmed blocks, loop controls, ``{% generation %}``
@@ -465,9 +483,12 @@ class LocalEngine:
         return self._generate(self._format(messages), sampling)
 
     def complete(self, prompt: str, sampling: Sampling) -> Iterator[Chunk]:
+        return self._generate(self._prompt_tokens(prompt), sampling)
+
+    def _prompt_tokens(self, prompt: str) -> list[int]:
+        """A raw prompt's tokens (no chat template), refusing one far too long before tokenizing."""
         self._refuse_if_surely_too_long(len(prompt.encode("utf-8", "replace")))
-        tokens = self.tokenize(prompt, add_bos=True, special=False)
-        return self._generate(tokens, sampling)
+        return self.tokenize(prompt, add_bos=True, special=False)
 
     def _piece(self, token: int) -> bytes:
         piece = self._pieces.get(token)
@@ -482,11 +503,7 @@ class LocalEngine:
         return piece
 
     def _generate(self, tokens: list[int], sampling: Sampling) -> Iterator[Chunk]:
-        if len(tokens) >= self.n_ctx:
-            raise ContextOverflowError(
-                f"the input takes {len(tokens)} tokens but the context window holds {self.n_ctx}"
-                " (use a larger --ctx or a shorter input)"
-            )
+        refuse_overflow(len(tokens), self.n_ctx)
         return self._run(tokens, sampling)
 
     # ------------------------------------------------------------ the decode loop
@@ -497,12 +514,7 @@ class LocalEngine:
     # the previous prompt + reply, so the next turn of a chat only evaluates what is new.
 
     def _cached_prefix(self, tokens: Sequence[int]) -> int:
-        n = 0
-        for a, b in zip(self._kv_tokens, tokens):
-            if a != b:
-                break
-            n += 1
-        return n
+        return shared_prefix(self._kv_tokens, tokens)
 
     def _make_sampler(self, sampling: Sampling, seed: int) -> Any:
         """A llama.cpp sampler chain: top-k first, so the repeat penalty scans 40 tokens, not the vocabulary."""

@@ -28,8 +28,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gptcli.engines import Chunk, Message, Sampling, Usage
-from gptcli.engines.local import LocalEngine, _LogWriter, _recent_errors, _set_flash_attention, _StopFilter
-from gptcli.errors import ContextOverflowError, EngineError, ModelError
+from gptcli.engines.local import (
+    LocalEngine,
+    _LogWriter,
+    _recent_errors,
+    _set_flash_attention,
+    _StopFilter,
+    refuse_overflow,
+    shared_prefix,
+)
+from gptcli.errors import EngineError, ModelError
 
 KV_BUDGET = 1 << 30  # bytes of KV cache the automatic choice of sequences may take
 AUTO_MAX = 4  # beyond 4 the gain is small on a CPU (benchmarks/README.md)
@@ -130,16 +138,10 @@ class ParallelEngine:
         return self._submit(self.engine._format(messages), sampling)
 
     def complete(self, prompt: str, sampling: Sampling) -> Iterator[Chunk]:
-        self.engine._refuse_if_surely_too_long(len(prompt.encode("utf-8", "replace")))
-        tokens = self.engine.tokenize(prompt, add_bos=True, special=False)
-        return self._submit(tokens, sampling)
+        return self._submit(self.engine._prompt_tokens(prompt), sampling)
 
     def _submit(self, tokens: list[int], sampling: Sampling) -> Iterator[Chunk]:
-        if len(tokens) >= self.n_ctx:
-            raise ContextOverflowError(
-                f"the input takes {len(tokens)} tokens but the context window holds {self.n_ctx}"
-                " (use a larger --ctx or a shorter input)"
-            )
+        refuse_overflow(len(tokens), self.n_ctx)
         request = _Request(tokens, sampling)
         with self._cv:
             if self._closed:
@@ -242,8 +244,8 @@ class ParallelEngine:
             if request.cancelled:
                 continue
             tokens, sampling = request.tokens, request.sampling
-            slot = max(free, key=lambda s: _shared(s.kv, tokens))
-            reused = min(_shared(slot.kv, tokens), len(tokens) - 1)  # the last one again, for its logits
+            slot = max(free, key=lambda s: shared_prefix(s.kv, tokens))
+            reused = min(shared_prefix(slot.kv, tokens), len(tokens) - 1)  # the last one again, for its logits
             C.llama_memory_seq_rm(C.llama_get_memory(self._ctx), slot.seq, reused, -1)
             del slot.kv[reused:]
             budget = self.n_ctx - len(tokens)
@@ -340,15 +342,6 @@ class ParallelEngine:
         if slot.request is not None and error is not None:
             slot.request.out.put(error)
         slot.request, slot.todo, slot.usage = None, [], None
-
-
-def _shared(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def _put(batch: Any, i: int, token: int, pos: int, seq: int, logits: bool) -> None:
