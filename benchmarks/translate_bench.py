@@ -108,10 +108,19 @@ class RecordingEngine:
         return self.inner.tokenize_count(text)
 
     def stream(self, messages: Sequence[Message], sampling: Sampling) -> Iterator[Chunk]:
-        for chunk in self.inner.stream(messages, sampling):
-            if chunk.usage is not None and not chunk.text:
-                self.usages.append(chunk.usage)
-            yield chunk
+        # the request goes now, as it would without this wrapper (a batched engine starts on it at once)
+        return self._record(self.inner.stream(messages, sampling))
+
+    def _record(self, reply: Iterator[Chunk]) -> Iterator[Chunk]:
+        usage = None
+        try:
+            for chunk in reply:
+                usage = chunk.usage or usage
+                yield chunk
+        finally:
+            getattr(reply, "close", lambda: None)()
+            if usage is not None:  # also a reply the translator stopped reading: its tokens were spent
+                self.usages.append(usage)
 
     def complete(self, prompt: str, sampling: Sampling) -> Iterator[Chunk]:
         return self.inner.complete(prompt, sampling)

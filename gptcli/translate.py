@@ -13,7 +13,7 @@ import threading
 import time
 import tomllib
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -563,21 +563,32 @@ def plan_document(
     return Plan(blocks, chunks, markdown)
 
 
+def _translated_units(chunk: Chunk, output: str, markdown: bool) -> list[Unit]:
+    units_in = chunk.units()
+    continues_table = bool(units_in) and units_in[0].kind == "row"
+    blocks = parse_document(clean_output(output), markdown, in_table=continues_table, whole=False)
+    return [b for b in blocks if isinstance(b, Unit)]
+
+
+def _same_shape(src: Unit, out: Unit) -> bool:
+    """Whether a translated unit is of the source unit's kind (and a row has its number of cells)."""
+    if src.kind != out.kind:
+        return False
+    return src.kind != "row" or len(src.cells()) == len(out.cells())
+
+
 def match_translation(chunk: Chunk, output: str, markdown: bool = True) -> list[str] | None:
     """The atoms' translations from a packed chunk's translation, or None if its structure differs."""
     units_in = chunk.units()
-    continues_table = bool(units_in) and units_in[0].kind == "row"
-    units_out = [b for b in parse_document(clean_output(output), markdown, in_table=continues_table, whole=False) if isinstance(b, Unit)]
+    units_out = _translated_units(chunk, output, markdown)
     if len(units_in) != len(units_out):
         return None
     translations: list[str] = []
     for src, out in zip(units_in, units_out):
-        if src.kind != out.kind:
+        if not _same_shape(src, out):
             return None
         if src.kind == "row":
-            cells_in, cells_out = src.cells(), out.cells()
-            if len(cells_in) != len(cells_out):
-                return None
+            cells_out = out.cells()
             for i in src.word_cells():
                 text = cells_out[i].content
                 if not text:
@@ -586,6 +597,20 @@ def match_translation(chunk: Chunk, output: str, markdown: bool = True) -> list[
         else:
             translations.append("\n".join(line.content for line in out.lines))
     return translations if len(translations) == len(chunk.atoms) else None
+
+
+def could_match(chunk: Chunk, partial: str, markdown: bool = True) -> bool:
+    """Whether a packed chunk's translation, as far as it has come, can still match the chunk.
+
+    Only whole lines are judged: a reply that already has more units than the chunk, or a finished
+    unit of another kind (the last one may still grow), can only end in a mismatch, so a model
+    that runs on or flattens the structure is stopped there instead of at its length limit.
+    """
+    units_in = chunk.units()
+    units_out = _translated_units(chunk, partial[: partial.rfind("\n") + 1], markdown)
+    if len(units_out) > len(units_in):
+        return False
+    return all(_same_shape(src, out) for src, out in zip(units_in, units_out[:-1]))
 
 
 _WRAPPING_FENCE = re.compile(r"^(```|~~~)[^\n]*\n(.*?)\n?\1\s*$", re.S)
@@ -616,6 +641,72 @@ def normalize_atom(atom: Atom, output: str) -> str:
     if len(text) >= 2 and text[0] == text[-1] == '"' and not atom.text.startswith('"'):
         text = text[1:-1].strip()
     return text
+
+
+_SENTENCE_END = re.compile(r"[.!?…]+[\"'”’»)\]]*(?=\s|$)|[。！？]+[」』”’)]*|\n")
+LOOP_UNIT_CHARS = 16  # sentences shorter than this ("Yes.", "- 1") may rightly repeat; a CJK character counts 2
+
+
+def _sentences(text: str) -> Iterator[tuple[int, str]]:
+    """(offset, normalized text) of each finished sentence or line of ``text``."""
+    start = 0
+    for match in _SENTENCE_END.finditer(text):
+        sentence = " ".join(text[start : match.end()].split()).casefold()
+        if len(sentence) + sum(ord(ch) >= 0x2E80 for ch in sentence) >= LOOP_UNIT_CHARS:  # CJK counts double
+            yield start, sentence
+        start = match.end()
+
+
+_WORD_RUN = re.compile(r"\S+")
+LOOP_REPEATS = 4  # a group of words written this many times in a row, ...
+LOOP_GROUP_WORDS = 12  # ... of at most this many words ...
+LOOP_SPAN_CHARS = 32  # ... and this many characters in all, is a loop ("no no no no" is not)
+
+
+def _phrase_loop(words: Sequence[str], end: int) -> int | None:
+    """If ``words[:end]`` ends with one group of words written ``LOOP_REPEATS`` times, where its second copy starts."""
+    for size in range(1, LOOP_GROUP_WORDS + 1):
+        start = end - LOOP_REPEATS * size
+        if start < 0:
+            break
+        group = words[end - size : end]
+        if (
+            sum(map(len, group)) * LOOP_REPEATS >= LOOP_SPAN_CHARS
+            and any(ch.isalpha() for word in group for ch in word)
+            and all(words[start + k * size : start + (k + 1) * size] == group for k in range(LOOP_REPEATS - 1))
+        ):
+            while start >= size and words[start - size : start] == group:  # copies before these four
+                start -= size
+            return start + size
+    return None
+
+
+def repeats_itself(source: str) -> bool:
+    """Whether ``source`` has a sentence twice or a phrase four times in a row (then its
+    translation may too, and is not cut for it)."""
+    seen: set[str] = set()
+    for _, sentence in _sentences(source):
+        if sentence in seen:
+            return True
+        seen.add(sentence)
+    words = [word.casefold() for word in _WORD_RUN.findall(source)]
+    return any(_phrase_loop(words, end) is not None for end in range(len(words), 0, -1))
+
+
+def loop_start(reply: str, sentences: bool = True) -> int | None:
+    """Where a reply that got stuck in a loop starts repeating itself, or None: the first sentence
+    it writes a second time, or the second copy of a phrase it ends by writing again and again.
+    (``sentences=False``: the phrase check only, cheap enough for every word.)"""
+    if sentences:
+        seen: set[str] = set()
+        for offset, sentence in _sentences(reply):
+            if sentence in seen:
+                return offset
+            seen.add(sentence)
+    base = max(0, len(reply) - 1000)  # the longest loop looked for fits in the tail
+    runs = list(_WORD_RUN.finditer(reply, base))
+    at = _phrase_loop([run.group().casefold() for run in runs], len(runs))
+    return None if at is None else runs[at].start()
 
 
 # ---------------------------------------------------------------- reassembly
@@ -859,6 +950,7 @@ class ChunkResult:
     fell_back: bool = False  # a packed chunk whose structure the model changed: its parts went one by one
     kept_source: int = 0  # parts the model returned nothing for, kept untranslated
     truncated: int = 0  # replies cut at the length limit
+    looped: int = 0  # replies stopped where they began repeating themselves
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
@@ -875,6 +967,7 @@ class Summary:
     fell_back: int = 0
     kept_source: int = 0
     truncated: int = 0
+    looped: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
@@ -887,6 +980,7 @@ class Summary:
         self.fell_back += result.fell_back
         self.kept_source += result.kept_source
         self.truncated += result.truncated
+        self.looped += result.looped
         self.prompt_tokens += result.prompt_tokens
         self.completion_tokens += result.completion_tokens
         self.glossary_misses.update(result.glossary_misses)
@@ -910,6 +1004,12 @@ class Events(Protocol):
 
 class _Cancelled(Exception):
     pass
+
+
+def _close(stream: Iterator[Chunk]) -> None:
+    close = getattr(stream, "close", None)
+    if close is not None:
+        close()
 
 
 class Translator:
@@ -973,9 +1073,10 @@ class Translator:
             limit = self.job.max_tokens
         return max(1, min(room, limit))
 
-    def _request(
+    def _open(
         self, engine: Engine, text: str, source_tokens: int, stop: tuple[str, ...], result: ChunkResult, events: Events | None
-    ) -> str:
+    ) -> Iterator[Chunk]:
+        """Send one request; its reply is read with ``_read`` (a batched engine starts on it at once)."""
         sampling = Sampling(
             temperature=self.job.sampling.temperature,
             top_p=self.job.sampling.top_p,
@@ -988,40 +1089,90 @@ class Translator:
         )
         if events is not None:
             events.attempt(result.index)
+        return iter(engine.stream(self.job.messages(text), sampling))
+
+    def _read(
+        self,
+        stream: Iterator[Chunk],
+        result: ChunkResult,
+        events: Events | None,
+        source: str,
+        watch: Callable[[str], bool] | None = None,
+    ) -> str | None:
+        """A reply's text, its usage added to ``result``; None if ``watch`` (asked at each new line) gave up on it.
+
+        A reply that starts writing sentences it already wrote (and ``source`` does not repeat) is
+        stopped there and cut before the repetition: a model in a loop would write to its length limit.
+        """
         parts: list[str] = []
-        stream: Iterator = iter(engine.stream(self.job.messages(text), sampling))
         usage = None
+        given_up = cut = False
+        guard = not repeats_itself(source)
         try:
             for piece in stream:
                 if self.cancel.is_set():
                     raise _Cancelled
-                if piece.text:
-                    parts.append(piece.text)
-                    if events is not None:
-                        events.token(result.index, piece.text)
-                if piece.usage is not None:
-                    usage = piece.usage
+                usage = piece.usage or usage  # every piece carries the reply's usage so far
+                if not piece.text:
+                    continue
+                parts.append(piece.text)
+                if events is not None:
+                    events.token(result.index, piece.text)
+                if guard:
+                    ends_sentence = bool(_SENTENCE_END.search(piece.text))
+                    if ends_sentence or piece.text[-1:].isspace():
+                        text = "".join(parts)
+                        at = loop_start(text, sentences=ends_sentence)
+                        if at is not None:
+                            parts, cut = [text[:at].rstrip()], True
+                            break
+                if watch is not None and "\n" in piece.text and not watch("".join(parts)):
+                    given_up = True
+                    break
         finally:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()
+            _close(stream)
         if usage is not None:
             result.prompt_tokens += usage.prompt_tokens
             result.completion_tokens += usage.completion_tokens
-            if usage.finish_reason in ("length", "context"):
+            if usage.finish_reason in ("length", "context") and not (given_up or cut):
                 result.truncated += 1
-        return "".join(parts)
+        result.looped += cut
+        return None if given_up else "".join(parts)
 
-    def _translate_atom(self, engine: Engine, atom: Atom, result: ChunkResult, events: Events | None) -> str:
-        tokens = engine.tokenize_count(atom.text)
+    def _request(
+        self, engine: Engine, text: str, source_tokens: int, stop: tuple[str, ...], result: ChunkResult, events: Events | None
+    ) -> str:
+        return self._read(self._open(engine, text, source_tokens, stop, result, events), result, events, text) or ""
+
+    def _open_atom(self, engine: Engine, atom: Atom, result: ChunkResult, events: Events | None) -> Iterator[Chunk]:
         stop = ("\n",) if atom.single_line else ("\n\n",)
-        text = normalize_atom(atom, self._request(engine, atom.text, tokens, stop, result, events))
+        return self._open(engine, atom.text, engine.tokenize_count(atom.text), stop, result, events)
+
+    def _finish_atom(self, engine: Engine, atom: Atom, output: str, result: ChunkResult, events: Events | None) -> str:
+        text = normalize_atom(atom, output)
         if not text:  # nothing (or only a newline) came: once more, without the stop
+            tokens = engine.tokenize_count(atom.text)
             text = normalize_atom(atom, self._request(engine, atom.text, tokens, (), result, events))
         if not text:
             result.kept_source += 1
             return atom.text
         return text
+
+    def _translate_atoms(self, engine: Engine, atoms: Sequence[Atom], result: ChunkResult, events: Events | None) -> list[str]:
+        """Each atom's translation. An engine that decodes several replies at once gets them all
+        together, so that one chunk's paragraphs fill its sequences; others get them one by one."""
+        outputs: Iterable[str]
+        if getattr(engine, "concurrent", False):
+            streams: list[Iterator[Chunk]] = []
+            try:
+                streams.extend(self._open_atom(engine, atom, result, events) for atom in atoms)
+                outputs = [self._read(stream, result, events, atom.text) or "" for atom, stream in zip(atoms, streams)]
+            finally:
+                for stream in streams:  # after an error or Ctrl-C, the replies not read yet are cancelled
+                    _close(stream)
+        else:  # one at a time: each request is sent when the one before it (and its retry) is done
+            outputs = (self._read(self._open_atom(engine, atom, result, events), result, events, atom.text) or "" for atom in atoms)
+        return [self._finish_atom(engine, atom, output, result, events) for atom, output in zip(atoms, outputs)]
 
     def translate_chunk(
         self, chunk: Chunk, events: Events | None = None, markdown: bool = True, engine: Engine | None = None
@@ -1033,8 +1184,9 @@ class Translator:
         translations: list[str] | None = None
         if chunk.packed and self._try_packed():
             try:
-                output = self._request(engine, chunk.source, chunk.source_tokens, (), result, events)
-                translations = match_translation(chunk, output, markdown)
+                stream = self._open(engine, chunk.source, chunk.source_tokens, (), result, events)
+                output = self._read(stream, result, events, chunk.source, lambda partial: could_match(chunk, partial, markdown))
+                translations = None if output is None else match_translation(chunk, output, markdown)
             finally:
                 with self._lock:
                     self.packed_trying -= 1
@@ -1046,7 +1198,7 @@ class Translator:
             result.packed = translations is not None
             result.fell_back = translations is None
         if translations is None:
-            translations = [self._translate_atom(engine, atom, result, events) for atom in chunk.atoms]
+            translations = self._translate_atoms(engine, chunk.atoms, result, events)
         result.translations = translations
         result.seconds = time.perf_counter() - started
         result.glossary_misses = self._glossary_misses(chunk, translations)

@@ -92,6 +92,21 @@ def test_the_driving_thread_may_read_a_reply_itself_and_stop_early(engine):
 
 
 @pytest.mark.model
+def test_a_queued_reply_closed_before_it_is_read_never_takes_a_sequence(engine):
+    # translate queues every paragraph of a chunk at once; after Ctrl-C or an error the replies it
+    # will not read are closed, and must not be written anyway
+    with engine.parallel(1) as batched:
+        first = batched.stream(ask("Name a colour."), GREEDY)
+        dropped = batched.stream(ask("Tell me a long story."), Sampling(temperature=0, max_tokens=400, ignore_eos=True))
+        last = batched.stream(ask("What is the capital of France?"), GREEDY)
+        dropped.close()
+        assert text_of(first).strip() and text_of(last).strip()
+        assert list(dropped) == []
+        assert not batched._busy() and not batched._pending
+        assert batched._slots[0].kv[-1] != 0 and len(batched._slots[0].kv) < 200  # the last reply's cache, not 400 tokens of a story
+
+
+@pytest.mark.model
 def test_closing_ends_replies_in_flight_with_an_error(engine):
     batched = engine.parallel(2)
     seen: list[BaseException] = []

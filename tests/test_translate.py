@@ -84,6 +84,8 @@ class ScriptedTranslator:
     samplings: list[Sampling] = field(default_factory=list)
     in_flight: int = 0
     most_in_flight: int = 0
+    word_by_word: bool = False  # stream each reply a word at a time, as a model does
+    pieces_sent: int = 0  # pieces of replies actually read by the translator
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -117,7 +119,10 @@ class ScriptedTranslator:
                 if stop in text:
                     text = text[: text.index(stop)]
             usage = Usage(prompt_tokens=self.count_tokens(messages), completion_tokens=self.tokenize_count(text))
-            yield Chunk(text, None)
+            for piece in re.findall(r"\S*\s*", text) if self.word_by_word else [text]:
+                with self.lock:
+                    self.pieces_sent += 1
+                yield Chunk(piece, None)
             yield Chunk("", usage)
         finally:
             with self.lock:
@@ -416,6 +421,68 @@ def test_parallel_tries_one_whole_chunk_at_a_time_until_one_comes_back_whole(cli
     assert done["fell_back"] == 2 and done["packed"] == 0
     assert engine.most_in_flight == 4
     assert "## SECTION 11\n\nPARAGRAPH 11 HERE.\n\n- ITEM 11\n" in done["text"]
+
+
+def test_a_whole_chunk_that_runs_past_its_structure_is_stopped_at_once(cli, engine, tmp_path):
+    # a model that keeps writing paragraphs after the chunk's last one: the reply is abandoned as
+    # soon as it has more paragraphs than the chunk (not at its length limit), then sent piece by piece
+    engine.word_by_word = True
+    engine.transform = lambda text: text.upper() + "".join(f"\n\nMore words number {i}." for i in range(200))
+    src = tmp_path / "two.md"
+    src.write_text("First paragraph here.\n\nSecond paragraph here.\n")
+    result = cli(["translate", str(src), "--to", "fr", "--json"])
+    assert result.exit_code == 0, result.stderr
+    done = json.loads(result.stdout.splitlines()[-1])
+    assert done["fell_back"] == 1 and done["packed"] == 0
+    assert done["text"] == "FIRST PARAGRAPH HERE.\n\nSECOND PARAGRAPH HERE.\n"  # the bare pieces stop at their blank line
+    whole_reply = len(re.findall(r"\S*\s*", engine.transform("First paragraph here.\n\nSecond paragraph here.")))
+    assert engine.pieces_sent < 30 < whole_reply  # 3 paragraphs in: 12 words, not 800
+
+
+def test_a_reply_that_loops_is_cut_where_it_starts_repeating(cli, engine, tmp_path):
+    engine.word_by_word = True
+    engine.transform = lambda text: "Le disque est plein. " + "Videz la corbeille puis recommencez. " * 50
+    src = tmp_path / "one.md"
+    src.write_text("The disk is full. Empty the bin and try again.\n")
+    result = cli(["translate", str(src), "--to", "fr", "-o", str(tmp_path / "out.md")])
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "out.md").read_text() == "Le disque est plein. Videz la corbeille puis recommencez.\n"
+    assert "warning: 1 reply(ies) began repeating themselves and were cut there" in result.stderr
+    assert engine.pieces_sent < 20  # stopped at the repetition, not at the end of 300 words
+
+
+def test_a_source_that_repeats_itself_may_be_repeated(cli, engine, tmp_path):
+    engine.transform = str.upper
+    src = tmp_path / "one.md"
+    src.write_text("Press the red button. Wait a moment. Press the red button.\n")
+    result = cli(["translate", str(src), "--to", "fr"])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == "PRESS THE RED BUTTON. WAIT A MOMENT. PRESS THE RED BUTTON.\n"
+    assert "repeating" not in result.stderr
+
+
+def test_an_engine_that_decodes_replies_together_gets_a_chunks_pieces_at_once(cli, engine, tmp_path):
+    # the batched local engine says so with ``concurrent``: a chunk that goes piece by piece then
+    # fills its sequences with all its paragraphs, instead of one paragraph at a time per chunk
+    engine.concurrent = True  # type: ignore[attr-defined]
+    opened: list[int] = []
+    stream = engine.stream
+
+    def counting(messages, sampling):
+        reply = stream(messages, sampling)
+        opened.append(len(engine.calls) - engine.pieces_sent)
+        return reply
+
+    engine.stream = counting  # type: ignore[method-assign]
+    engine.transform = lambda text: " ".join(text.split()).upper()  # breaks whole chunks
+    src = tmp_path / "doc.md"
+    src.write_text("".join(f"Paragraph {i} here.\n\n" for i in range(5)))
+    result = cli(["translate", str(src), "--to", "fr", "--json"])
+    assert result.exit_code == 0, result.stderr
+    done = json.loads(result.stdout.splitlines()[-1])
+    assert done["fell_back"] == 1 and done["text"] == "".join(f"PARAGRAPH {i} HERE.\n\n" for i in range(5))
+    # one whole-chunk trial, then five pieces sent before any of them was read
+    assert len(engine.calls) == 6 and engine.pieces_sent == 6 and max(opened) == 5
 
 
 def test_parallel_error_stops_and_reports(cli, engine, tmp_path):

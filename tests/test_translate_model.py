@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -91,6 +92,22 @@ def test_markdown_keeps_structure_code_line_endings_and_order(run_gptcli, source
     assert "\r\n| --- | --- |\r\n" in text and "| 8080 |" in text
     assert "```bash\r\n./install.sh --prefix /opt/app\r\n```\r\n" in text  # code byte for byte
     assert text != SOURCE
+
+
+def test_a_paragraph_the_model_loops_on_is_cut_where_it_repeats(run_gptcli, tmp_path):
+    # SmolLM2 at temperature 0 ends its "translation" of this paragraph with "de la gestion" again
+    # and again up to the length limit; the reply is stopped where the repetition starts
+    src = tmp_path / "models.md"
+    src.write_text(
+        "Which model runs: `--model` > `GPTCLI_MODEL` > `model` in the config file > the embedded SmolLM2.\n"
+        "`gptcli COMMAND --help` lists every option with an example.\n"
+    )
+    proc = run_gptcli("translate", str(src), "--to", "fr", "--json", "--ctx", "1024", "--temperature", "0", "--seed", "1", "-P", "1")
+    assert proc.returncode == 0, proc.stderr
+    done = events(proc.stdout)[-1]
+    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n", done["text"]) if len(s.strip()) >= 16]
+    assert len(sentences) == len(set(sentences)), done["text"]  # no sentence twice
+    assert done["truncated"] == 0  # nor written on to the length limit
 
 
 def _run_until_chunks(cmd: list[str], chunks: int, sig: int) -> tuple[int, list[dict], str]:

@@ -293,6 +293,8 @@ def _warnings(summary: "Summary") -> list[str]:
         notes.append(f"warning: {summary.kept_source} piece(s) came back empty and were kept untranslated")
     if summary.truncated:
         notes.append(f"warning: {summary.truncated} reply(ies) were cut at the length limit")
+    if summary.looped:
+        notes.append(f"warning: {summary.looped} reply(ies) began repeating themselves and were cut there")
     for term, count in summary.glossary_misses.most_common(5):
         notes.append(f"glossary: the translation of '{term}' is missing from {count} chunk(s)")
     return notes
@@ -519,6 +521,7 @@ def _summary_fields(summary: "Summary") -> dict[str, Any]:
         "fell_back": summary.fell_back,
         "kept_source": summary.kept_source,
         "truncated": summary.truncated,
+        "looped": summary.looped,
         "prompt_tokens": summary.prompt_tokens,
         "completion_tokens": summary.completion_tokens,
         "seconds": round(summary.seconds, 3),

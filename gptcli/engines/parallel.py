@@ -88,6 +88,8 @@ class _Slot:
 class ParallelEngine:
     """Up to ``n`` replies at once from ``engine``'s model (see the module's docstring)."""
 
+    concurrent = True  # stream() queues the request at once; replies may be read in any order
+
     def __init__(self, engine: LocalEngine, n: int, n_ctx: int | None = None) -> None:
         self.engine = engine
         self.n = max(1, n)
@@ -148,24 +150,7 @@ class ParallelEngine:
                 raise EngineError("the model's batch context is closed")
             self._pending.append(request)
             self._cv.notify_all()
-        return self._replies(request)
-
-    def _replies(self, request: _Request) -> Iterator[Chunk]:
-        driving = threading.current_thread() is self._driver
-        try:
-            while True:
-                if driving:  # nobody else evaluates batches: this reader does, until its reply is in
-                    while request.out.empty():
-                        self.pump(0.05)
-                item = request.out.get()
-                if isinstance(item, BaseException):
-                    raise item
-                if isinstance(item, _Final):
-                    yield Chunk("", item.usage)
-                    return
-                yield item
-        finally:
-            request.cancelled = True  # a reader that stops early frees its sequence
+        return _Reply(self, request)
 
     def wake(self) -> None:
         """End a ``pump`` that is waiting for requests (say, because a result is ready elsewhere)."""
@@ -342,6 +327,36 @@ class ParallelEngine:
         if slot.request is not None and error is not None:
             slot.request.out.put(error)
         slot.request, slot.todo, slot.usage = None, [], None
+
+
+class _Reply(Iterator[Chunk]):
+    """A queued request's reply, read chunk by chunk; ``close()`` (also before the first chunk) frees its sequence."""
+
+    def __init__(self, engine: ParallelEngine, request: _Request) -> None:
+        self._engine = engine
+        self._request = request
+        self._done = False
+
+    def __next__(self) -> Chunk:
+        request = self._request
+        if self._done:
+            raise StopIteration
+        if threading.current_thread() is self._engine._driver:  # nobody else evaluates batches: this reader does
+            while request.out.empty():
+                self._engine.pump(0.05)
+        item = request.out.get()
+        if isinstance(item, BaseException):
+            self.close()
+            raise item
+        if isinstance(item, _Final):
+            self.close()
+            return Chunk("", item.usage)
+        return item
+
+    def close(self) -> None:
+        """Stop reading: a reply still queued or being written is cancelled and its sequence freed."""
+        self._done = True
+        self._request.cancelled = True
 
 
 def _put(batch: Any, i: int, token: int, pos: int, seq: int, logits: bool) -> None:
