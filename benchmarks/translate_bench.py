@@ -1,17 +1,19 @@
 """Translation throughput against the engine's raw generation speed, and peak memory as a document grows.
 
-Usage: .venv/bin/python benchmarks/translate_bench.py [--words 5000] [--ctx 2048] [--threads N] [--skip-memory]
+Usage: .venv/bin/python benchmarks/translate_bench.py [--document manual|synthetic] [--words 5000]
+       [--ctx 2048] [--threads N] [--parallel N] [--skip-memory]
 
 1. Speed: loads the embedded model once, measures raw generation (256 tokens, end-of-text ignored)
-   before and after, and translates a generated Markdown document of ``--words`` words (headings,
-   paragraphs, lists, tables, code) into French with gptcli's own translator, the way `gptcli
-   translate` does. Every request's usage is recorded, so the wall time splits into generation,
-   prompt processing and gptcli's own work (planning, structure checks, cache, reassembly).
-2. Memory: runs the installed `gptcli translate` on the document and on one 4x as long, with
-   replies capped at one token (the whole pipeline runs, generation is skipped), and reads each
-   process's peak RSS.
+   before and after, and translates a 5,000-word Markdown document into French with gptcli's own
+   translator, the way `gptcli translate` does (several chunks decoded at once), and again one
+   chunk at a time. The document is ``benchmarks/data/manual.md`` (the first 5,000 words of
+   gptcli's README at commit 0bda55f: prose, lists, tables, code), or with ``--document synthetic``
+   a generated manual of ``--words`` words of random setting words. Every request's usage is
+   recorded, so the wall time splits into generation, prompt processing and gptcli's own work.
+2. Memory: runs the installed `gptcli translate` with its default settings on a generated
+   document and on one 4x as long, and reads each process's peak RSS.
 
-Prints a Markdown report (for benchmarks/translate.md).
+Prints a Markdown report (for benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+MANUAL = ROOT / "benchmarks" / "data" / "manual.md"
 sys.path.insert(0, str(ROOT))
 
 from gptcli.config import load_settings  # noqa: E402
@@ -192,6 +195,8 @@ def translate(engine: RecordingEngine, job: Job, document: str, parallel: int) -
         "requests": len(usages),
         "packed": summary.packed,
         "fell_back": summary.fell_back,
+        "looped": summary.looped,
+        "truncated": summary.truncated,
         "completion": completion,
         "prompt_tokens": sum(u.prompt_tokens for u in usages),
         "cached_tokens": sum(u.cached_tokens for u in usages),
@@ -207,8 +212,8 @@ def translate(engine: RecordingEngine, job: Job, document: str, parallel: int) -
     }
 
 
-def speed(words: int, ctx: int, threads: int | None, parallel: int | None = None) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
-    """Raw generation before and after; the document translated as `gptcli translate` does by
+def speed(document: str, ctx: int, threads: int | None, parallel: int | None = None) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    """Raw generation before and after; ``document`` translated as `gptcli translate` does by
     default (several chunks decoded at once), and one chunk at a time."""
     from gptcli.engines.parallel import auto_parallel
 
@@ -225,7 +230,6 @@ def speed(words: int, ctx: int, threads: int | None, parallel: int | None = None
         sampling=Sampling(temperature=template.temperature or 0.2, seed=1),
         model="bench",
     )
-    document = make_document(words)
     batched = translate(engine, job, document, parallel or auto_parallel(engine.inner))  # type: ignore[arg-type]
     serial = translate(engine, job, document, 1)
     raw_after = statistics.median(raw_speed(engine.inner) for _ in range(3))
@@ -244,13 +248,13 @@ def speed(words: int, ctx: int, threads: int | None, parallel: int | None = None
 
 
 def peak_rss(document: Path, ctx: int, home: Path, threads: int | None) -> tuple[float, float]:
-    """Peak RSS (MiB) and seconds of `gptcli translate` on ``document`` with one-token replies."""
+    """Peak RSS (MiB) and seconds of `gptcli translate` on ``document``, default settings."""
     exe = Path(sys.executable).parent / "gptcli"
     env = dict(os.environ, GPTCLI_HOME=str(home))
     started = time.perf_counter()
     proc = subprocess.Popen(
         [str(exe), "translate", str(document), "--to", "fr", "-o", str(document) + ".fr", "--force",
-         "--no-resume", "--ctx", str(ctx), "-n", "1", *(["--threads", str(threads)] if threads else [])],
+         "--no-resume", "--ctx", str(ctx), *(["--threads", str(threads)] if threads else [])],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
     )
     _, status, usage = os.wait4(proc.pid, 0)
@@ -275,7 +279,9 @@ def memory(words: int, ctx: int, threads: int | None) -> list[tuple[str, int, fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--words", type=int, default=5000)
+    parser.add_argument("--document", choices=("manual", "synthetic"), default="manual")
+    parser.add_argument("--words", type=int, default=5000, help="the synthetic document's length")
+    parser.add_argument("--memory-words", type=int, default=1250, help="the smaller memory document's length (the other: 4x)")
     parser.add_argument("--ctx", type=int, default=2048)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--parallel", type=int, default=None, help="chunks at once (default: as gptcli translate)")
@@ -286,20 +292,25 @@ def main() -> None:
 
     # memory first: a child's peak RSS counts what it inherited at fork, so the model must not be
     # loaded here yet
-    rows = [] if args.skip_memory else memory(args.words, args.ctx, args.threads)
-    info, batched, serial = speed(args.words, args.ctx, args.threads, args.parallel)
+    rows = [] if args.skip_memory else memory(args.memory_words, args.ctx, args.threads)
+    document = MANUAL.read_text(encoding="utf-8") if args.document == "manual" else make_document(args.words)
+    info, batched, serial = speed(document, args.ctx, args.threads, args.parallel)
     cpu = platform.processor() or platform.machine()
     runs = (batched, serial)
-    print(f"## Translation throughput ({info['words']:,} words, {info['source_tokens']:,} tokens, embedded SmolLM2-135M Q4_1,"
-          f" --ctx {args.ctx}, {os.cpu_count()} CPUs, {cpu})\n")
+    name = "benchmarks/data/manual.md" if args.document == "manual" else "a generated manual"
+    print(f"## Translation throughput ({name}: {info['words']:,} words, {info['source_tokens']:,} tokens;"
+          f" embedded SmolLM2-135M Q4_1, --ctx {args.ctx}, {os.cpu_count()} CPUs, {cpu})\n")
     print(f"| measure | default: {batched['parallel']} chunks at once | one chunk at a time |")
     print("| --- | --- | --- |")
 
     def row(label: str, fmt: str, key: str) -> None:
         print(f"| {label} | " + " | ".join(fmt.format(run[key]) for run in runs) + " |")
 
-    row("chunks / requests", "{:.0f}", "chunks")
+    row("chunks", "{:.0f}", "chunks")
     row("requests (chunks whole, or one per paragraph, item or row)", "{:.0f}", "requests")
+    row("whole chunks whose structure came back broken (then sent piece by piece)", "{:.0f}", "fell_back")
+    row("replies cut where they began repeating themselves", "{:.0f}", "looped")
+    row("replies cut at the length limit", "{:.0f}", "truncated")
     row("tokens generated, all requests", "{:,.0f}", "completion")
     row("tokens of the translation kept", "{:,.0f}", "output")
     row("prompt tokens", "{:,.0f}", "prompt_tokens")
@@ -312,7 +323,7 @@ def main() -> None:
     print("| tokens generated per second of the whole run | " + " | ".join(f"{run['generated_rate']:.1f} = {run['generated_ratio']:.2f}x raw" for run in runs) + " |")
     print("| **translation, end to end (kept tokens/s)** | " + " | ".join(f"**{run['translation']:.1f} = {run['ratio']:.2f}x raw**" for run in runs) + " |")
     if rows:
-        print("\n## Peak memory (`gptcli translate`, one-token replies)\n")
+        print("\n## Peak memory (`gptcli translate`, default settings, generated documents)\n")
         print("| document | words | peak RSS | time |")
         print("| --- | --- | --- | --- |")
         for label, words, rss, seconds in rows:

@@ -651,9 +651,10 @@ def _sentences(text: str) -> Iterator[tuple[int, str]]:
     """(offset, normalized text) of each finished sentence or line of ``text``."""
     start = 0
     for match in _SENTENCE_END.finditer(text):
-        sentence = " ".join(text[start : match.end()].split()).casefold()
+        raw = text[start : match.end()]
+        sentence = " ".join(raw.split()).casefold()
         if len(sentence) + sum(ord(ch) >= 0x2E80 for ch in sentence) >= LOOP_UNIT_CHARS:  # CJK counts double
-            yield start, sentence
+            yield start + len(raw) - len(raw.lstrip()), sentence
         start = match.end()
 
 

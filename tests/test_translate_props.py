@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from gptcli.engines import Sampling
@@ -13,10 +13,12 @@ from gptcli.translate import (
     Glossary,
     Job,
     Translator,
+    loop_start,
     match_translation,
     normalize_atom,
     parse_document,
     plan_document,
+    repeats_itself,
 )
 from tests.test_translate import ScriptedTranslator
 
@@ -143,3 +145,38 @@ def test_the_translator_with_an_echoing_engine_round_trips(text: str, ctx: int, 
     assert "".join(out) == text
     assert summary.chunks == len(plan.chunks)
     assert summary.fell_back == 0  # an echo keeps every packed chunk's structure
+
+
+# ---------------------------------------------------------------- the loop guard
+
+NUMBERED = st.lists(st.integers(0, 10**6), min_size=1, max_size=12, unique=True).map(
+    lambda ns: [f"Sentence number {n} says something." for n in ns]
+)
+
+
+@given(NUMBERED, st.data())
+@settings(max_examples=200, deadline=None)
+def test_a_reply_that_writes_a_sentence_again_is_cut_right_before_it(written, data):
+    reply = " ".join(written) + " "
+    assert loop_start(reply) is None  # distinct sentences are never cut
+    again = data.draw(st.sampled_from(written))
+    looping = reply + again + " " + data.draw(st.sampled_from(["", "And more", again]))
+    assert loop_start(looping) == len(reply)  # everything before the repetition is kept
+
+
+@given(NUMBERED, st.lists(st.sampled_from(["de", "la", "gestion", "du", "système", "fichier"]), min_size=1, max_size=6, unique=True), st.integers(4, 9))
+@settings(max_examples=200, deadline=None)
+def test_a_reply_that_ends_writing_one_phrase_again_and_again_keeps_one_copy(written, phrase, copies):
+    head = " ".join(written) + " "
+    group = " ".join(phrase) + " "
+    reply = head + group * copies
+    assume(len(group.replace(" ", "")) * 4 >= 32)  # shorter ones are no loop: "no no no no", "- - - -"
+    at = loop_start(reply, sentences=False)
+    assert at is not None
+    assert reply[:at] == head + group  # what came before the loop, and the phrase once
+    assert repeats_itself(reply) and not repeats_itself(head)
+
+
+def test_short_words_said_again_are_no_loop():
+    assert loop_start("No, no, no, no. Yes yes yes yes yes! - - - - - -", sentences=False) is None
+    assert loop_start("| 1 | 1 | 1 | 1 | 1 |") is None
