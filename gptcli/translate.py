@@ -670,6 +670,8 @@ def _phrase_loop(words: Sequence[str], end: int) -> int | None:
         start = end - LOOP_REPEATS * size
         if start < 0:
             break
+        if words[end - 1] != words[end - 1 - size]:  # cheap test first: most ends repeat nothing
+            continue
         group = words[end - size : end]
         if (
             sum(map(len, group)) * LOOP_REPEATS >= LOOP_SPAN_CHARS
@@ -1102,8 +1104,8 @@ class Translator:
     ) -> str | None:
         """A reply's text, its usage added to ``result``; None if ``watch`` (asked at each new line) gave up on it.
 
-        A reply that starts writing sentences it already wrote (and ``source`` does not repeat) is
-        stopped there and cut before the repetition: a model in a loop would write to its length limit.
+        A reply stuck in a loop (see ``loop_start``; unless ``source`` repeats itself that way) is
+        stopped there and cut before the repetition: it would write on to its length limit.
         """
         parts: list[str] = []
         usage = None
