@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -13,6 +14,7 @@ import threading
 import time
 import tomllib
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -625,10 +627,49 @@ def clean_output(text: str, source: str = "") -> str:
     return text
 
 
+def is_preamble(line: str, source: str) -> bool:
+    """Whether the first line of a reply may be one a model writes before its translation ("Voici
+    la traduction :", an echo of "Translate into French:"): it ends with a colon, and the source's
+    first line does not, nor is it a line of the source. (Only a line with more after it is skipped.)"""
+    line = line.strip()
+    first = source.strip().split("\n", 1)[0].rstrip()
+    if not line.endswith((":", "：")) or first.endswith((":", "：")):
+        return False
+    return line not in {s.strip() for s in source.split("\n")}
+
+
+def strip_preamble(reply: str, source: str) -> str:
+    """``reply`` without the preamble lines before its first line of translation (see ``is_preamble``)."""
+    while True:
+        head, newline, rest = reply.lstrip("\r\n \t").partition("\n")
+        if not (newline and rest.strip() and is_preamble(head, source)):
+            return reply
+        reply = rest
+
+
+def atom_reply_end(atom: Atom, reply: str) -> int | None:
+    """Where a bare atom's translation is complete in ``reply`` so far: the end of its first line
+    (an atom of one line) or paragraph, after any blank or preamble lines; None until then."""
+    start = 0
+    while True:
+        newline = reply.find("\n", start)
+        if newline < 0:
+            return None
+        line = reply[start:newline]
+        if line.strip() and not is_preamble(line, atom.text):
+            break
+        start = newline + 1
+    if atom.single_line:
+        return newline
+    match = re.compile(r"\n[ \t]*\n").search(reply, start)
+    return match.start() if match else None
+
+
 def normalize_atom(atom: Atom, output: str) -> str:
-    """A bare translation made to fit its place: one line where one is needed, no blank lines,
-    no marker the model added in front (``## ``, ``- ``, ``> ``) that the source did not have."""
-    text = clean_output(output, atom.text)
+    """A bare translation made to fit its place: one line where one is needed, no blank lines, no
+    preamble line, no marker the model added in front (``## ``, ``- ``, ``> ``) that the source did
+    not have."""
+    text = clean_output(strip_preamble(output, atom.text), atom.text)
     lines = [line.strip() for line in text.split("\n") if line.strip()]
     if not lines:
         return ""
@@ -1101,8 +1142,11 @@ class Translator:
         events: Events | None,
         source: str,
         watch: Callable[[str], bool] | None = None,
+        until: Callable[[str], int | None] | None = None,
     ) -> str | None:
-        """A reply's text, its usage added to ``result``; None if ``watch`` (asked at each new line) gave up on it.
+        """A reply's text, its usage added to ``result``; None if ``watch`` (asked at each new line)
+        gave up on it. ``until`` (asked at each new line too) says where the reply is complete:
+        it is read no further, and cut there.
 
         A reply stuck in a loop (see ``loop_start``; unless ``source`` repeats itself that way) is
         stopped there and cut before the repetition: it would write on to its length limit.
@@ -1121,16 +1165,21 @@ class Translator:
                 parts.append(piece.text)
                 if events is not None:
                     events.token(result.index, piece.text)
-                if guard:
+                if guard:  # at each sentence's end, and at each word's (most tokens begin with a space)
                     ends_sentence = bool(_SENTENCE_END.search(piece.text))
-                    if ends_sentence or piece.text[-1:].isspace():
+                    if ends_sentence or piece.text[:1].isspace() or piece.text[-1:].isspace():
                         text = "".join(parts)
                         at = loop_start(text, sentences=ends_sentence)
                         if at is not None:
                             parts, cut = [text[:at].rstrip()], True
                             break
-                if watch is not None and "\n" in piece.text and not watch("".join(parts)):
+                if "\n" not in piece.text:
+                    continue
+                if watch is not None and not watch("".join(parts)):
                     given_up = True
+                    break
+                if until is not None and (end := until(text := "".join(parts))) is not None:
+                    parts = [text[:end]]
                     break
         finally:
             _close(stream)
@@ -1148,12 +1197,16 @@ class Translator:
         return self._read(self._open(engine, text, source_tokens, stop, result, events), result, events, text) or ""
 
     def _open_atom(self, engine: Engine, atom: Atom, result: ChunkResult, events: Events | None) -> Iterator[Chunk]:
-        stop = ("\n",) if atom.single_line else ("\n\n",)
-        return self._open(engine, atom.text, engine.tokenize_count(atom.text), stop, result, events)
+        # no stop string: the reply ends at its first line or paragraph, but only after any
+        # preamble a small model writes first (``_read_atom``)
+        return self._open(engine, atom.text, engine.tokenize_count(atom.text), (), result, events)
+
+    def _read_atom(self, stream: Iterator[Chunk], atom: Atom, result: ChunkResult, events: Events | None) -> str:
+        return self._read(stream, result, events, atom.text, until=lambda reply: atom_reply_end(atom, reply)) or ""
 
     def _finish_atom(self, engine: Engine, atom: Atom, output: str, result: ChunkResult, events: Events | None) -> str:
         text = normalize_atom(atom, output)
-        if not text:  # nothing (or only a newline) came: once more, without the stop
+        if not text:  # nothing (or only a preamble) came: once more, read to its end
             tokens = engine.tokenize_count(atom.text)
             text = normalize_atom(atom, self._request(engine, atom.text, tokens, (), result, events))
         if not text:
@@ -1163,19 +1216,37 @@ class Translator:
 
     def _translate_atoms(self, engine: Engine, atoms: Sequence[Atom], result: ChunkResult, events: Events | None) -> list[str]:
         """Each atom's translation. An engine that decodes several replies at once gets them all
-        together, so that one chunk's paragraphs fill its sequences; others get them one by one."""
+        together, so that one chunk's paragraphs fill its sequences, each reply read by a thread of
+        its own (so that each is stopped as soon as it is complete); others get them one by one."""
         outputs: Iterable[str]
-        if getattr(engine, "concurrent", False):
-            streams: list[Iterator[Chunk]] = []
-            try:
-                streams.extend(self._open_atom(engine, atom, result, events) for atom in atoms)
-                outputs = [self._read(stream, result, events, atom.text) or "" for atom, stream in zip(atoms, streams)]
-            finally:
-                for stream in streams:  # after an error or Ctrl-C, the replies not read yet are cancelled
-                    _close(stream)
+        if getattr(engine, "concurrent", False) and len(atoms) > 1:
+            outputs = self._read_together(engine, atoms, result)
         else:  # one at a time: each request is sent when the one before it (and its retry) is done
-            outputs = (self._read(self._open_atom(engine, atom, result, events), result, events, atom.text) or "" for atom in atoms)
+            outputs = (self._read_atom(self._open_atom(engine, atom, result, events), atom, result, events) for atom in atoms)
         return [self._finish_atom(engine, atom, output, result, events) for atom, output in zip(atoms, outputs)]
+
+    def _read_together(self, engine: Engine, atoms: Sequence[Atom], result: ChunkResult) -> list[str]:
+        parts = [ChunkResult(result.index, []) for _ in atoms]  # each reader counts on its own
+        streams: list[Iterator[Chunk]] = []
+        futures: list[Future[str]] = []
+        pool = ThreadPoolExecutor(len(atoms), thread_name_prefix="translate-piece")
+        try:
+            streams.extend(self._open_atom(engine, atom, part, None) for atom, part in zip(atoms, parts))
+            futures.extend(pool.submit(self._read_atom, *job, None) for job in zip(streams, atoms, parts))
+            return [future.result() for future in futures]
+        finally:
+            if not all(future.done() for future in futures):  # one failed: stop the others' replies
+                for stream in streams:
+                    with contextlib.suppress(ValueError):  # a generator its reader is running
+                        _close(stream)
+            pool.shutdown(wait=True)
+            for stream in streams:  # replies never read (an error while sending) are cancelled
+                _close(stream)
+            for part in parts:
+                result.prompt_tokens += part.prompt_tokens
+                result.completion_tokens += part.completion_tokens
+                result.truncated += part.truncated
+                result.looped += part.looped
 
     def translate_chunk(
         self, chunk: Chunk, events: Events | None = None, markdown: bool = True, engine: Engine | None = None
@@ -1189,7 +1260,7 @@ class Translator:
             try:
                 stream = self._open(engine, chunk.source, chunk.source_tokens, (), result, events)
                 output = self._read(stream, result, events, chunk.source, lambda partial: could_match(chunk, partial, markdown))
-                translations = None if output is None else match_translation(chunk, output, markdown)
+                translations = None if output is None else match_translation(chunk, strip_preamble(output, chunk.source), markdown)
             finally:
                 with self._lock:
                     self.packed_trying -= 1

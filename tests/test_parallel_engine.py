@@ -107,6 +107,23 @@ def test_a_queued_reply_closed_before_it_is_read_never_takes_a_sequence(engine):
 
 
 @pytest.mark.model
+def test_closing_a_reply_from_another_thread_wakes_its_waiting_reader(engine):
+    # translate reads each queued paragraph in a thread of its own; after an error the others'
+    # replies are closed from the failing thread, and their readers must not wait forever
+    with engine.parallel(1) as batched:
+        busy = batched.stream(ask("Tell me a long story."), Sampling(temperature=0, max_tokens=300, ignore_eos=True))
+        waiting = batched.stream(ask("Name a colour."), GREEDY)  # queued behind it: the only sequence is busy
+        got: list[list] = []
+        reader = threading.Thread(target=lambda: got.append(list(waiting)), daemon=True)
+        reader.start()
+        assert next(busy).text is not None  # this thread drives a step
+        waiting.close()
+        reader.join(timeout=5)
+        assert not reader.is_alive() and got == [[]]
+        busy.close()
+
+
+@pytest.mark.model
 def test_closing_ends_replies_in_flight_with_an_error(engine):
     batched = engine.parallel(2)
     seen: list[BaseException] = []

@@ -84,7 +84,7 @@ class ScriptedTranslator:
     samplings: list[Sampling] = field(default_factory=list)
     in_flight: int = 0
     most_in_flight: int = 0
-    word_by_word: bool = False  # stream each reply a word at a time, as a model does
+    word_by_word: bool = False  # stream each reply a word at a time, the space before it, as models do
     pieces_sent: int = 0  # pieces of replies actually read by the translator
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -119,7 +119,7 @@ class ScriptedTranslator:
                 if stop in text:
                     text = text[: text.index(stop)]
             usage = Usage(prompt_tokens=self.count_tokens(messages), completion_tokens=self.tokenize_count(text))
-            for piece in re.findall(r"\S*\s*", text) if self.word_by_word else [text]:
+            for piece in re.findall(r"\s*\S+|\s+$", text) if self.word_by_word else [text]:
                 with self.lock:
                     self.pieces_sent += 1
                 yield Chunk(piece, None)
@@ -435,8 +435,31 @@ def test_a_whole_chunk_that_runs_past_its_structure_is_stopped_at_once(cli, engi
     done = json.loads(result.stdout.splitlines()[-1])
     assert done["fell_back"] == 1 and done["packed"] == 0
     assert done["text"] == "FIRST PARAGRAPH HERE.\n\nSECOND PARAGRAPH HERE.\n"  # the bare pieces stop at their blank line
-    whole_reply = len(re.findall(r"\S*\s*", engine.transform("First paragraph here.\n\nSecond paragraph here.")))
+    whole_reply = len(re.findall(r"\s*\S+", engine.transform("First paragraph here.\n\nSecond paragraph here.")))
     assert engine.pieces_sent < 30 < whole_reply  # 3 paragraphs in: 12 words, not 800
+
+
+def test_a_preamble_the_model_writes_first_is_skipped_not_kept_as_the_translation(cli, engine, tmp_path):
+    # small models often answer "Voici la traduction :" (or echo the instruction) on a line of its
+    # own before the translation; with a one-line source that line used to be the whole result
+    preambles = iter(["Voici la traduction en français :\n", "Translate into French:\n\n", "", "Traduction :\n"] * 3)
+    engine.transform = lambda text: next(preambles) + text.upper()
+    src = tmp_path / "doc.md"
+    src.write_text("# Title\n\nFirst paragraph of the text.\n\n- An item of the list\n\nRules: be kind.\n\nThe last one.\n")
+    result = cli(["translate", str(src), "--to", "fr", "--chunk-tokens", "10", "--json"])
+    assert result.exit_code == 0, result.stderr
+    done = json.loads(result.stdout.splitlines()[-1])
+    assert 1 <= done["packed"] < done["chunks"]  # whole chunks lose their preamble too, as bare pieces do
+    assert done["text"] == "# TITLE\n\nFIRST PARAGRAPH OF THE TEXT.\n\n- AN ITEM OF THE LIST\n\nRULES: BE KIND.\n\nTHE LAST ONE.\n"
+
+
+def test_a_line_ending_with_a_colon_is_kept_where_the_source_has_one(cli, engine, tmp_path):
+    engine.transform = lambda text: "RÈGLES :\n" + text.upper() if text.startswith("Rules") else text.upper()
+    src = tmp_path / "doc.md"
+    src.write_text("Rules:\n")
+    result = cli(["translate", str(src), "--to", "fr"])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == "RÈGLES :\n"
 
 
 def test_a_reply_that_loops_is_cut_where_it_starts_repeating(cli, engine, tmp_path):
@@ -449,6 +472,17 @@ def test_a_reply_that_loops_is_cut_where_it_starts_repeating(cli, engine, tmp_pa
     assert (tmp_path / "out.md").read_text() == "Le disque est plein. Videz la corbeille puis recommencez.\n"
     assert "warning: 1 reply(ies) began repeating themselves and were cut there" in result.stderr
     assert engine.pieces_sent < 20  # stopped at the repetition, not at the end of 300 words
+
+
+def test_a_reply_that_writes_one_phrase_again_and_again_is_cut_after_its_first_copy(cli, engine, tmp_path):
+    engine.word_by_word = True
+    engine.transform = lambda text: "La commande gère" + " la gestion des fichiers" * 60
+    src = tmp_path / "one.md"
+    src.write_text("The command manages the files.\n")
+    result = cli(["translate", str(src), "--to", "fr"])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == "La commande gère la gestion des fichiers\n"
+    assert engine.pieces_sent < 25 and "began repeating themselves" in result.stderr
 
 
 def test_a_source_that_repeats_itself_may_be_repeated(cli, engine, tmp_path):

@@ -57,7 +57,7 @@ def auto_parallel(engine: LocalEngine) -> int:
 class _Request:
     tokens: list[int]
     sampling: Sampling
-    out: queue.SimpleQueue[Chunk | BaseException] = field(default_factory=queue.SimpleQueue)
+    out: queue.SimpleQueue[Chunk | BaseException] = field(default_factory=queue.SimpleQueue)  # _CLOSED ends it early
     cancelled: bool = False
 
 
@@ -345,6 +345,8 @@ class _Reply(Iterator[Chunk]):
             while request.out.empty():
                 self._engine.pump(0.05)
         item = request.out.get()
+        if item is _CLOSED or self._done:  # closed by another thread while this one waited
+            raise StopIteration
         if isinstance(item, BaseException):
             self.close()
             raise item
@@ -354,9 +356,15 @@ class _Reply(Iterator[Chunk]):
         return item
 
     def close(self) -> None:
-        """Stop reading: a reply still queued or being written is cancelled and its sequence freed."""
-        self._done = True
-        self._request.cancelled = True
+        """Stop reading: a reply still queued or being written is cancelled and its sequence freed
+        (also from another thread than its reader's, which then stops waiting)."""
+        if not self._done:
+            self._done = True
+            self._request.cancelled = True
+            self._request.out.put(_CLOSED)
+
+
+_CLOSED = Chunk("")  # wakes a reader whose reply was closed from elsewhere
 
 
 def _put(batch: Any, i: int, token: int, pos: int, seq: int, logits: bool) -> None:
