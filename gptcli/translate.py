@@ -1206,7 +1206,7 @@ class Translator:
 
     def _finish_atom(self, engine: Engine, atom: Atom, output: str, result: ChunkResult, events: Events | None) -> str:
         text = normalize_atom(atom, output)
-        if not text:  # nothing (or only a preamble) came: once more, read to its end
+        if not text:  # nothing came (an end of text at once, blank lines): once more, read to its end
             tokens = engine.tokenize_count(atom.text)
             text = normalize_atom(atom, self._request(engine, atom.text, tokens, (), result, events))
         if not text:
