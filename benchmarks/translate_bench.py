@@ -1,7 +1,7 @@
 """Translation throughput against the engine's raw generation speed, and peak memory as a document grows.
 
 Usage: .venv/bin/python benchmarks/translate_bench.py [--document manual|synthetic] [--words 5000]
-       [--ctx 2048] [--threads N] [--parallel N] [--skip-memory]
+       [--memory-words 1250] [--ctx 2048] [--threads N] [--parallel N] [--skip-memory]
 
 1. Speed: loads the embedded model once, measures raw generation (256 tokens, end-of-text ignored)
    before and after, and translates a 5,000-word Markdown document into French with gptcli's own

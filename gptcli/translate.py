@@ -647,6 +647,9 @@ def strip_preamble(reply: str, source: str) -> str:
         reply = rest
 
 
+_BLANK_LINE = re.compile(r"\n[ \t]*\n")
+
+
 def atom_reply_end(atom: Atom, reply: str) -> int | None:
     """Where a bare atom's translation is complete in ``reply`` so far: the end of its first line
     (an atom of one line) or paragraph, after any blank or preamble lines; None until then."""
@@ -661,7 +664,7 @@ def atom_reply_end(atom: Atom, reply: str) -> int | None:
         start = newline + 1
     if atom.single_line:
         return newline
-    match = re.compile(r"\n[ \t]*\n").search(reply, start)
+    match = _BLANK_LINE.search(reply, start)
     return match.start() if match else None
 
 
@@ -1000,6 +1003,13 @@ class ChunkResult:
     seconds: float = 0.0
     glossary_misses: list[str] = field(default_factory=list)
 
+    def add_reads(self, other: ChunkResult) -> None:
+        """Add the counts ``_read`` made in ``other`` (for a reply read on another thread) to these."""
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.truncated += other.truncated
+        self.looped += other.looped
+
 
 @dataclass
 class Summary:
@@ -1117,10 +1127,11 @@ class Translator:
             limit = self.job.max_tokens
         return max(1, min(room, limit))
 
-    def _open(
-        self, engine: Engine, text: str, source_tokens: int, stop: tuple[str, ...], result: ChunkResult, events: Events | None
-    ) -> Iterator[Chunk]:
-        """Send one request; its reply is read with ``_read`` (a batched engine starts on it at once)."""
+    def _open(self, engine: Engine, text: str, source_tokens: int, result: ChunkResult, events: Events | None) -> Iterator[Chunk]:
+        """Send one request; its reply is read with ``_read`` (a batched engine starts on it at once).
+
+        No stop string: where a reply ends is the reader's call (``_read``'s ``until``), since a
+        bare piece ends at its first line or paragraph only after any preamble a small model writes."""
         sampling = Sampling(
             temperature=self.job.sampling.temperature,
             top_p=self.job.sampling.top_p,
@@ -1129,7 +1140,6 @@ class Translator:
             repeat_penalty=self.job.sampling.repeat_penalty,
             max_tokens=self._max_tokens(source_tokens),
             seed=self.job.sampling.seed,
-            stop=stop,
         )
         if events is not None:
             events.attempt(result.index)
@@ -1151,7 +1161,7 @@ class Translator:
         A reply stuck in a loop (see ``loop_start``; unless ``source`` repeats itself that way) is
         stopped there and cut before the repetition: it would write on to its length limit.
         """
-        parts: list[str] = []
+        text = ""
         usage = None
         given_up = cut = False
         guard = not repeats_itself(source)
@@ -1162,24 +1172,22 @@ class Translator:
                 usage = piece.usage or usage  # every piece carries the reply's usage so far
                 if not piece.text:
                     continue
-                parts.append(piece.text)
+                text += piece.text
                 if events is not None:
                     events.token(result.index, piece.text)
                 if guard:  # at each sentence's end, and at each word's (most tokens begin with a space)
                     ends_sentence = bool(_SENTENCE_END.search(piece.text))
                     if ends_sentence or piece.text[:1].isspace() or piece.text[-1:].isspace():
-                        text = "".join(parts)
-                        at = loop_start(text, sentences=ends_sentence)
-                        if at is not None:
-                            parts, cut = [text[:at].rstrip()], True
+                        if (at := loop_start(text, sentences=ends_sentence)) is not None:
+                            text, cut = text[:at].rstrip(), True
                             break
                 if "\n" not in piece.text:
                     continue
-                if watch is not None and not watch("".join(parts)):
+                if watch is not None and not watch(text):
                     given_up = True
                     break
-                if until is not None and (end := until(text := "".join(parts))) is not None:
-                    parts = [text[:end]]
+                if until is not None and (end := until(text)) is not None:
+                    text = text[:end]
                     break
         finally:
             _close(stream)
@@ -1189,17 +1197,10 @@ class Translator:
             if usage.finish_reason in ("length", "context") and not (given_up or cut):
                 result.truncated += 1
         result.looped += cut
-        return None if given_up else "".join(parts)
-
-    def _request(
-        self, engine: Engine, text: str, source_tokens: int, stop: tuple[str, ...], result: ChunkResult, events: Events | None
-    ) -> str:
-        return self._read(self._open(engine, text, source_tokens, stop, result, events), result, events, text) or ""
+        return None if given_up else text
 
     def _open_atom(self, engine: Engine, atom: Atom, result: ChunkResult, events: Events | None) -> Iterator[Chunk]:
-        # no stop string: the reply ends at its first line or paragraph, but only after any
-        # preamble a small model writes first (``_read_atom``)
-        return self._open(engine, atom.text, engine.tokenize_count(atom.text), (), result, events)
+        return self._open(engine, atom.text, engine.tokenize_count(atom.text), result, events)
 
     def _read_atom(self, stream: Iterator[Chunk], atom: Atom, result: ChunkResult, events: Events | None) -> str:
         return self._read(stream, result, events, atom.text, until=lambda reply: atom_reply_end(atom, reply)) or ""
@@ -1207,8 +1208,8 @@ class Translator:
     def _finish_atom(self, engine: Engine, atom: Atom, output: str, result: ChunkResult, events: Events | None) -> str:
         text = normalize_atom(atom, output)
         if not text:  # nothing came (an end of text at once, blank lines): once more, read to its end
-            tokens = engine.tokenize_count(atom.text)
-            text = normalize_atom(atom, self._request(engine, atom.text, tokens, (), result, events))
+            stream = self._open_atom(engine, atom, result, events)
+            text = normalize_atom(atom, self._read(stream, result, events, atom.text) or "")
         if not text:
             result.kept_source += 1
             return atom.text
@@ -1243,10 +1244,7 @@ class Translator:
             for stream in streams:  # replies never read (an error while sending) are cancelled
                 _close(stream)
             for part in parts:
-                result.prompt_tokens += part.prompt_tokens
-                result.completion_tokens += part.completion_tokens
-                result.truncated += part.truncated
-                result.looped += part.looped
+                result.add_reads(part)
 
     def translate_chunk(
         self, chunk: Chunk, events: Events | None = None, markdown: bool = True, engine: Engine | None = None
@@ -1258,7 +1256,7 @@ class Translator:
         translations: list[str] | None = None
         if chunk.packed and self._try_packed():
             try:
-                stream = self._open(engine, chunk.source, chunk.source_tokens, (), result, events)
+                stream = self._open(engine, chunk.source, chunk.source_tokens, result, events)
                 output = self._read(stream, result, events, chunk.source, lambda partial: could_match(chunk, partial, markdown))
                 translations = None if output is None else match_translation(chunk, strip_preamble(output, chunk.source), markdown)
             finally:
