@@ -604,15 +604,23 @@ def match_translation(chunk: Chunk, output: str, markdown: bool = True) -> list[
 def could_match(chunk: Chunk, partial: str, markdown: bool = True) -> bool:
     """Whether a packed chunk's translation, as far as it has come, can still match the chunk.
 
-    Only whole lines are judged: a reply that already has more units than the chunk, or a finished
-    unit of another kind (the last one may still grow), can only end in a mismatch, so a model
-    that runs on or flattens the structure is stopped there instead of at its length limit.
+    Only whole lines are judged, after any preamble line (see ``strip_preamble``): a reply that
+    already has more units than the chunk, or a unit of another kind, can only end in a mismatch,
+    so a model that runs on or flattens the structure is stopped there instead of at its length
+    limit. A unit's kind is known at its first line (the last one may still grow, but not change
+    kind), except a paragraph's whose line has a pipe: the next line may make it a table row.
     """
+    whole_lines = partial[: partial.rfind("\n") + 1]
+    reply = strip_preamble(whole_lines, chunk.source)
+    if "\n" not in reply.strip() and is_preamble(reply, chunk.source):  # one with nothing after it yet
+        return True
     units_in = chunk.units()
-    units_out = _translated_units(chunk, partial[: partial.rfind("\n") + 1], markdown)
+    units_out = _translated_units(chunk, reply, markdown)
     if len(units_out) > len(units_in):
         return False
-    return all(_same_shape(src, out) for src, out in zip(units_in, units_out[:-1]))
+    if units_out and units_out[-1].kind == "paragraph" and "|" in units_out[-1].lines[0].content:
+        units_out = units_out[:-1]
+    return all(_same_shape(src, out) for src, out in zip(units_in, units_out))
 
 
 _WRAPPING_FENCE = re.compile(r"^(```|~~~)[^\n]*\n(.*?)\n?\1\s*$", re.S)

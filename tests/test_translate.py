@@ -19,6 +19,7 @@ from gptcli.translate import (
     Assembler,
     Unit,
     Verbatim,
+    could_match,
     load_glossary,
     parse_document,
     plan_document,
@@ -712,3 +713,29 @@ def test_assembler_releases_text_in_order_whatever_order_chunks_finish():
     assert out[0] == "---\ntitle: Manual\ntags: [a, b]\n---\n\n"  # front matter needs no translation
     assert all(part == "" for part in out[1:-1])
     assert "".join(out) == DOC
+
+
+def one_chunk(text: str):
+    (chunk,) = plan_document(text, lambda t: len(t.split()) + 1, 500).chunks
+    return chunk
+
+
+def test_a_whole_chunk_reply_is_judged_as_soon_as_its_first_line_shows_another_kind():
+    # a heading translated as a paragraph (SmolLM2 did this to the manual's first chunk, and wrote
+    # 300 tokens before the check saw a second unit): given up at the first line, not later
+    chunk = one_chunk("# Getting started\n\nInstall the package first.\n")
+    assert could_match(chunk, "# Pour commencer\n\nInstallez")
+    assert not could_match(chunk, "Voici comment commencer avec le logiciel\n")
+    assert could_match(chunk, "Voici comment commencer")  # a line not finished yet is not judged
+    table = one_chunk("| key | what it does |\n| --- | --- |\n| Enter | sends the message |\n")
+    assert not could_match(table, "| touche | ce qu'elle fait | en plus |\n")  # a row with a cell too many
+    assert could_match(table, "| touche | ce qu'elle fait |\n")
+
+
+def test_a_whole_chunk_reply_keeps_its_chance_after_a_preamble_or_a_line_that_may_start_a_table():
+    chunk = one_chunk("# Getting started\n\nInstall the package first.\n")
+    assert could_match(chunk, "Voici la traduction :\n")  # a preamble: what follows decides
+    assert could_match(chunk, "Voici la traduction :\n\n# Pour commencer\n\nInstallez le paquet.\n")
+    assert not could_match(chunk, "Voici la traduction :\n\nPour commencer\n")
+    table = one_chunk("key | what it does\n--- | ---\nEnter | sends the message\n")
+    assert could_match(table, "touche | ce qu'elle fait\n")  # a row once its separator line comes
