@@ -6,7 +6,8 @@ Usage: .venv/bin/python benchmarks/translate_bench.py [--document manual|synthet
 1. Speed: loads the embedded model once, measures raw generation (256 tokens, end-of-text ignored)
    before and after, and translates a 5,000-word Markdown document into French with gptcli's own
    translator, the way `gptcli translate` does (several chunks decoded at once), and again one
-   chunk at a time. The document is ``benchmarks/data/manual.md`` (the first 5,000 words of
+   chunk at a time; then the model's own rates, reading a prompt and writing several replies at
+   once, give the ceiling any translator of this document could reach. The document is ``benchmarks/data/manual.md`` (the first 5,000 words of
    gptcli's README at commit 0bda55f: prose, lists, tables, code), or with ``--document synthetic``
    a generated manual of ``--words`` words of random setting words. Every request's usage is
    recorded, so the wall time splits into generation, prompt processing and gptcli's own work.
@@ -146,6 +147,34 @@ def raw_speed(engine: Engine, tokens: int = 256) -> float:
     return usage.tokens_per_second
 
 
+def engine_rates(engine: Engine, n: int, document: str) -> tuple[float, float]:
+    """What the model itself does in a batched context of ``n`` sequences, as the translation runs
+    it: tokens/s reading a prompt (350 words of ``document``, nothing cached), and tokens/s
+    writing ``n`` replies at once (256 tokens each, end-of-text ignored, prompts excluded)."""
+    inner = engine.parallel(n, 2048)  # type: ignore[attr-defined]
+    try:
+        words = document.split()
+        prompt = " ".join(words[len(words) // 2 :][:350])  # about 500 tokens no cache of its holds
+        usage = None
+        for chunk in inner.complete(prompt, Sampling(temperature=0.2, max_tokens=1, seed=1)):
+            usage = chunk.usage or usage
+        assert usage is not None
+        reading = (usage.prompt_tokens - usage.cached_tokens) / usage.time_to_first_token
+        sampling = Sampling(temperature=0.2, max_tokens=256, seed=1, ignore_eos=True)
+        replies = [inner.stream([{"role": "user", "content": f"Write a long story about lighthouse keeper {i}."}], sampling) for i in range(n)]
+        usages = []
+        for reply in replies:
+            last = None
+            for chunk in reply:
+                last = chunk.usage or last
+            usages.append(last)
+        window = max(u.total_time for u in usages) - max(u.time_to_first_token for u in usages)
+        writing = (sum(u.completion_tokens for u in usages) - n) / window
+    finally:
+        inner.close()
+    return reading, writing
+
+
 class Kept:
     """Events that keep each chunk's final translation (to count the tokens of the result)."""
 
@@ -230,19 +259,29 @@ def speed(document: str, ctx: int, threads: int | None, parallel: int | None = N
         sampling=Sampling(temperature=template.temperature or 0.2, seed=1),
         model="bench",
     )
-    batched = translate(engine, job, document, parallel or auto_parallel(engine.inner))  # type: ignore[arg-type]
+    n = parallel or auto_parallel(engine.inner)  # type: ignore[arg-type]
+    batched = translate(engine, job, document, n)
     serial = translate(engine, job, document, 1)
+    reading, writing = engine_rates(engine.inner, n, document)
     raw_after = statistics.median(raw_speed(engine.inner) for _ in range(3))
     raw = (raw_before + raw_after) / 2
     for run in (batched, serial):
         run["ratio"] = run["translation"] / raw
         run["generated_ratio"] = run["generated_rate"] / raw
+        # a translator that wasted nothing: this run's prompt tokens read, and only the kept
+        # tokens written, at the model's own rates (n at once, or one at a time)
+        write = writing if run is batched else raw
+        run["ceiling"] = run["output"] / ((run["prompt_tokens"] - run["cached_tokens"]) / reading + run["output"] / write)
+        run["ceiling_ratio"] = run["ceiling"] / raw
+        run["of_ceiling"] = run["translation"] / run["ceiling"]
     info = {
         "words": len(document.split()),
         "source_tokens": engine.tokenize_count(document),
         "raw": raw,
         "raw_before": raw_before,
         "raw_after": raw_after,
+        "reading": reading,
+        "writing": writing,
     }
     return info, batched, serial
 
@@ -322,6 +361,10 @@ def main() -> None:
     print(f"| raw generation, one reply of 256 tokens, before / after (tok/s) | {info['raw_before']:.1f} / {info['raw_after']:.1f} | |")
     print("| tokens generated per second of the whole run | " + " | ".join(f"{run['generated_rate']:.1f} = {run['generated_ratio']:.2f}x raw" for run in runs) + " |")
     print("| **translation, end to end (kept tokens/s)** | " + " | ".join(f"**{run['translation']:.1f} = {run['ratio']:.2f}x raw**" for run in runs) + " |")
+    print(f"| the model reading a prompt / writing {batched['parallel']} replies at once (tok/s) | {info['reading']:.0f} / {info['writing']:.0f} | |")
+    print("| ceiling: the prompt tokens read at that rate, only the kept tokens written (kept tokens/s) | "
+          + " | ".join(f"{run['ceiling']:.1f} = {run['ceiling_ratio']:.2f}x raw" for run in runs) + " |")
+    print("| translation / ceiling | " + " | ".join(f"{run['of_ceiling']:.2f}" for run in runs) + " |")
     if rows:
         print("\n## Peak memory (`gptcli translate`, default settings, generated documents)\n")
         print("| document | words | peak RSS | time |")
