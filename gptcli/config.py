@@ -225,6 +225,10 @@ class Settings:
         except KeyError:
             raise AttributeError(name) from None
 
+    def engine_options(self) -> dict[str, Any]:
+        """The local engine's llama.cpp options (``gptcli serve`` gives its server the same)."""
+        return {name: self.values[name] for name in ("ctx", "threads", "gpu_layers", "flash_attn", "batch_size")}
+
     def with_flags(self, **flags: Any) -> Settings:
         """A copy with command-line flags applied (``None`` means the flag was not given)."""
         values, sources = dict(self.values), dict(self.sources)

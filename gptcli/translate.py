@@ -16,7 +16,7 @@ import tomllib
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -1140,15 +1140,7 @@ class Translator:
 
         No stop string: where a reply ends is the reader's call (``_read``'s ``until``), since a
         bare piece ends at its first line or paragraph only after any preamble a small model writes."""
-        sampling = Sampling(
-            temperature=self.job.sampling.temperature,
-            top_p=self.job.sampling.top_p,
-            top_k=self.job.sampling.top_k,
-            min_p=self.job.sampling.min_p,
-            repeat_penalty=self.job.sampling.repeat_penalty,
-            max_tokens=self._max_tokens(source_tokens),
-            seed=self.job.sampling.seed,
-        )
+        sampling = replace(self.job.sampling, max_tokens=self._max_tokens(source_tokens), stop=(), ignore_eos=False)
         if events is not None:
             events.attempt(result.index)
         return iter(engine.stream(self.job.messages(text), sampling))

@@ -255,3 +255,9 @@ def test_serve_key_variable_must_be_set(run_gptcli):
     proc = run_gptcli("serve", "--port", "0", "--api-key-env", "GPTCLI_TEST_UNSET_KEY")
     assert proc.returncode == 2
     assert "GPTCLI_TEST_UNSET_KEY" in proc.stderr and "not set" in proc.stderr
+
+
+def test_serve_refuses_a_gpu_layers_value_that_is_not_a_number(run_gptcli):
+    proc = run_gptcli("serve", "--port", "0", "--gpu-layers", "many")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: --gpu-layers takes a number or 'all'"

@@ -19,6 +19,18 @@ PANEL = "Model and sampling"
 OUT = "Output and history"
 
 
+def gpu_layers_flag(text: str | None) -> int | str | None:
+    """``--gpu-layers`` as given: a number, 'all', or None when the flag is absent."""
+    if text is None or text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        from gptcli.errors import UsageError
+
+        raise UsageError("--gpu-layers takes a number or 'all'") from None
+
+
 @dataclass(frozen=True)
 class GenOptions:
     """The generation flags of one command line (``None``: not given)."""
@@ -44,21 +56,13 @@ class GenOptions:
 
     def settings(self, base: Settings) -> Settings:
         """The settings with these flags applied on top."""
-        gpu: Any = self.gpu_layers
-        if gpu is not None and gpu != "all":
-            try:
-                gpu = int(gpu)
-            except ValueError:
-                from gptcli.errors import UsageError
-
-                raise UsageError("--gpu-layers takes a number or 'all'") from None
         return base.with_flags(
             model=self.model,
             engine=self.engine,
             base_url=self.base_url,
             ctx=self.ctx_size,
             threads=self.threads,
-            gpu_layers=gpu,
+            gpu_layers=gpu_layers_flag(self.gpu_layers),
             temperature=self.temperature,
             top_p=self.top_p,
             top_k=self.top_k,

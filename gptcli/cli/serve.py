@@ -6,6 +6,7 @@ import typer
 
 from gptcli.cli.app import app, state
 from gptcli.cli.completion import complete_model
+from gptcli.cli.options import gpu_layers_flag
 from gptcli.errors import UsageError
 
 
@@ -36,24 +37,14 @@ def serve(
     st = state(ctx)
     if not 0 <= port <= 65535:
         raise UsageError("--port must be between 0 and 65535")
-    gpu: Optional[object] = gpu_layers
-    if gpu_layers is not None and gpu_layers != "all":
-        try:
-            gpu = int(gpu_layers)
-        except ValueError:
-            raise UsageError("--gpu-layers takes a number or 'all'") from None
-    settings = st.settings.with_flags(model=model, ctx=ctx_size, threads=threads, gpu_layers=gpu)
+    settings = st.settings.with_flags(model=model, ctx=ctx_size, threads=threads, gpu_layers=gpu_layers_flag(gpu_layers))
     ref = resolve_model(settings.model)
     plan = ServePlan(
         model_name=ref.name,
         model_path=ref.path,
         host=host,
         port=port,
-        ctx=settings.ctx,
-        threads=settings.threads,
-        gpu_layers=settings.gpu_layers,
-        flash_attn=settings.flash_attn,
-        batch_size=settings.batch_size,
         api_key_env=api_key_env,
+        **settings.engine_options(),
     )
     raise typer.Exit(run_server(plan, st.env, verbose=st.verbose))

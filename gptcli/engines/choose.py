@@ -39,11 +39,7 @@ def open_engine(settings: Settings) -> Engine:
         ref.path,
         fit=fit,
         name=ref.name,
-        ctx=settings.ctx,
-        threads=settings.threads,
-        gpu_layers=settings.gpu_layers,
-        flash_attn=settings.flash_attn,
-        batch_size=settings.batch_size,
+        **settings.engine_options(),
     )
 
 
