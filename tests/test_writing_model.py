@@ -58,6 +58,16 @@ def test_complete_with_a_base_model(run_gptcli, gemma_base_model):
     assert proc.stderr == ""
 
 
+def test_a_base_model_never_writes_the_markers_of_other_media(run_gptcli, gemma_base_model):
+    # Gemma 3 follows "Here is a picture" with <start_of_image> (a user-defined token that
+    # llama.cpp prints as text) in most seeds; a text reply must not hold it
+    for seed in ("1", "2", "3"):
+        proc = run_gptcli("complete", "Here is a picture of my dog:", "-n", "8", "--seed", seed, "--ctx", "512", "--model", str(gemma_base_model))
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip(), "no continuation"
+        assert "<start_of_image>" not in proc.stdout and "[multimodal]" not in proc.stdout
+
+
 def test_complete_stops_at_a_stop_string(run_gptcli):
     proc = run_gptcli("complete", "1, 2, 3, 4,", "--stop", ",", "-n", "24", "--temperature", "0", "--ctx", "512")
     assert proc.returncode == 0, proc.stderr

@@ -13,6 +13,7 @@ import importlib.util
 import io
 import logging
 import os
+import re
 import secrets
 import signal
 import sys
@@ -34,6 +35,7 @@ log = logging.getLogger("gptcli.llama")
 # llama.cpp's recent error lines, kept so a failed load can say why even when not --verbose
 _recent_errors: deque[str] = deque(maxlen=8)
 _log_callback: Any = None  # kept alive: llama.cpp holds a raw pointer to it
+_MARKER = re.compile(r"<\w*_\w*>|\[\w+\]")  # <start_of_image>, [multimodal]; not <table> or </td>
 _GGML_LEVELS = {0: logging.CRITICAL, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR, 4: logging.DEBUG}
 
 
@@ -329,6 +331,7 @@ class LocalEngine:
         self._no_abort_callback = C.ggml_abort_callback()  # NULL
         self._kv_tokens: list[int] = []  # the tokens whose keys and values the cache holds, in order
         self._pieces: dict[int, bytes] = {}
+        self._markers: list[int] | None = None  # see _marker_tokens
         self._max_piece_bytes: int | None = None
         self._parallel: list[Any] = []
         try:
@@ -524,6 +527,9 @@ class LocalEngine:
         def add(sampler: Any) -> None:
             C.llama_sampler_chain_add(chain, sampler)
 
+        if markers := self._marker_tokens():
+            biases = (C.llama_logit_bias * len(markers))(*(C.llama_logit_bias(token, float("-inf")) for token in markers))
+            add(C.llama_sampler_init_logit_bias(self._n_vocab, len(markers), biases))
         if sampling.top_k > 0:
             add(C.llama_sampler_init_top_k(sampling.top_k))
         if sampling.repeat_penalty != 1.0:
@@ -538,6 +544,21 @@ class LocalEngine:
         add(C.llama_sampler_init_temp(sampling.temperature))
         add(C.llama_sampler_init_dist(seed))
         return chain
+
+    def _marker_tokens(self) -> list[int]:
+        """Tokens a text reply must never hold: user-defined tokens that mark other media, such as
+        Gemma 3's ``<start_of_image>`` and ``[multimodal]`` (llama.cpp prints them as text, and a
+        base model writes them after "Here is a picture:"). Other user-defined tokens are text
+        (runs of spaces or newlines, HTML tags) and stay. Found once, at the first reply."""
+        if self._markers is None:
+            C, vocab = self._llama_cpp, self._vocab
+            attr, user_defined = C.llama_vocab_get_attr, C.LLAMA_TOKEN_ATTR_USER_DEFINED
+            self._markers = [
+                token
+                for token in range(self._n_vocab)
+                if attr(vocab, token) & user_defined and _MARKER.fullmatch(C.llama_vocab_get_text(vocab, token).decode("utf-8", "replace"))
+            ]
+        return self._markers
 
     def _forget_after(self, n: int) -> None:
         """Drop KV cells from position ``n`` on, keeping our token record in step."""
