@@ -233,6 +233,29 @@ def parse_document(text: str, markdown: bool = True, *, in_table: bool = False, 
             return True
         return False
 
+    def first(start: int, found: Callable[[int], bool]) -> int:
+        """The first line from ``start`` on where ``found`` holds (``n`` if none)."""
+        return next((k for k in range(start, n) if found(k)), n)
+
+    def verbatim_end(k: int, quote: str, rest: str, after_blank: bool, in_list: bool) -> int | None:
+        """Where a block kept as it is (code, a comment, HTML) that starts at line ``k`` ends; None if none starts there."""
+        fence = _FENCE.match(rest)
+        if fence:
+            mark = fence.group(1)
+
+            def closes(j: int) -> bool:
+                closing = quote_of(j)[1].strip()
+                return closing.startswith(mark[0] * len(mark)) and set(closing) == {mark[0]}
+
+            return min(first(k + 1, closes) + 1, n)
+        if whole and not quote and after_blank and not in_list and rest.startswith(("    ", "\t")):
+            return first(k, lambda j: not body(j).startswith(("    ", "\t")))
+        if rest.lstrip().startswith("<!--"):
+            return min(first(k, lambda j: "-->" in body(j)) + 1, n)
+        if _HTML.match(rest):
+            return k + 1
+        return None
+
     def line_of(k: int, prefix_len: int) -> Line:
         line, eol = lines[k]
         content = line[prefix_len:]
@@ -263,43 +286,11 @@ def parse_document(text: str, markdown: bool = True, *, in_table: bool = False, 
             i += 1
             last_was_blank = True
             continue
-        if markdown:
-            fence = _FENCE.match(rest)
-            if fence:
-                mark = fence.group(1)
-                k = i + 1
-                while k < n:
-                    closing = quote_of(k)[1].strip()
-                    if closing.startswith(mark[0] * len(mark)) and set(closing) == {mark[0]}:
-                        break
-                    k += 1
-                end = min(k + 1, n)
-                blocks.append(Verbatim(raw(i, end), breaks=True))
-                i = end
-                last_was_blank = False
-                continue
-            if whole and not quote and last_was_blank and not in_list and (rest.startswith("    ") or rest.startswith("\t")):
-                k = i
-                while k < n and (body(k).startswith("    ") or body(k).startswith("\t")):
-                    k += 1
-                blocks.append(Verbatim(raw(i, k), breaks=True))
-                i = k
-                last_was_blank = False
-                continue
-            if rest.lstrip().startswith("<!--"):
-                k = i
-                while k < n and "-->" not in body(k):
-                    k += 1
-                end = min(k + 1, n)
-                blocks.append(Verbatim(raw(i, end), breaks=True))
-                i = end
-                last_was_blank = False
-                continue
-            if _HTML.match(rest):
-                blocks.append(Verbatim(raw(i, i + 1), breaks=True))
-                i += 1
-                last_was_blank = False
-                continue
+        if markdown and (end := verbatim_end(i, quote, rest, last_was_blank, in_list)) is not None:
+            blocks.append(Verbatim(raw(i, end), breaks=True))
+            i = end
+            last_was_blank = False
+            continue
         last_was_blank = False
         if not has_words(rest) or (markdown and _LINK_DEF.match(rest)):
             blocks.append(Verbatim(raw(i, i + 1)))
