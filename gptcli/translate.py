@@ -592,7 +592,7 @@ def match_translation(chunk: Chunk, output: str, markdown: bool = True) -> list[
     return translations if len(translations) == len(chunk.atoms) else None
 
 
-def could_match(chunk: Chunk, partial: str, markdown: bool = True) -> bool:
+def could_match(chunk: Chunk, partial: str, markdown: bool = True, echoes: Sequence[str] = ()) -> bool:
     """Whether a packed chunk's translation, as far as it has come, can still match the chunk.
 
     Only whole lines are judged, after any preamble line (see ``strip_preamble``): a reply that
@@ -602,7 +602,7 @@ def could_match(chunk: Chunk, partial: str, markdown: bool = True) -> bool:
     kind), except a paragraph's whose line has a pipe: the next line may make it a table row.
     """
     whole_lines = partial[: partial.rfind("\n") + 1]
-    reply = strip_preamble(whole_lines, chunk.source)
+    reply = strip_preamble(whole_lines, chunk.source, echoes)
     if "\n" not in reply.strip() and is_preamble(reply, chunk.source):  # one with nothing after it yet
         return True
     units_in = chunk.units()
@@ -626,10 +626,41 @@ def clean_output(text: str, source: str = "") -> str:
     return text
 
 
-def is_preamble(line: str, source: str) -> bool:
+def _words(text: str) -> list[str]:
+    return [w for w in (w.strip(".,:;!?\"'()*") for w in text.casefold().split()) if w]
+
+
+ECHO_WORDS = 5  # a reply line that begins with the first five words of a prompt line echoes it
+
+
+def prompt_lines(messages: Sequence[Message]) -> tuple[str, ...]:
+    """The lines of a request's instructions (rendered with an empty input) that a model may echo."""
+    return tuple(line for message in messages for line in message["content"].split("\n") if len(_words(line)) >= 3)
+
+
+def echoes_prompt(line: str, source: str, echoes: Sequence[str]) -> bool:
+    """Whether a reply line repeats one of the prompt's lines ``echoes`` (its first words, at least
+    three), which SmolLM2 writes back ("Reply with the translation only: no notes, ..."); a line
+    that the source holds is no echo."""
+    words = _words(line)
+    if len(words) < 3:
+        return False
+    if " ".join(words) in " ".join(_words(source)):
+        return False
+    for echo in echoes:
+        start = _words(echo)[:ECHO_WORDS]
+        if len(start) >= 3 and words[: len(start)] == start:
+            return True
+    return False
+
+
+def is_preamble(line: str, source: str, echoes: Sequence[str] = ()) -> bool:
     """Whether the first line of a reply may be one a model writes before its translation ("Voici
     la traduction :", an echo of "Translate into French:"): it ends with a colon, and the source's
-    first line does not, nor is it a line of the source. (Only a line with more after it is skipped.)"""
+    first line does not, nor is it a line of the source (only such a line with more after it is
+    skipped); or it echoes a line of the prompt (see ``echoes_prompt``)."""
+    if echoes_prompt(line, source, echoes):
+        return True
     line = line.strip()
     first = source.strip().split("\n", 1)[0].rstrip()
     if not line.endswith((":", "：")) or first.endswith((":", "：")):
@@ -637,11 +668,12 @@ def is_preamble(line: str, source: str) -> bool:
     return line not in {s.strip() for s in source.split("\n")}
 
 
-def strip_preamble(reply: str, source: str) -> str:
-    """``reply`` without the preamble lines before its first line of translation (see ``is_preamble``)."""
+def strip_preamble(reply: str, source: str, echoes: Sequence[str] = ()) -> str:
+    """``reply`` without the preamble lines before its first line of translation (see
+    ``is_preamble``); a line that echoes the prompt goes even with nothing after it."""
     while True:
         head, newline, rest = reply.lstrip("\r\n \t").partition("\n")
-        if not (newline and rest.strip() and is_preamble(head, source)):
+        if not (newline and rest.strip() and is_preamble(head, source)) and not echoes_prompt(head, source, echoes):
             return reply
         reply = rest
 
@@ -649,7 +681,7 @@ def strip_preamble(reply: str, source: str) -> str:
 _BLANK_LINE = re.compile(r"\n[ \t]*\n")
 
 
-def atom_reply_end(atom: Atom, reply: str) -> int | None:
+def atom_reply_end(atom: Atom, reply: str, echoes: Sequence[str] = ()) -> int | None:
     """Where a bare atom's translation is complete in ``reply`` so far: the end of its first line
     (an atom of one line) or paragraph, after any blank or preamble lines; None until then."""
     start = 0
@@ -658,7 +690,7 @@ def atom_reply_end(atom: Atom, reply: str) -> int | None:
         if newline < 0:
             return None
         line = reply[start:newline]
-        if line.strip() and not is_preamble(line, atom.text):
+        if line.strip() and not is_preamble(line, atom.text, echoes):
             break
         start = newline + 1
     if atom.single_line:
@@ -667,11 +699,11 @@ def atom_reply_end(atom: Atom, reply: str) -> int | None:
     return match.start() if match else None
 
 
-def normalize_atom(atom: Atom, output: str) -> str:
+def normalize_atom(atom: Atom, output: str, echoes: Sequence[str] = ()) -> str:
     """A bare translation made to fit its place: one line where one is needed, no blank lines, no
-    preamble line, no marker the model added in front (``## ``, ``- ``, ``> ``) that the source did
-    not have."""
-    text = clean_output(strip_preamble(output, atom.text), atom.text)
+    preamble line or echo of the prompt, no marker the model added in front (``## ``, ``- ``,
+    ``> ``) that the source did not have."""
+    text = clean_output(strip_preamble(output, atom.text, echoes), atom.text)
     lines = [line.strip() for line in text.split("\n") if line.strip()]
     if not lines:
         return ""
@@ -1084,6 +1116,7 @@ class Translator:
         self.parallel = max(1, parallel)
         self.cancel = threading.Event()
         self.overhead = 0
+        self.echoes = prompt_lines(job.messages(""))  # lines of the instructions a reply may repeat
         # a model that keeps breaking packed chunks gets its parts one by one from then on; until
         # one packed chunk has come back whole, only one is tried at a time (chunks in parallel
         # would otherwise all be tried, and all be translated twice, by a model that cannot)
@@ -1194,13 +1227,13 @@ class Translator:
         return self._open(engine, atom.text, engine.tokenize_count(atom.text), result, events)
 
     def _read_atom(self, stream: Iterator[Chunk], atom: Atom, result: ChunkResult, events: Events | None) -> str:
-        return self._read(stream, result, events, atom.text, until=lambda reply: atom_reply_end(atom, reply)) or ""
+        return self._read(stream, result, events, atom.text, until=lambda reply: atom_reply_end(atom, reply, self.echoes)) or ""
 
     def _finish_atom(self, engine: Engine, atom: Atom, output: str, result: ChunkResult, events: Events | None) -> str:
-        text = normalize_atom(atom, output)
+        text = normalize_atom(atom, output, self.echoes)
         if not text:  # nothing came (an end of text at once, blank lines): once more, read to its end
             stream = self._open_atom(engine, atom, result, events)
-            text = normalize_atom(atom, self._read(stream, result, events, atom.text) or "")
+            text = normalize_atom(atom, self._read(stream, result, events, atom.text) or "", self.echoes)
         if not text:
             result.kept_source += 1
             return atom.text
@@ -1248,8 +1281,8 @@ class Translator:
         if chunk.packed and self._try_packed():
             try:
                 stream = self._open(engine, chunk.source, chunk.source_tokens, result, events)
-                output = self._read(stream, result, events, chunk.source, lambda partial: could_match(chunk, partial, markdown))
-                translations = None if output is None else match_translation(chunk, strip_preamble(output, chunk.source), markdown)
+                output = self._read(stream, result, events, chunk.source, lambda partial: could_match(chunk, partial, markdown, self.echoes))
+                translations = None if output is None else match_translation(chunk, strip_preamble(output, chunk.source, self.echoes), markdown)
             finally:
                 with self._lock:
                     self.packed_trying -= 1

@@ -20,6 +20,7 @@ from gptcli.translate import (
     Unit,
     Verbatim,
     could_match,
+    echoes_prompt,
     load_glossary,
     parse_document,
     plan_document,
@@ -461,6 +462,28 @@ def test_a_line_ending_with_a_colon_is_kept_where_the_source_has_one(cli, engine
     result = cli(["translate", str(src), "--to", "fr"])
     assert result.exit_code == 0, result.stderr
     assert result.stdout == "RÈGLES :\n"
+
+
+def test_a_line_of_the_prompt_the_model_writes_back_is_never_kept(cli, engine, tmp_path):
+    # SmolLM2 sometimes answers with the template's instruction line first, or with it alone
+    echo = "Reply with the translation only: no notes, no explanations, no quotes around it."
+    engine.transform = lambda text: echo + "\n" + ("" if "Second" in text else text.upper())
+    src = tmp_path / "doc.md"
+    src.write_text("First paragraph here.\n\nSecond paragraph here.\n\n- Reply with the translation only: a rule we quote.\n")
+    result = cli(["translate", str(src), "--to", "fr", "--chunk-tokens", "10"])
+    assert result.exit_code == 0, result.stderr
+    # the echo-only reply keeps its source; a source that begins like the prompt's line is translated
+    assert result.stdout == "FIRST PARAGRAPH HERE.\n\nSecond paragraph here.\n\n- REPLY WITH THE TRANSLATION ONLY: A RULE WE QUOTE.\n"
+    assert "warning: 1 piece(s) came back empty and were kept untranslated" in result.stderr
+
+
+def test_an_echo_is_a_line_that_begins_like_a_prompt_line_and_that_the_source_does_not_hold():
+    prompt = ["Reply with the translation only: no notes, no explanations.", "Translate into French:"]
+    assert echoes_prompt("Reply with the translation only, without notes.", "Le disque.", prompt)
+    assert echoes_prompt("translate into French", "Le disque.", prompt)
+    assert not echoes_prompt("Reply with the file's path.", "Le disque.", prompt)  # three words in common, not five
+    quoted = "The rule: Reply with the translation only: no notes, no explanations."
+    assert not echoes_prompt("Reply with the translation only: no notes, no explanations.", quoted, prompt)
 
 
 def test_a_reply_that_loops_is_cut_where_it_starts_repeating(cli, engine, tmp_path):
