@@ -614,6 +614,17 @@ def could_match(chunk: Chunk, partial: str, markdown: bool = True, echoes: Seque
     return all(_same_shape(src, out) for src, out in zip(units_in, units_out))
 
 
+_SPAN = re.compile(r"`[^`\n]+`|\]\([^()\s]+\)|https?://[^\s<>()\[\]`]*[^\s<>()\[\]`.,;:!?'\"]")
+
+
+def lost_spans(source: str, translation: str) -> list[str]:
+    """The inline code spans, link targets (``](target)``) and URLs of ``source`` that
+    ``translation`` does not hold as they are (the prompt asks the model to keep them)."""
+    missing = Counter(_SPAN.findall(source))
+    missing.subtract(_SPAN.findall(translation))
+    return [span for span, count in missing.items() if count > 0]
+
+
 _WRAPPING_FENCE = re.compile(r"^(```|~~~)[^\n]*\n(.*?)\n?\1\s*$", re.S)
 
 
@@ -1029,6 +1040,7 @@ class ChunkResult:
     kept_source: int = 0  # parts the model returned nothing for, kept untranslated
     truncated: int = 0  # replies cut at the length limit
     looped: int = 0  # replies stopped where they began repeating themselves
+    spans_lost: int = 0  # parts whose translation lacks an inline code span or a link of the source
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
@@ -1053,6 +1065,7 @@ class Summary:
     kept_source: int = 0
     truncated: int = 0
     looped: int = 0
+    spans_lost: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
@@ -1066,6 +1079,7 @@ class Summary:
         self.kept_source += result.kept_source
         self.truncated += result.truncated
         self.looped += result.looped
+        self.spans_lost += result.spans_lost
         self.prompt_tokens += result.prompt_tokens
         self.completion_tokens += result.completion_tokens
         self.glossary_misses.update(result.glossary_misses)
@@ -1298,6 +1312,7 @@ class Translator:
         result.translations = translations
         result.seconds = time.perf_counter() - started
         result.glossary_misses = self._glossary_misses(chunk, translations)
+        result.spans_lost = sum(bool(lost_spans(atom.text, text)) for atom, text in zip(chunk.atoms, translations))
         return result
 
     def _try_packed(self) -> bool:

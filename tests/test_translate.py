@@ -168,6 +168,22 @@ def test_identity_translation_gives_back_the_document_byte_for_byte(cli, engine,
     result = cli(["translate", str(doc), "--to", "fr", "-o", str(out)])
     assert result.exit_code == 0, result.stderr
     assert out.read_bytes() == doc.read_bytes()
+    assert "warning" not in result.stderr
+
+
+def test_pieces_whose_translation_lost_inline_code_or_a_link_are_counted(cli, engine, tmp_path):
+    # the prompt asks the model to keep them; one that drops a link target or translates a code
+    # span breaks the document, so the closing notice says how many pieces it happened to
+    engine.transform = lambda text: re.sub(r"\]\([^)]*\)", "]", text).replace("`ls`", "`liste`")
+    src = tmp_path / "doc.md"
+    src.write_text("See [the guide](docs/guide.md) first.\n\n- Run `ls` to list files\n- Keep `pwd` and https://example.com/x.\n")
+    result = cli(["translate", str(src), "--to", "fr", "--json"])
+    assert result.exit_code == 0, result.stderr
+    done = json.loads(result.stdout.splitlines()[-1])
+    assert done["spans_lost"] == 2
+    assert done["text"] == "See [the guide] first.\n\n- Run `liste` to list files\n- Keep `pwd` and https://example.com/x.\n"
+    plain = cli(["translate", str(src), "--to", "fr", "--no-resume"])
+    assert "warning: 2 piece(s) lost inline code, a link or a URL of the source (the model changed or dropped it)" in plain.stderr
 
 
 def test_translation_keeps_structure_code_and_front_matter(cli, engine, doc):

@@ -295,6 +295,8 @@ def _warnings(summary: "Summary") -> list[str]:
         notes.append(f"warning: {summary.truncated} reply(ies) were cut at the length limit")
     if summary.looped:
         notes.append(f"warning: {summary.looped} reply(ies) began repeating themselves and were cut there")
+    if summary.spans_lost:
+        notes.append(f"warning: {summary.spans_lost} piece(s) lost inline code, a link or a URL of the source (the model changed or dropped it)")
     for term, count in summary.glossary_misses.most_common(5):
         notes.append(f"glossary: the translation of '{term}' is missing from {count} chunk(s)")
     return notes
@@ -522,6 +524,7 @@ def _summary_fields(summary: "Summary") -> dict[str, Any]:
         "kept_source": summary.kept_source,
         "truncated": summary.truncated,
         "looped": summary.looped,
+        "spans_lost": summary.spans_lost,
         "prompt_tokens": summary.prompt_tokens,
         "completion_tokens": summary.completion_tokens,
         "seconds": round(summary.seconds, 3),
