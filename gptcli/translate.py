@@ -614,15 +614,95 @@ def could_match(chunk: Chunk, partial: str, markdown: bool = True, echoes: Seque
     return all(_same_shape(src, out) for src, out in zip(units_in, units_out))
 
 
-_SPAN = re.compile(r"`[^`\n]+`|\]\([^()\s]+\)|https?://[^\s<>()\[\]`]*[^\s<>()\[\]`.,;:!?'\"]")
+# what the model must not change: inline code, a link's target (``[text](target)``), a URL
+_SPAN = re.compile(r"`[^`\n]+`|(?<=\]\()[^()\s]+(?=\))|https?://[^\s<>()\[\]`]*[^\s<>()\[\]`.,;:!?'\"]")
+_PLACEHOLDER = re.compile(r"\{[ \t]*(\d{1,4})[ \t]*\}")
+_PLACEHOLDER_START = re.compile(r"\{[ \t]*\d{0,4}[ \t]*$")  # the start of one, still being written
 
 
 def lost_spans(source: str, translation: str) -> list[str]:
-    """The inline code spans, link targets (``](target)``) and URLs of ``source`` that
-    ``translation`` does not hold as they are (the prompt asks the model to keep them)."""
+    """The inline code spans, link targets and URLs of ``source`` that ``translation`` does not
+    hold as they are."""
     missing = Counter(_SPAN.findall(source))
     missing.subtract(_SPAN.findall(translation))
     return [span for span, count in missing.items() if count > 0]
+
+
+def protect_spans(chunk: Chunk) -> tuple[Chunk, list[str]]:
+    """``chunk`` with its inline code, link targets and URLs replaced by placeholders ``{1}``,
+    ``{2}``..., and the spans they stand for (``restore_spans`` puts them back).
+
+    The model then has nothing in them to translate or get wrong, and fewer tokens to read and
+    write (a URL is a dozen tokens, its placeholder three). The same span is the same placeholder.
+    A chunk whose words already hold something like a placeholder (outside code: `"{0}".format`
+    is masked as any code), or with a piece that would be left without words ("[](docs)"), is
+    left as it is."""
+    if not _SPAN.search(chunk.source) or any(_PLACEHOLDER.search(_SPAN.sub(" ", atom.text)) for atom in chunk.atoms):
+        return chunk, []
+    numbers: dict[str, int] = {}
+
+    def number(match: re.Match[str]) -> str:
+        return "{%d}" % numbers.setdefault(match.group(0), len(numbers) + 1)
+
+    atoms = [replace(atom, text=_SPAN.sub(number, atom.text)) for atom in chunk.atoms]
+    if not numbers or not all(has_words(atom.text) for atom in atoms):
+        return chunk, []
+    blocks = chunk.blocks
+    if chunk.packed:  # what is sent is the units' Markdown: each unit gets its parts' new text
+        parts = iter(atom.text for atom in atoms)
+        blocks = [_with_parts(b, [next(parts) for _ in b.parts()]) if isinstance(b, Unit) else b for b in blocks]
+    return Chunk(chunk.index, atoms, blocks, chunk.source_tokens), list(numbers)
+
+
+def _with_parts(unit: Unit, parts: Sequence[str]) -> Unit:
+    """``unit`` with the texts of its parts replaced (each of the same lines as the one it replaces)."""
+    lines = list(unit.lines)
+    if unit.kind == "row":
+        cells = unit.cells()
+        for i, text in zip(unit.word_cells(), parts):
+            cells[i] = Cell(cells[i].before, text, cells[i].after)
+        lines[0] = replace(lines[0], content="|".join(c.before + c.content + c.after for c in cells))
+    else:
+        lines = [replace(line, content=text) for line, text in zip(lines, parts[0].split("\n"))]
+    return Unit(unit.kind, tuple(lines))
+
+
+def restore_spans(text: str, spans: Sequence[str]) -> str:
+    """``text`` with each placeholder of ``protect_spans`` replaced by the span it stands for
+    (one of a number the model made up goes: the source had none such)."""
+
+    def back(match: re.Match[str]) -> str:
+        k = int(match.group(1))
+        return spans[k - 1] if 1 <= k <= len(spans) else ""
+
+    return _PLACEHOLDER.sub(back, text) if spans else text
+
+
+class _Restoring:
+    """Events that show a reply's text with its spans put back (a placeholder the model is still
+    writing is held until it is whole)."""
+
+    def __init__(self, events: Events, spans: Sequence[str]) -> None:
+        self.events, self.spans, self.held = events, spans, ""
+
+    def start(self, plan: Plan, cached: int) -> None:
+        self.events.start(plan, cached)
+
+    def attempt(self, index: int) -> None:
+        self.held = ""
+        self.events.attempt(index)
+
+    def token(self, index: int, text: str) -> None:
+        text = self.held + text
+        cut = _PLACEHOLDER_START.search(text)
+        self.held = text[cut.start() :] if cut else ""
+        if cut:
+            text = text[: cut.start()]
+        if text:
+            self.events.token(index, restore_spans(text, self.spans))
+
+    def chunk_done(self, chunk: Chunk, result: ChunkResult) -> None:
+        self.events.chunk_done(chunk, result)
 
 
 _WRAPPING_FENCE = re.compile(r"^(```|~~~)[^\n]*\n(.*?)\n?\1\s*$", re.S)
@@ -1287,9 +1367,25 @@ class Translator:
     def translate_chunk(
         self, chunk: Chunk, events: Events | None = None, markdown: bool = True, engine: Engine | None = None
     ) -> ChunkResult:
-        """Translate one chunk: whole when packed (its structure checked), else atom by atom."""
+        """Translate one chunk: whole when packed (its structure checked), else atom by atom.
+
+        Its inline code, link targets and URLs go to the model as placeholders (``protect_spans``)
+        and come back as they were; a piece whose reply lost one is counted in ``spans_lost``."""
         engine = engine or self.engine
         started = time.perf_counter()
+        sent, spans = protect_spans(chunk)
+        if spans:
+            sent.source_tokens = engine.tokenize_count(sent.source)  # what the reply's room is measured by
+            if events is not None:
+                events = _Restoring(events, spans)
+        result = self._translate(sent, events, markdown, engine)
+        result.translations = [restore_spans(text, spans) for text in result.translations]
+        result.seconds = time.perf_counter() - started
+        result.glossary_misses = self._glossary_misses(chunk, result.translations)
+        result.spans_lost = sum(bool(lost_spans(atom.text, text)) for atom, text in zip(chunk.atoms, result.translations))
+        return result
+
+    def _translate(self, chunk: Chunk, events: Events | None, markdown: bool, engine: Engine) -> ChunkResult:
         result = ChunkResult(chunk.index, [])
         translations: list[str] | None = None
         if chunk.packed and self._try_packed():
@@ -1310,9 +1406,6 @@ class Translator:
         if translations is None:
             translations = self._translate_atoms(engine, chunk.atoms, result, events)
         result.translations = translations
-        result.seconds = time.perf_counter() - started
-        result.glossary_misses = self._glossary_misses(chunk, translations)
-        result.spans_lost = sum(bool(lost_spans(atom.text, text)) for atom, text in zip(chunk.atoms, translations))
         return result
 
     def _try_packed(self) -> bool:

@@ -171,17 +171,77 @@ def test_identity_translation_gives_back_the_document_byte_for_byte(cli, engine,
     assert "warning" not in result.stderr
 
 
-def test_pieces_whose_translation_lost_inline_code_or_a_link_are_counted(cli, engine, tmp_path):
-    # the prompt asks the model to keep them; one that drops a link target or translates a code
-    # span breaks the document, so the closing notice says how many pieces it happened to
-    engine.transform = lambda text: re.sub(r"\]\([^)]*\)", "]", text).replace("`ls`", "`liste`")
+def test_inline_code_links_and_urls_come_back_byte_for_byte_whatever_the_model_does_to_words(cli, engine, tmp_path):
+    # the model is sent placeholders for them, so one that 'translates' everything (upper case
+    # here, code and URLs included) cannot touch them; the same span is the same placeholder
+    engine.transform = str.upper
     src = tmp_path / "doc.md"
-    src.write_text("See [the guide](docs/guide.md) first.\n\n- Run `ls` to list files\n- Keep `pwd` and https://example.com/x.\n")
+    src.write_text(
+        "See [the guide](docs/guide.md) or <https://example.com/a_b> first.\n\n"
+        "- Run `ls -l` to list files, then `ls` again\n- Keep `ls -l` and https://example.com/x.\n\n"
+        "| Flag | Meaning |\n| --- | --- |\n| `--to` | the `target` language |\n"
+    )
+    result = cli(["translate", str(src), "--to", "fr", "--json"])
+    assert result.exit_code == 0, result.stderr
+    done = json.loads(result.stdout.splitlines()[-1])
+    assert done["text"] == (
+        "SEE [THE GUIDE](docs/guide.md) OR <https://example.com/a_b> FIRST.\n\n"
+        "- RUN `ls -l` TO LIST FILES, THEN `ls` AGAIN\n- KEEP `ls -l` AND https://example.com/x.\n\n"
+        "| FLAG | MEANING |\n| --- | --- |\n| `--to` | THE `target` LANGUAGE |\n"
+    )
+    assert done["spans_lost"] == 0
+    sent = "\n".join(user_text(call) for call in engine.calls)
+    assert "See [the guide]({1}) or <{2}> first." in sent
+    assert "- Run {3} to list files, then {4} again\n- Keep {3} and {5}." in sent
+    assert "| the {6} language |" in sent  # a cell of code alone is not translated: it goes as context
+    assert "`ls" not in sent and "example.com" not in sent
+
+
+def test_the_live_preview_shows_spans_not_placeholders_even_split_across_tokens():
+    from gptcli.translate import _Restoring
+
+    class Seen:
+        def __init__(self) -> None:
+            self.text = ""
+
+        def attempt(self, index: int) -> None:
+            self.text = ""
+
+        def token(self, index: int, text: str) -> None:
+            self.text += text
+
+    seen = Seen()
+    events = _Restoring(seen, ["`ls -l`", "https://example.com"])  # type: ignore[arg-type]
+    for token in ["Lancez", " {", "1", "}", " puis", " {2", " }", " et {", "3}", " {"]:
+        events.token(0, token)
+    # a made-up {3} goes; the last "{" is held: it may begin one
+    assert seen.text == "Lancez `ls -l` puis https://example.com et  "
+    events.attempt(0)
+    events.token(0, "x")
+    assert seen.text == "x"
+
+
+def test_text_that_looks_like_a_placeholder_is_sent_as_it_is(cli, engine, tmp_path):
+    engine.transform = str.upper
+    src = tmp_path / "doc.md"
+    src.write_text("Write {1} where `name` goes.\n\n# Formats\n\nUse `'{0}'.format(x)` here.\n")
+    result = cli(["translate", str(src), "--to", "fr"])
+    assert result.exit_code == 0, result.stderr
+    # the first chunk's code went as it was (and this model changed it); in code, '{0}' is no matter
+    assert result.stdout == "WRITE {1} WHERE `NAME` GOES.\n\n# FORMATS\n\nUSE `'{0}'.format(x)` HERE.\n"
+
+
+def test_pieces_whose_reply_lost_a_placeholder_are_counted(cli, engine, tmp_path):
+    # a model that drops a link target or a code span breaks the document, so the closing
+    # notice says how many pieces it happened to
+    engine.transform = lambda text: text.replace("({1})", "").replace(" {2}", "")
+    src = tmp_path / "doc.md"
+    src.write_text("See [the guide](docs/guide.md) first.\n\n- Run `ls` and `pwd`\n- Keep `pwd` and https://example.com/x.\n")
     result = cli(["translate", str(src), "--to", "fr", "--json"])
     assert result.exit_code == 0, result.stderr
     done = json.loads(result.stdout.splitlines()[-1])
     assert done["spans_lost"] == 2
-    assert done["text"] == "See [the guide] first.\n\n- Run `liste` to list files\n- Keep `pwd` and https://example.com/x.\n"
+    assert done["text"] == "See [the guide] first.\n\n- Run and `pwd`\n- Keep `pwd` and https://example.com/x.\n"
     plain = cli(["translate", str(src), "--to", "fr", "--no-resume"])
     assert "warning: 2 piece(s) lost inline code, a link or a URL of the source (the model changed or dropped it)" in plain.stderr
 

@@ -147,6 +147,27 @@ def test_a_stopped_translation_resumes_with_only_the_rest(run_gptcli, gptcli_bin
     assert skeleton(out.read_bytes().decode()) == skeleton(SOURCE)
 
 
+def test_inline_code_links_and_urls_come_back_as_they_were_or_are_counted(run_gptcli, tmp_path):
+    # the model is sent placeholders for them: each one it keeps comes back byte for byte, no
+    # placeholder shows in the translation, and each piece that lost one is counted
+    pieces = [
+        ("Run `gptcli chat --resume` to go on where you stopped.", ["`gptcli chat --resume`"]),
+        ("The guide is at https://example.com/docs/guide.html and in [the FAQ](docs/faq.md).", ["https://example.com/docs/guide.html", "docs/faq.md"]),
+        ("- Set `GPTCLI_HOME` to move the data folder", ["`GPTCLI_HOME`"]),
+    ]
+    src = tmp_path / "spans.md"
+    src.write_text("\n\n".join(text for text, _ in pieces) + "\n")
+    proc = run_gptcli("translate", str(src), "--to", "fr", "--json", "--ctx", "1024", "--temperature", "0", "--seed", "1", "-P", "1")
+    assert proc.returncode == 0, proc.stderr
+    done = events(proc.stdout)[-1]
+    out = done["text"].split("\n\n")
+    assert len(out) == len(pieces), done["text"]
+    assert not re.search(r"\{\s*\d+\s*\}", done["text"])
+    lost = [any(span not in text for span in spans) for text, (_, spans) in zip(out, pieces)]
+    assert done["spans_lost"] == sum(lost)
+    assert any(span in done["text"] for _, spans in pieces for span in spans), done["text"]  # whole, as they were
+
+
 def test_stdin_to_stdout_on_a_pipe(run_gptcli):
     proc = run_gptcli("translate", "--to", "Spanish", *FAST, input="Good morning.\n\nThe shop opens at 9.\n")
     assert proc.returncode == 0, proc.stderr
