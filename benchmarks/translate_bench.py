@@ -40,7 +40,7 @@ from gptcli.config import load_settings  # noqa: E402
 from gptcli.engines import Chunk, Engine, Message, Sampling, Usage, choose  # noqa: E402
 from gptcli.languages import resolve_language  # noqa: E402
 from gptcli.templates import load_template  # noqa: E402
-from gptcli.translate import ChunkResult, Glossary, Job, TranslationCache, Translator  # noqa: E402
+from gptcli.translate import ChunkResult, Glossary, Job, TranslationCache, Translator, _SPAN, lost_spans  # noqa: E402
 
 WORDS = (
     "system user file setting option server network device window report value process memory "
@@ -215,6 +215,9 @@ def translate(engine: RecordingEngine, job: Job, document: str, parallel: int) -
         cache.close()
     usages = engine.usages
     output = sum(engine.tokenize_count(text) for text in kept.translations)
+    # the source's inline code, link targets and URLs in the translation: put back, not generated
+    spans = {span for chunk in plan.chunks for atom in chunk.atoms for span in _SPAN.findall(atom.text)}
+    restored = sum(engine.tokenize_count(span) for text in kept.translations for span in _SPAN.findall(text) if span in spans)
     generation = sum(u.total_time - u.time_to_first_token for u in usages)
     prompt = sum(u.time_to_first_token for u in usages)
     completion = sum(u.completion_tokens for u in usages)
@@ -226,6 +229,8 @@ def translate(engine: RecordingEngine, job: Job, document: str, parallel: int) -
         "fell_back": summary.fell_back,
         "looped": summary.looped,
         "truncated": summary.truncated,
+        "spans_lost": summary.spans_lost,
+        "span_pieces": sum(bool(lost_spans(atom.text, "")) for chunk in plan.chunks for atom in chunk.atoms),
         "completion": completion,
         "prompt_tokens": sum(u.prompt_tokens for u in usages),
         "cached_tokens": sum(u.cached_tokens for u in usages),
@@ -235,6 +240,7 @@ def translate(engine: RecordingEngine, job: Job, document: str, parallel: int) -
         "prompt": prompt,
         "overhead": wall - generation - prompt,
         "output": output,
+        "restored": restored,
         "translation": output / wall,
         "generated_rate": completion / wall,
         "decode_during": (completion - len(usages)) / generation if generation else 0.0,
@@ -268,10 +274,12 @@ def speed(document: str, ctx: int, threads: int | None, parallel: int | None = N
     for run in (batched, serial):
         run["ratio"] = run["translation"] / raw
         run["generated_ratio"] = run["generated_rate"] / raw
+        run["written_ratio"] = (run["output"] - run["restored"]) / run["wall"] / raw
         # a translator that wasted nothing: this run's prompt tokens read, and only the kept
-        # tokens written, at the model's own rates (n at once, or one at a time)
+        # tokens written (not those put back), at the model's own rates (n at once, or one at a time)
         write = writing if run is batched else raw
-        run["ceiling"] = run["output"] / ((run["prompt_tokens"] - run["cached_tokens"]) / reading + run["output"] / write)
+        read_s = (run["prompt_tokens"] - run["cached_tokens"]) / reading
+        run["ceiling"] = run["output"] / (read_s + (run["output"] - run["restored"]) / write)
         run["ceiling_ratio"] = run["ceiling"] / raw
         run["of_ceiling"] = run["translation"] / run["ceiling"]
     info = {
@@ -350,8 +358,11 @@ def main() -> None:
     row("whole chunks whose structure came back broken (then sent piece by piece)", "{:.0f}", "fell_back")
     row("replies cut where they began repeating themselves", "{:.0f}", "looped")
     row("replies cut at the length limit", "{:.0f}", "truncated")
+    print("| pieces with inline code, a link or a URL / whose reply lost a placeholder | "
+          + " | ".join(f"{run['span_pieces']:.0f} / {run['spans_lost']:.0f}" for run in runs) + " |")
     row("tokens generated, all requests", "{:,.0f}", "completion")
     row("tokens of the translation kept", "{:,.0f}", "output")
+    row("- of which the source's inline code, link targets and URLs, put back (not generated)", "{:,.0f}", "restored")
     row("prompt tokens", "{:,.0f}", "prompt_tokens")
     row("- of which reused from the KV cache", "{:,.0f}", "cached_tokens")
     row("wall time (s)", "{:.1f}", "wall")
@@ -361,8 +372,9 @@ def main() -> None:
     print(f"| raw generation, one reply of 256 tokens, before / after (tok/s) | {info['raw_before']:.1f} / {info['raw_after']:.1f} | |")
     print("| tokens generated per second of the whole run | " + " | ".join(f"{run['generated_rate']:.1f} = {run['generated_ratio']:.2f}x raw" for run in runs) + " |")
     print("| **translation, end to end (kept tokens/s)** | " + " | ".join(f"**{run['translation']:.1f} = {run['ratio']:.2f}x raw**" for run in runs) + " |")
+    print("| - the kept tokens the model wrote (those put back not counted) | " + " | ".join(f"{(run['output'] - run['restored']) / run['wall']:.1f} = {run['written_ratio']:.2f}x raw" for run in runs) + " |")
     print(f"| the model reading a prompt / writing {batched['parallel']} replies at once (tok/s) | {info['reading']:.0f} / {info['writing']:.0f} | |")
-    print("| ceiling: the prompt tokens read at that rate, only the kept tokens written (kept tokens/s) | "
+    print("| ceiling: the prompt tokens read at that rate, only the kept tokens not put back written (kept tokens/s) | "
           + " | ".join(f"{run['ceiling']:.1f} = {run['ceiling_ratio']:.2f}x raw" for run in runs) + " |")
     print("| translation / ceiling | " + " | ".join(f"{run['of_ceiling']:.2f}" for run in runs) + " |")
     if rows:
