@@ -637,13 +637,9 @@ class LocalEngine:
 
     def _run(self, tokens: list[int], sampling: Sampling) -> Iterator[Chunk]:
         C = self._llama_cpp
-        budget = self.n_ctx - len(tokens)
-        max_new = min(sampling.max_tokens or budget, budget)
         seed = sampling.seed if sampling.seed is not None else secrets.randbelow(2**31)
-        usage = Usage(prompt_tokens=len(tokens))
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        stops = _StopFilter(sampling.stop)
-        started = time.perf_counter()
+        reply = ReplyState(sampling, len(tokens), self.n_ctx - len(tokens))
+        usage = reply.usage
         sampler = self._make_sampler(sampling, seed)
         ctx, vocab, sample = self._ctx, self._vocab, C.llama_sampler_sample
         is_eog = (lambda v, t: False) if sampling.ignore_eos else C.llama_vocab_is_eog
@@ -656,19 +652,9 @@ class LocalEngine:
                 if is_eog(vocab, token):
                     usage.finish_reason = "stop"
                     break
-                usage.completion_tokens += 1
-                # pieces are decoded incrementally: a character split across tokens waits for its end
-                text = stops.feed(decoder.decode(self._piece(token)))
-                if text:
-                    now = time.perf_counter()
-                    usage.time_to_first_token = usage.time_to_first_token or now - started
-                    usage.total_time = now - started
+                if text := reply.add(self._piece(token)):
                     yield Chunk(text, usage)
-                if stops.hit:
-                    usage.finish_reason = "stop"
-                    break
-                if usage.completion_tokens >= max_new:
-                    usage.finish_reason = "length" if max_new == sampling.max_tokens else "context"
+                if reply.ended:
                     break
                 pos = len(self._kv_tokens)
                 one.token[0], one.pos[0], one.n_seq_id[0], one.logits[0], one.n_tokens = token, pos, 1, True, 1
@@ -677,15 +663,14 @@ class LocalEngine:
                     usage.finish_reason = "context"
                     break
                 self._kv_tokens.append(token)
-            if tail := stops.flush(decoder.decode(b"", final=True)):
+            if tail := reply.tail():
                 yield Chunk(tail, usage)
             clean = True
         finally:
             C.llama_sampler_free(sampler)
             if not clean:  # interrupted: whatever llama.cpp holds beyond our record is dropped
                 self._forget_after(len(self._kv_tokens))
-            usage.total_time = time.perf_counter() - started
-            usage.time_to_first_token = usage.time_to_first_token or usage.total_time
+            reply.close()
         yield Chunk("", usage)
 
 
@@ -727,6 +712,47 @@ class _StopFilter:
         out = self.feed(text) + self.held
         self.held = ""
         return out
+
+
+class ReplyState:
+    """One reply between its tokens, for both engines: usage and timing, the UTF-8 decoder (a
+    character split across tokens waits for its end), stop strings, and the length budget."""
+
+    def __init__(self, sampling: Sampling, prompt_tokens: int, budget: int) -> None:
+        self.sampling = sampling
+        self.usage = Usage(prompt_tokens=prompt_tokens)
+        self.max_new = min(sampling.max_tokens or budget, budget)
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.stops = _StopFilter(sampling.stop)
+        self.started = time.perf_counter()
+        self.ended = False  # by a stop string or the length budget (``usage.finish_reason`` says which)
+
+    def add(self, piece: bytes) -> str:
+        """Count one generated token (its bytes) and return the text it completes, if any; sets
+        ``ended`` when the reply must end with it."""
+        usage = self.usage
+        usage.completion_tokens += 1
+        text = self.stops.feed(self.decoder.decode(piece))
+        if text:
+            now = time.perf_counter()
+            usage.time_to_first_token = usage.time_to_first_token or now - self.started
+            usage.total_time = now - self.started
+        if self.stops.hit:
+            self.ended, usage.finish_reason = True, "stop"
+        elif usage.completion_tokens >= self.max_new:
+            self.ended, usage.finish_reason = True, "length" if self.max_new == self.sampling.max_tokens else "context"
+        return text
+
+    def tail(self) -> str:
+        """The text held back at the end (a partial stop string that never completed, a split character)."""
+        return self.stops.flush(self.decoder.decode(b"", final=True))
+
+    def close(self) -> Usage:
+        """The final usage: total time, and a time to first token even for a reply of nothing."""
+        usage = self.usage
+        usage.total_time = time.perf_counter() - self.started
+        usage.time_to_first_token = usage.time_to_first_token or usage.total_time
+        return usage
 
 
 _engines: dict[tuple[Any, ...], LocalEngine] = {}

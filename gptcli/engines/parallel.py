@@ -16,24 +16,22 @@ slower when a second thread drives them) and Ctrl-C stops a long batch as it doe
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import queue
 import secrets
 import threading
-import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gptcli.engines import Chunk, Message, Sampling, Usage
+from gptcli.engines import Chunk, Message, Sampling
 from gptcli.engines.local import (
     LocalEngine,
+    ReplyState,
     _LogWriter,
     _recent_errors,
     _set_flash_attention,
-    _StopFilter,
     refuse_overflow,
     shared_prefix,
 )
@@ -75,11 +73,7 @@ class _Slot:
     request: _Request | None = None
     todo: list[int] = field(default_factory=list)  # prompt tokens not evaluated yet
     sampler: Any = None
-    usage: Usage | None = None
-    decoder: Any = None
-    stops: _StopFilter | None = None
-    max_new: int = 0
-    started: float = 0.0
+    reply: ReplyState | None = None
     last: int = -1  # the token sampled last, to be evaluated in the next batch
     added: list[int] = field(default_factory=list)  # what it put in the current batch
     logits_at: int = -1  # the index in the current batch whose logits it samples from
@@ -233,16 +227,12 @@ class ParallelEngine:
             reused = min(shared_prefix(slot.kv, tokens), len(tokens) - 1)  # the last one again, for its logits
             C.llama_memory_seq_rm(C.llama_get_memory(self._ctx), slot.seq, reused, -1)
             del slot.kv[reused:]
-            budget = self.n_ctx - len(tokens)
             seed = sampling.seed if sampling.seed is not None else secrets.randbelow(2**31)
             slot.request = request
             slot.todo = tokens[reused:]
-            slot.max_new = min(sampling.max_tokens or budget, budget)
             slot.sampler = self.engine._make_sampler(sampling, seed)
-            slot.usage = Usage(prompt_tokens=len(tokens), cached_tokens=reused)
-            slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-            slot.stops = _StopFilter(sampling.stop)
-            slot.started = time.perf_counter()
+            slot.reply = ReplyState(sampling, len(tokens), self.n_ctx - len(tokens))
+            slot.reply.usage.cached_tokens = reused
 
     def _step(self) -> None:
         """One ``llama_decode``: a token for each generating sequence, then prompt tokens as room allows."""
@@ -288,35 +278,26 @@ class ParallelEngine:
 
     def _sample(self, slot: _Slot) -> None:
         C, engine = self._C, self.engine
-        request, usage, stops = slot.request, slot.usage, slot.stops
-        assert request is not None and usage is not None and stops is not None
+        request, reply = slot.request, slot.reply
+        assert request is not None and reply is not None
         token = C.llama_sampler_sample(slot.sampler, self._ctx, slot.logits_at)
         if not request.sampling.ignore_eos and C.llama_vocab_is_eog(engine._vocab, token):
-            self._finish(slot, "stop")
+            reply.usage.finish_reason = "stop"
+            self._finish(slot)
             return
-        usage.completion_tokens += 1
-        text = stops.feed(slot.decoder.decode(engine._piece(token)))
-        if text:
-            now = time.perf_counter()
-            usage.time_to_first_token = usage.time_to_first_token or now - slot.started
-            usage.total_time = now - slot.started
-            request.out.put(Chunk(text, usage))
-        if stops.hit:
-            self._finish(slot, "stop")
-        elif usage.completion_tokens >= slot.max_new:
-            self._finish(slot, "length" if slot.max_new == request.sampling.max_tokens else "context")
+        if text := reply.add(engine._piece(token)):
+            request.out.put(Chunk(text, reply.usage))
+        if reply.ended:
+            self._finish(slot)
         else:
             slot.last = token
 
-    def _finish(self, slot: _Slot, reason: str) -> None:
-        request, usage, stops = slot.request, slot.usage, slot.stops
-        assert request is not None and usage is not None and stops is not None
-        usage.finish_reason = reason
-        if tail := stops.flush(slot.decoder.decode(b"", final=True)):
-            request.out.put(Chunk(tail, usage))
-        usage.total_time = time.perf_counter() - slot.started
-        usage.time_to_first_token = usage.time_to_first_token or usage.total_time
-        request.out.put(_Final("", usage))
+    def _finish(self, slot: _Slot) -> None:
+        request, reply = slot.request, slot.reply
+        assert request is not None and reply is not None
+        if tail := reply.tail():
+            request.out.put(Chunk(tail, reply.usage))
+        request.out.put(_Final("", reply.close()))
         self._drop(slot, None)
 
     def _drop(self, slot: _Slot, error: BaseException | None) -> None:
@@ -326,7 +307,7 @@ class ParallelEngine:
             slot.sampler = None
         if slot.request is not None and error is not None:
             slot.request.out.put(error)
-        slot.request, slot.todo, slot.usage = None, [], None
+        slot.request, slot.todo, slot.reply = None, [], None
 
 
 class _Reply(Iterator[Chunk]):
