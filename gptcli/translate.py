@@ -635,7 +635,7 @@ def protect_spans(chunk: Chunk) -> tuple[Chunk, list[str]]:
     The model then has nothing in them to translate or get wrong, and fewer tokens to read and
     write (a URL is a dozen tokens, its placeholder three). The same span is the same placeholder.
     A chunk whose words already hold something like a placeholder (outside code: `"{0}".format`
-    is masked as any code), or with a piece that would be left without words ("[](docs)"), is
+    is masked as any code), or with a line that would be left without words ("[](docs)"), is
     left as it is."""
     if not _SPAN.search(chunk.source) or any(_PLACEHOLDER.search(_SPAN.sub(" ", atom.text)) for atom in chunk.atoms):
         return chunk, []
@@ -645,7 +645,7 @@ def protect_spans(chunk: Chunk) -> tuple[Chunk, list[str]]:
         return "{%d}" % numbers.setdefault(match.group(0), len(numbers) + 1)
 
     atoms = [replace(atom, text=_SPAN.sub(number, atom.text)) for atom in chunk.atoms]
-    if not numbers or not all(has_words(atom.text) for atom in atoms):
+    if not numbers or not all(_same_wordy_lines(a.text, b.text) for a, b in zip(chunk.atoms, atoms)):
         return chunk, []
     blocks = chunk.blocks
     if chunk.packed:  # what is sent is the units' Markdown: each unit gets its parts' new text
@@ -665,6 +665,12 @@ def _with_parts(unit: Unit, parts: Sequence[str]) -> Unit:
     else:
         lines = [replace(line, content=text) for line, text in zip(lines, parts[0].split("\n"))]
     return Unit(unit.kind, tuple(lines))
+
+
+def _same_wordy_lines(source: str, masked: str) -> bool:
+    """Whether each line of ``masked`` has words where ``source``'s has: a line that had words only
+    in a link's target would be read back as one without (kept as it is, out of its paragraph)."""
+    return all(has_words(a) == has_words(b) for a, b in zip(source.split("\n"), masked.split("\n")))
 
 
 def restore_spans(text: str, spans: Sequence[str]) -> str:
