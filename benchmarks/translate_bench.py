@@ -40,7 +40,7 @@ from gptcli.config import load_settings  # noqa: E402
 from gptcli.engines import Chunk, Engine, Message, Sampling, Usage, choose  # noqa: E402
 from gptcli.languages import resolve_language  # noqa: E402
 from gptcli.templates import load_template  # noqa: E402
-from gptcli.translate import ChunkResult, Glossary, Job, TranslationCache, Translator, _SPAN, lost_spans  # noqa: E402
+from gptcli.translate import ChunkResult, Glossary, Job, TranslationCache, Translator, _SPAN  # noqa: E402
 
 WORDS = (
     "system user file setting option server network device window report value process memory "
@@ -230,7 +230,7 @@ def translate(engine: RecordingEngine, job: Job, document: str, parallel: int) -
         "looped": summary.looped,
         "truncated": summary.truncated,
         "spans_lost": summary.spans_lost,
-        "span_pieces": sum(bool(lost_spans(atom.text, "")) for chunk in plan.chunks for atom in chunk.atoms),
+        "span_pieces": sum(bool(_SPAN.search(atom.text)) for chunk in plan.chunks for atom in chunk.atoms),
         "completion": completion,
         "prompt_tokens": sum(u.prompt_tokens for u in usages),
         "cached_tokens": sum(u.cached_tokens for u in usages),

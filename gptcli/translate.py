@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -103,23 +104,30 @@ class Unit:
             return [cells[i].content for i in self.word_cells()]
         return ["\n".join(line.content for line in self.lines)]
 
+    def with_parts(self, parts: Sequence[str]) -> Unit:
+        """The unit with the texts of its parts replaced, each by one of as many lines (a row's
+        cells by one line without unescaped pipes), structure and line endings kept."""
+        lines = list(self.lines)
+        if self.kind == "row":
+            cells = self.cells()
+            for i, text in zip(self.word_cells(), parts):
+                cells[i] = Cell(cells[i].before, text, cells[i].after)
+            lines[0] = replace(lines[0], content="|".join(c.before + c.content + c.after for c in cells))
+        else:
+            lines = [replace(line, content=text) for line, text in zip(lines, parts[0].split("\n"))]
+        return Unit(self.kind, tuple(lines))
+
     def rebuild(self, translations: Sequence[str]) -> str:
         """The unit with its parts replaced by ``translations``, structure and line endings kept."""
         if self.kind == "row":
-            cells = self.cells()
-            for i, text in zip(self.word_cells(), translations):
-                cell = cells[i]
-                cells[i] = Cell(cell.before, _escape_pipes(" ".join(text.split("\n"))), cell.after)
-            line = self.lines[0]
-            inner = "|".join(c.before + c.content + c.after for c in cells)
-            return line.prefix + inner + line.suffix + line.eol
+            return self.with_parts([_escape_pipes(" ".join(text.split("\n"))) for text in translations]).text
         (text,) = translations
         src = self.lines
         out = text.split("\n")
         if self.kind == "heading":
             out = [" ".join(part.strip() for part in out if part.strip())]
         if len(out) == len(src):
-            return "".join(s.prefix + o + s.suffix + s.eol for s, o in zip(src, out))
+            return self.with_parts(["\n".join(out)]).text
         more = src[1].prefix if len(src) > 1 else _continuation(src[0].prefix)
         nl = next((s.eol for s in src if s.eol), "\n")
         lines = []
@@ -650,21 +658,8 @@ def protect_spans(chunk: Chunk) -> tuple[Chunk, list[str]]:
     blocks = chunk.blocks
     if chunk.packed:  # what is sent is the units' Markdown: each unit gets its parts' new text
         parts = iter(atom.text for atom in atoms)
-        blocks = [_with_parts(b, [next(parts) for _ in b.parts()]) if isinstance(b, Unit) else b for b in blocks]
+        blocks = [b.with_parts([next(parts) for _ in b.parts()]) if isinstance(b, Unit) else b for b in blocks]
     return Chunk(chunk.index, atoms, blocks, chunk.source_tokens), list(numbers)
-
-
-def _with_parts(unit: Unit, parts: Sequence[str]) -> Unit:
-    """``unit`` with the texts of its parts replaced (each of the same lines as the one it replaces)."""
-    lines = list(unit.lines)
-    if unit.kind == "row":
-        cells = unit.cells()
-        for i, text in zip(unit.word_cells(), parts):
-            cells[i] = Cell(cells[i].before, text, cells[i].after)
-        lines[0] = replace(lines[0], content="|".join(c.before + c.content + c.after for c in cells))
-    else:
-        lines = [replace(line, content=text) for line, text in zip(lines, parts[0].split("\n"))]
-    return Unit(unit.kind, tuple(lines))
 
 
 def _same_wordy_lines(source: str, masked: str) -> bool:
@@ -727,6 +722,13 @@ def _words(text: str) -> list[str]:
     return [w for w in (w.strip(".,:;!?\"'()*") for w in text.casefold().split()) if w]
 
 
+@functools.lru_cache(maxsize=256)
+def _joined_words(text: str) -> str:
+    """``text``'s words, normalised, joined by spaces (a source or a prompt line is asked at every
+    new line of a reply: normalised once)."""
+    return " ".join(_words(text))
+
+
 ECHO_WORDS = 5  # a reply line that begins with the first five words of a prompt line echoes it
 
 
@@ -742,10 +744,10 @@ def echoes_prompt(line: str, source: str, echoes: Sequence[str]) -> bool:
     words = _words(line)
     if len(words) < 3:
         return False
-    if " ".join(words) in " ".join(_words(source)):
+    if " ".join(words) in _joined_words(source):
         return False
     for echo in echoes:
-        start = _words(echo)[:ECHO_WORDS]
+        start = _joined_words(echo).split()[:ECHO_WORDS]
         if len(start) >= 3 and words[: len(start)] == start:
             return True
     return False
@@ -1380,10 +1382,10 @@ class Translator:
         engine = engine or self.engine
         started = time.perf_counter()
         sent, spans = protect_spans(chunk)
-        if spans:
-            sent.source_tokens = engine.tokenize_count(sent.source)  # what the reply's room is measured by
-            if events is not None:
-                events = _Restoring(events, spans)
+        if spans and sent.packed:  # the room for a whole chunk's reply is measured by what is sent
+            sent.source_tokens = engine.tokenize_count(sent.source)  # (a bare atom's is counted as it goes)
+        if spans and events is not None:
+            events = _Restoring(events, spans)
         result = self._translate(sent, events, markdown, engine)
         result.translations = [restore_spans(text, spans) for text in result.translations]
         result.seconds = time.perf_counter() - started

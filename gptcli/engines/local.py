@@ -718,9 +718,9 @@ class ReplyState:
     """One reply between its tokens, for both engines: usage and timing, the UTF-8 decoder (a
     character split across tokens waits for its end), stop strings, and the length budget."""
 
-    def __init__(self, sampling: Sampling, prompt_tokens: int, budget: int) -> None:
+    def __init__(self, sampling: Sampling, prompt_tokens: int, budget: int, cached_tokens: int = 0) -> None:
         self.sampling = sampling
-        self.usage = Usage(prompt_tokens=prompt_tokens)
+        self.usage = Usage(prompt_tokens=prompt_tokens, cached_tokens=cached_tokens)
         self.max_new = min(sampling.max_tokens or budget, budget)
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.stops = _StopFilter(sampling.stop)

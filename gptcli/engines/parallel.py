@@ -231,8 +231,7 @@ class ParallelEngine:
             slot.request = request
             slot.todo = tokens[reused:]
             slot.sampler = self.engine._make_sampler(sampling, seed)
-            slot.reply = ReplyState(sampling, len(tokens), self.n_ctx - len(tokens))
-            slot.reply.usage.cached_tokens = reused
+            slot.reply = ReplyState(sampling, len(tokens), self.n_ctx - len(tokens), cached_tokens=reused)
 
     def _step(self) -> None:
         """One ``llama_decode``: a token for each generating sequence, then prompt tokens as room allows."""
