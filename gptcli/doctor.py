@@ -58,7 +58,7 @@ class BackendInfo:
 
 def backend_info() -> BackendInfo:
     """Ask llama.cpp about itself (imports llama_cpp through the local engine module)."""
-    from gptcli.engines.local import _import_llama
+    from gptcli.engines.llama import import_llama_package as _import_llama
 
     llama_cpp = _import_llama()
     raw = llama_cpp.llama_print_system_info()

@@ -90,8 +90,9 @@ def build_app(plan: ServePlan, api_key: str | None, verbose: bool) -> tuple[Any,
     info = read_gguf(plan.model_path)  # a broken file is a clear error here, not an abort in C
     n_ctx = local.default_context(info, plan.ctx)
     threads = plan.threads or local.physical_cores()
-    import_llama = getattr(local, "import_llama", None) or local._import_llama
-    import_llama()
+    from gptcli.engines.llama import import_llama_package
+
+    import_llama_package()
 
     try:
         from llama_cpp.server.app import create_app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol, TypedDict, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypedDict, runtime_checkable
 
 if TYPE_CHECKING:
     from gptcli.config import Settings
@@ -32,6 +32,9 @@ class Sampling:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False  # keep generating past end-of-generation tokens (benchmarks)
+    grammar: str | None = None  # GBNF (root rule ``root``): the local engine samples only what it allows
+    json_schema: dict[str, Any] | None = None  # the schema ``grammar`` came from (a remote engine sends it)
+    speculative: bool | None = None  # draft tokens and verify them in one batch; None: the engine decides
 
 
 def sampling_from(settings: Settings, temperature: float | None = None, max_tokens: int | None = None) -> Sampling:
@@ -61,8 +64,10 @@ class Usage:
     completion_tokens: int = 0
     time_to_first_token: float = 0.0  # seconds from the call to the first text
     total_time: float = 0.0  # seconds from the call to the end
-    finish_reason: str = "stop"  # stop | length | interrupted | context
+    finish_reason: str = "stop"  # stop | length | interrupted | context | loop
     cached_tokens: int = 0  # prompt tokens reused from the KV cache
+    draft_tokens: int = 0  # tokens proposed by speculative decoding (prompt lookup or a draft model)
+    accepted_tokens: int = 0  # of those, how many the model agreed with (kept in the reply)
 
     @property
     def tokens_per_second(self) -> float:
@@ -109,3 +114,64 @@ class Engine(Protocol):
     def complete(self, prompt: str, sampling: Sampling) -> Iterator[Chunk]:
         """Raw continuation of ``prompt``, no chat template."""
         ...
+
+
+# ---------------------------------------------------------------- capabilities
+#
+# What some engines can do beyond ``Engine``. Callers ask with ``isinstance(engine, Stateful)``
+# and so on, never with ``getattr``/``hasattr``.
+
+
+@runtime_checkable
+class Stateful(Protocol):
+    """An engine whose KV cache can be saved with a conversation and restored on resume."""
+
+    def state_key(self) -> dict[str, Any]:
+        """What a saved state is valid for (model file, context settings, llama.cpp version)."""
+        ...
+
+    def export_state(self) -> tuple[list[int], bytes]:
+        """The cached tokens and the serialized cache for them."""
+        ...
+
+    def import_state(self, tokens: Sequence[int], data: bytes) -> bool:
+        """Restore what ``export_state`` gave; False (and an empty cache) if it does not fit."""
+        ...
+
+
+@runtime_checkable
+class Concurrent(Protocol):
+    """An engine whose ``stream`` queues the request at once and may be called from any thread:
+    several replies run side by side and may be read in any order."""
+
+    def wake(self) -> None:
+        """End a wait for requests (the driver thread is waiting in ``pump``)."""
+        ...
+
+    def pump(self, wait: float) -> bool:
+        """Driver thread: evaluate one batch, or wait up to ``wait`` s for a request."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class Batching(Protocol):
+    """An engine that can open a ``Concurrent`` engine running up to ``n`` replies at once."""
+
+    def parallel(self, n: int, n_ctx: int | None = None) -> Concurrent:
+        """Up to ``n`` replies (of at most ``n_ctx`` tokens each) at once, on the same model."""
+        ...
+
+    def auto_parallel(self) -> int:
+        """How many replies at once suit this engine's device and memory by default."""
+        ...
+
+
+@runtime_checkable
+class Embedding(Protocol):
+    """Something that turns texts into vectors (unit length, one per text, all of one size)."""
+
+    model_name: str
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]: ...

@@ -9,18 +9,12 @@ import atexit
 import codecs
 import contextlib
 import ctypes
-import importlib.util
-import io
-import logging
 import os
 import re
 import secrets
 import signal
-import sys
 import threading
 import time
-import types
-from collections import deque
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,116 +22,13 @@ from typing import Any
 from gptcli.config import use_flash_attention
 from gptcli.engines import Chunk, Message, Sampling, Usage
 from gptcli.errors import ContextOverflowError, EngineError, ModelError
+from gptcli.engines.llama import LogWriter as _LogWriter
+from gptcli.engines.llama import bindings as _bindings
+from gptcli.engines.llama import check_grammar
+from gptcli.engines.llama import llama_cpp_version, recent_errors as _recent_errors
 from gptcli.ggufinfo import GGUFInfo, read_gguf
 
-log = logging.getLogger("gptcli.llama")
-
-# llama.cpp's recent error lines, kept so a failed load can say why even when not --verbose
-_recent_errors: deque[str] = deque(maxlen=8)
-_log_callback: Any = None  # kept alive: llama.cpp holds a raw pointer to it
 _MARKER = re.compile(r"<\w*_\w*>|\[\w+\]")  # <start_of_image>, [multimodal]; not <table> or </td>
-_GGML_LEVELS = {0: logging.CRITICAL, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR, 4: logging.DEBUG}
-
-
-def cpu_has_amx() -> bool:
-    """Whether the CPU advertises Intel AMX (see ``_import_llama``)."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return "amx_int8" in line.split()
-    except OSError:
-        pass
-    return False
-
-
-def _bindings() -> Any:
-    """llama-cpp-python's ctypes bindings (``llama_cpp.llama_cpp``), with llama.cpp's log routed
-    to the ``gptcli.llama`` logger.
-
-    Only the bindings: the package's ``__init__`` also imports its high-level half (``Llama``,
-    chat formats, numpy), 75 ms at every command that loads a model, and the engine needs none of
-    it. While the bindings load, a bare stand-in for the package takes its place in
-    ``sys.modules``; it is removed afterwards, so a later ``import llama_cpp`` (``serve``) runs
-    the real ``__init__``, which finds the bindings already loaded and shares them.
-
-    On CPUs with AMX, llama.cpp's AMX matrix kernels (an "extra buffer type") crash the process
-    with a general-protection fault in some virtual machines (seen with llama-cpp-python 0.3.36).
-    Its default model parameters are wrapped to turn them off there (``llama-cpp-python``'s own
-    ``Llama`` takes them from the same function); ``GPTCLI_EXTRA_BUFTS=1`` turns them back on.
-    """
-    global _log_callback
-    C = sys.modules.get("llama_cpp.llama_cpp")
-    if C is None:
-        if "llama_cpp" in sys.modules:
-            import llama_cpp.llama_cpp as C
-        else:
-            spec = importlib.util.find_spec("llama_cpp")
-            if spec is None or not spec.submodule_search_locations:
-                raise ModelError("llama-cpp-python is not installed: pip install llama-cpp-python")
-            stand_in = types.ModuleType("llama_cpp")
-            stand_in.__path__ = list(spec.submodule_search_locations)
-            sys.modules["llama_cpp"] = stand_in
-            try:
-                import llama_cpp.llama_cpp as C
-            finally:
-                if sys.modules.get("llama_cpp") is stand_in:
-                    del sys.modules["llama_cpp"]
-
-    if _log_callback is None:  # the first call: set up once
-        if cpu_has_amx() and os.environ.get("GPTCLI_EXTRA_BUFTS") != "1":
-            defaults = C.llama_model_default_params
-
-            def model_params() -> Any:
-                params = defaults()
-                params.use_extra_bufts = False
-                return params
-
-            C.llama_model_default_params = model_params
-        C.llama_backend_init()
-
-        last_level = [logging.INFO]
-
-        @C.llama_log_callback
-        def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-            py_level = last_level[0] if level == 5 else _GGML_LEVELS.get(level, logging.DEBUG)
-            last_level[0] = py_level
-            if py_level < logging.ERROR and not log.isEnabledFor(py_level):
-                return  # ~2,000 debug lines a model load: not decoded unless --verbose shows them
-            message = text.decode("utf-8", errors="replace").rstrip("\n")
-            if not message:
-                return
-            if py_level >= logging.ERROR:
-                _recent_errors.append(message.strip())
-            log.log(py_level, "%s", message)
-
-        _log_callback = callback
-        C.llama_log_set(callback, ctypes.c_void_p(0))
-    return C
-
-
-def _import_llama() -> Any:
-    """The whole llama_cpp package (``doctor``, ``serve``), on the bindings ``_bindings`` set up."""
-    C = _bindings()
-    import llama_cpp  # its _logger module sets a log callback of its own: ours goes back in
-
-    C.llama_log_set(_log_callback, ctypes.c_void_p(0))
-    # submodules loaded under the stand-in are not attributes of the real package yet
-    for name, module in list(sys.modules.items()):
-        parent, _, child = name.rpartition(".")
-        if parent == "llama_cpp" and module is not None and not hasattr(llama_cpp, child):
-            setattr(llama_cpp, child, module)
-    return llama_cpp
-
-
-def llama_cpp_version() -> str:
-    """The installed llama-cpp-python's version, without importing the package."""
-    try:
-        from importlib.metadata import version
-
-        return version("llama_cpp_python")
-    except Exception:
-        return "?"
 
 
 TEMPLATE_SECONDS = 5  # a chat template (code from the GGUF file) that runs longer is stopped
@@ -164,15 +55,6 @@ def _time_limit(seconds: float) -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-
-
-class _LogWriter(io.TextIOBase):
-    """A file-like object that sends what llama-cpp-python prints to the logger."""
-
-    def write(self, s: str) -> int:
-        if s.strip():
-            log.debug("%s", s.rstrip())
-        return len(s)
 
 
 def physical_cores() -> int:
@@ -527,6 +409,12 @@ class LocalEngine:
         def add(sampler: Any) -> None:
             C.llama_sampler_chain_add(chain, sampler)
 
+        if sampling.grammar:  # first: the rest of the chain only ever sees tokens the grammar allows
+            try:
+                add(check_grammar(self._vocab, sampling.grammar))
+            except BaseException:
+                C.llama_sampler_free(chain)
+                raise
         if markers := self._marker_tokens():
             biases = (C.llama_logit_bias * len(markers))(*(C.llama_logit_bias(token, float("-inf")) for token in markers))
             add(C.llama_sampler_init_logit_bias(self._n_vocab, len(markers), biases))

@@ -29,12 +29,12 @@ from gptcli.engines import Chunk, Message, Sampling
 from gptcli.engines.local import (
     LocalEngine,
     ReplyState,
-    _LogWriter,
-    _recent_errors,
     _set_flash_attention,
     refuse_overflow,
     shared_prefix,
 )
+from gptcli.engines.llama import LogWriter as _LogWriter
+from gptcli.engines.llama import recent_errors as _recent_errors
 from gptcli.errors import EngineError, ModelError
 
 KV_BUDGET = 1 << 30  # bytes of KV cache the automatic choice of sequences may take
