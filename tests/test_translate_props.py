@@ -14,15 +14,14 @@ from gptcli.translate import (
     Glossary,
     Job,
     Translator,
-    loop_start,
     lost_spans,
     match_translation,
     normalize_atom,
     parse_document,
     plan_document,
     protect_spans,
-    repeats_itself,
 )
+from gptcli.repetition import loop_start, repeats_itself
 from tests.test_translate import ScriptedTranslator
 
 WORDS = ["alpha", "beta", "Gamma", "delta", "über", "naïve", "数据", "x1", "`code`", "https://example.com/a_b", "**bold**", "it's",
