@@ -233,6 +233,12 @@ class LocalEngine:
         self._parallel.append(engine)
         return engine
 
+    def auto_parallel(self) -> int:
+        """How many replies at once suit this model and device by default (see ``engines.parallel``)."""
+        from gptcli.engines.parallel import auto_parallel
+
+        return auto_parallel(self)
+
     def close(self) -> None:
         """Free the batch, the context and the weights (after any parallel contexts on them)."""
         for engine in list(self._parallel):
