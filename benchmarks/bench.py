@@ -10,7 +10,6 @@ import json
 import os
 import platform
 import random
-import re
 import shutil
 import statistics
 import subprocess
@@ -24,7 +23,8 @@ BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT))
 
 from gptcli.engines import Sampling  # noqa: E402
-from gptcli.engines.local import LocalEngine, physical_cores  # noqa: E402
+from gptcli.engines.llama import physical_cores  # noqa: E402
+from gptcli.engines.local import LocalEngine  # noqa: E402
 from gptcli.models import embedded_model_path  # noqa: E402
 
 PROMPT = "Explain in three sentences why the sky is blue."
@@ -70,10 +70,12 @@ def llama_bench(binary: str, model: str, args: list[str], reps: int = 3) -> floa
     return float(json.loads(out)[0]["avg_ts"])
 
 
-def engine_tg(engine: LocalEngine, n: int) -> float:
-    sampling = Sampling(temperature=0.7, max_tokens=n, seed=1, ignore_eos=True)
+def engine_tg(engine: LocalEngine, n: int, greedy: bool = False) -> float:
+    # the default sampler (top-k 40, repeat penalty, top-p, min-p, temperature 0.7, a seeded draw),
+    # or greedy: the difference is what sampling costs (llama-bench samples nothing)
+    sampling = Sampling(temperature=0 if greedy else 0.7, max_tokens=n, seed=1, ignore_eos=True)
     usage = None
-    engine._forget_after(0)
+    engine.forget(0)
     start = time.perf_counter()
     for chunk in engine.complete("Once upon a time", sampling):
         usage = chunk.usage or usage
@@ -83,12 +85,12 @@ def engine_tg(engine: LocalEngine, n: int) -> float:
 
 
 def engine_pp(engine: LocalEngine, n: int) -> float:
-    tokens = [engine._bos] + [1000 + (i * 7) % 20000 for i in range(n - 1)]
+    tokens = [engine.bos] + [1000 + (i * 7) % 20000 for i in range(n - 1)]
     times = []
     for _ in range(3):
-        engine._forget_after(0)
+        engine.forget(0)
         start = time.perf_counter()
-        engine._prepare(tokens)
+        engine.prefill(tokens)
         times.append(time.perf_counter() - start)
     return n / statistics.median(times)
 
@@ -97,7 +99,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--llama-bench", required=True)
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, no 2,048-token run")
+    parser.add_argument("--gpu-layers", default="0", help="layers to offload (a number or 'all'), for both gptcli and llama-bench")
     args = parser.parse_args()
+    layers = -1 if args.gpu_layers == "all" else int(args.gpu_layers)
+    ngl = ["-ngl", "999" if layers == -1 else str(layers)]
     model = str(embedded_model_path())
     home = Path(tempfile.mkdtemp(prefix="gptcli-bench-"))
     env = dict(os.environ, GPTCLI_HOME=str(home / "gptcli"), LLM_USER_PATH=str(home / "llm"))
@@ -134,8 +139,9 @@ def main() -> None:
     row(f"one-shot `ask` wall time ({note})", f"{one_g:.3f} s", f"llm {one_l:.3f} s", f"{one_g / one_l:.2f}x")
 
     print("3-4. generation and prompt processing", file=sys.stderr)
-    engine = LocalEngine(Path(model), ctx=4096, threads=THREADS)  # gptcli's defaults (a chat)
-    fa = ["-fa", "1" if engine.flash_attn else "0"]  # llama-bench with the same flash-attention choice
+    engine = LocalEngine(Path(model), ctx=4096, threads=THREADS, gpu_layers=layers)  # gptcli's defaults (a chat)
+    fa = ["-fa", "1" if engine.flash_attn else "0", *ngl]  # llama-bench with the same flash-attention choice and offload
+    where = " on the GPU" if layers else ""
     engine_tg(engine, 16)  # warm-up, as llama-bench does its own
     # llama-bench makes each test a context of its own tokens (n_ctx = prompt + generated), and a
     # larger context decodes a few percent slower even when empty; gptcli's one-shot commands size
@@ -144,22 +150,27 @@ def main() -> None:
     rounds = 3 if args.quick else 5
     for n in ([128] if args.quick else [128, 2048]):
         k = rounds if n == 128 else 2
-        sized = LocalEngine(Path(model), threads=THREADS, fit=n + 8)
-        ours_runs, native_runs = [], []
+        sized = LocalEngine(Path(model), threads=THREADS, fit=n + 8, gpu_layers=layers)
+        ours_runs, greedy_runs, native_runs = [], [], []
         for _ in range(k):
             ours_runs.append(engine_tg(sized, n))
+            if n == 128:
+                greedy_runs.append(engine_tg(sized, n, greedy=True))
             native_runs.append(llama_bench(args.llama_bench, model, ["-p", "0", "-n", str(n), "--repack", "0", *fa], reps=1))
         sized.close()
         ours, native = statistics.median(ours_runs), statistics.median(native_runs)
-        row(f"generation tg{n} (tokens/s)", f"{ours:.1f}", f"llama-bench {native:.1f}", f"{ours / native:.2f}x")
-    sized = LocalEngine(Path(model), threads=THREADS, fit=512)
+        row(f"generation tg{n}{where} (tokens/s)", f"{ours:.1f}", f"llama-bench {native:.1f}", f"{ours / native:.2f}x")
+        if greedy_runs:
+            greedy = statistics.median(greedy_runs)
+            row(f"tg{n}{where}: default sampler against greedy (tokens/s)", f"{ours:.1f}", f"greedy {greedy:.1f}", f"{ours / greedy:.2f}x")
+    sized = LocalEngine(Path(model), threads=THREADS, fit=512, gpu_layers=layers)
     ours_runs, native_runs = [], []
     for _ in range(rounds):
         ours_runs.append(engine_pp(sized, 512))
         native_runs.append(llama_bench(args.llama_bench, model, ["-p", "512", "-n", "0", "--repack", "0", *fa], reps=1))
     sized.close()
     ours_pp, native_pp = statistics.median(ours_runs), statistics.median(native_runs)
-    row("prompt processing pp512 (tokens/s)", f"{ours_pp:.1f}", f"llama-bench {native_pp:.1f}", f"{ours_pp / native_pp:.2f}x")
+    row(f"prompt processing pp512{where} (tokens/s)", f"{ours_pp:.1f}", f"llama-bench {native_pp:.1f}", f"{ours_pp / native_pp:.2f}x")
 
     print("5. multi-turn", file=sys.stderr)
     messages: list[dict] = []

@@ -25,17 +25,18 @@ from bench import engine_pp, engine_tg  # noqa: E402
 
 from gptcli.engines import Sampling  # noqa: E402
 
-from gptcli.engines.local import LocalEngine, physical_cores, release_engines  # noqa: E402
+from gptcli.engines.llama import physical_cores  # noqa: E402
+from gptcli.engines.local import LocalEngine, release_engines  # noqa: E402
 from gptcli.models import embedded_model_path  # noqa: E402
 
 
 def tg_at_depth(engine: LocalEngine, depth: int, n: int = 64) -> float:
     """Generation speed ``depth`` tokens into the context (a long chat, a long reply)."""
-    prompt = [engine._bos] + [1000 + (i * 7) % 20000 for i in range(depth - 1)]
-    engine._forget_after(0)
-    engine._prepare(prompt)
+    prompt = [engine.bos] + [1000 + (i * 7) % 20000 for i in range(depth - 1)]
+    engine.forget(0)
+    engine.prefill(prompt)
     usage = None
-    for chunk in engine._run(prompt, Sampling(temperature=0.7, max_tokens=n, seed=1, ignore_eos=True)):
+    for chunk in engine.generate(prompt, Sampling(temperature=0.7, max_tokens=n, seed=1, ignore_eos=True)):
         usage = chunk.usage or usage
     assert usage is not None and usage.completion_tokens == n
     return (n - 1) / (usage.total_time - usage.time_to_first_token)

@@ -250,8 +250,6 @@ def translate(engine: RecordingEngine, job: Job, document: str, parallel: int) -
 def speed(document: str, ctx: int, threads: int | None, parallel: int | None = None) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
     """Raw generation before and after; ``document`` translated as `gptcli translate` does by
     default (several chunks decoded at once), and one chunk at a time."""
-    from gptcli.engines.parallel import auto_parallel
-
     settings = load_settings().with_flags(ctx=ctx, threads=threads)
     engine = RecordingEngine(choose.open_engine(settings))
     raw_before = statistics.median(raw_speed(engine.inner) for _ in range(3))
@@ -265,7 +263,7 @@ def speed(document: str, ctx: int, threads: int | None, parallel: int | None = N
         sampling=Sampling(temperature=template.temperature or 0.2, seed=1),
         model="bench",
     )
-    n = parallel or auto_parallel(engine.inner)  # type: ignore[arg-type]
+    n = parallel or engine.inner.auto_parallel()  # type: ignore[attr-defined]
     batched = translate(engine, job, document, n)
     serial = translate(engine, job, document, 1)
     reading, writing = engine_rates(engine.inner, n, document)

@@ -10,10 +10,13 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gptcli.config import KEYS, Settings, config_path, data_dir
 from gptcli.errors import GptcliError
+
+if TYPE_CHECKING:
+    from gptcli.engines.llama import Backend
 
 OK, INFO, WARN, FAIL = "ok", "info", "warn", "fail"
 INSTALL_HINT = "see the README's 'GPU offload' section (CMAKE_ARGS=\"-DGGML_CUDA=on\" or -DGGML_METAL=on)"
@@ -44,53 +47,51 @@ def _version(dist: str) -> str | None:
         return None
 
 
-@dataclass
-class BackendInfo:
-    """What the installed llama.cpp was built with."""
+def backend_info() -> Backend:
+    """Ask llama.cpp about itself: version, CPU features, backends and devices (the llama layer)."""
+    from gptcli.engines.llama import backend
 
-    llama_cpp_python: str
-    llama_cpp: str
-    system_info: str
-    cpu_features: list[str]
-    backends: list[str]
-    gpu_offload: bool
+    return backend()
 
 
-def backend_info() -> BackendInfo:
-    """Ask llama.cpp about itself (imports llama_cpp through the local engine module)."""
-    from gptcli.engines.llama import import_llama_package as _import_llama
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):.1f} GiB"
 
-    llama_cpp = _import_llama()
-    raw = llama_cpp.llama_print_system_info()
-    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-    features: list[str] = []
-    for item in text.replace("\n", "|").split("|"):
-        name, sep, value = item.partition("=")
-        name = name.split(":")[-1].strip()
-        if sep and value.strip() == "1" and name:
-            features.append(name)
-    version = "unknown"
-    try:
-        v = llama_cpp.llama_cpp.llama_version()
-        version = v.decode() if isinstance(v, bytes) else str(v)
-    except Exception:
-        pass
-    lib = Path(llama_cpp.__file__).parent / "lib"
-    backends = sorted(
-        {
-            p.name.split(".")[0].removeprefix("libggml-")
-            for p in lib.glob("libggml-*")
-            if p.name.split(".")[0] not in ("libggml-base",)
-        }
-    ) or ["cpu"]
-    return BackendInfo(
-        llama_cpp_python=getattr(llama_cpp, "__version__", None) or _version("llama_cpp_python") or "unknown",
-        llama_cpp=version,
-        system_info=text.strip(),
-        cpu_features=features,
-        backends=backends,
-        gpu_offload=bool(llama_cpp.llama_supports_gpu_offload()),
-    )
+
+def device_checks(backend: Backend, gpu_layers: int) -> list[Check]:
+    """What llama.cpp was built with and what it sees: its backends, each GPU with its memory,
+    and whether ``gpu_layers`` can be honoured."""
+    checks = [
+        Check("llama-cpp-python", backend.llama_cpp_python, INFO),
+        Check("llama.cpp", f"{backend.llama_cpp} (backends: {', '.join(backend.backends)})", INFO),
+        Check("cpu features", " ".join(backend.cpu_features) or "none reported", INFO),
+    ]
+    for device in backend.gpus:
+        memory = f"{_gib(device.memory_total)}, {_gib(device.memory_free)} free" if device.memory_total else "memory not reported"
+        checks.append(Check("gpu", f"{device.backend} {device.name}: {device.description} ({memory})", INFO))
+    wanted = "all" if gpu_layers == -1 else str(gpu_layers)
+    if backend.gpu_offload and backend.gpus:
+        where = ", ".join(f"{d.backend} {d.name}" for d in backend.gpus)
+        if gpu_layers:
+            checks.append(Check("gpu offload", f"gpu_layers = {wanted}, on {where}", OK))
+        else:
+            checks.append(Check("gpu offload", f"available on {where}; gpu_layers = 0 (CPU only)", INFO, "set gpu_layers = all to use it"))
+    elif backend.gpu_offload:
+        checks.append(
+            Check("gpu offload", f"this build supports it ({', '.join(backend.backends)}) but no GPU is visible; gpu_layers = {wanted}", WARN if gpu_layers else INFO)
+        )
+    elif gpu_layers:
+        checks.append(
+            Check(
+                "gpu offload",
+                f"gpu_layers = {wanted} but this llama.cpp build is CPU-only",
+                FAIL,
+                f"nothing will be offloaded: reinstall llama-cpp-python with GPU support ({INSTALL_HINT}), or set gpu_layers = 0",
+            )
+        )
+    else:
+        checks.append(Check("gpu offload", "not supported by this build (CPU only)", INFO, INSTALL_HINT))
+    return checks
 
 
 def _writable(folder: Path) -> bool:
@@ -111,7 +112,7 @@ def run_checks(
 ) -> list[Check]:
     """Every check, in report order. ``settings`` is ``None`` when they could not be read."""
     from gptcli import __version__, hub, models
-    from gptcli.engines.local import physical_cores
+    from gptcli.engines.llama import default_threads, physical_cores
     from gptcli.ggufinfo import read_gguf
 
     checks: list[Check] = [
@@ -122,36 +123,17 @@ def run_checks(
     effective = settings or default_settings()
 
     # llama.cpp
-    backend: BackendInfo | None = None
     try:
-        backend = backend_info()
+        checks += device_checks(backend_info(), effective.gpu_layers)
     except Exception as exc:  # a missing or broken llama-cpp-python build
         checks.append(Check("llama-cpp-python", "cannot be imported", FAIL, f"{type(exc).__name__}: {exc}"))
-    if backend is not None:
-        checks.append(Check("llama-cpp-python", backend.llama_cpp_python, INFO))
-        checks.append(Check("llama.cpp", f"{backend.llama_cpp} (backends: {', '.join(backend.backends)})", INFO))
-        checks.append(Check("cpu features", " ".join(backend.cpu_features) or "none reported", INFO))
-        gpu_layers = effective.gpu_layers
-        wanted = "all" if gpu_layers == -1 else str(gpu_layers)
-        if backend.gpu_offload:
-            checks.append(Check("gpu offload", f"supported; gpu_layers = {wanted}", OK))
-        elif gpu_layers:
-            checks.append(
-                Check(
-                    "gpu offload",
-                    f"gpu_layers = {wanted} but this llama.cpp build is CPU-only",
-                    FAIL,
-                    f"nothing will be offloaded: reinstall llama-cpp-python with GPU support ({INSTALL_HINT}), or set gpu_layers = 0",
-                )
-            )
-        else:
-            checks.append(Check("gpu offload", "not supported by this build (CPU only)", INFO, INSTALL_HINT))
 
     threads = effective.threads
     cores = physical_cores()
-    checks.append(
-        Check("threads", f"{threads or cores} ({'set' if threads else 'default: physical cores'}; {cores} physical, {os.cpu_count()} logical)", INFO)
+    default = (
+        "default: one per physical core, fewer while other processes keep cores busy"
     )
+    checks.append(Check("threads", f"{threads or default_threads()} ({'set' if threads else default}; {cores} physical, {os.cpu_count()} logical)", INFO))
 
     # paths
     cfg = config_path()

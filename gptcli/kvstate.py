@@ -9,22 +9,15 @@ import os
 import struct
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from gptcli.config import data_dir, ensure_private_dir
+from gptcli.engines import Stateful
 from gptcli.textio import atomic_write_bytes
 
 MAGIC = b"GPTCLIKV"
 FORMAT_VERSION = 1
 DEFAULT_LIMIT_BYTES = 512 * 1024 * 1024
-
-
-class StatefulEngine(Protocol):
-    def state_key(self) -> dict[str, Any]: ...
-
-    def export_state(self) -> tuple[list[int], bytes]: ...
-
-    def import_state(self, tokens: list[int], data: bytes) -> bool: ...
 
 
 class KVStateStore:
@@ -42,7 +35,7 @@ class KVStateStore:
         safe = "".join(ch for ch in session_id if ch.isalnum() or ch in "-_") or "session"
         return self.folder / f"{safe}.kv"
 
-    def save(self, session_id: str, engine: StatefulEngine) -> Path | None:
+    def save(self, session_id: str, engine: Stateful) -> Path | None:
         tokens, data = engine.export_state()
         if not tokens or len(data) > self.limit_bytes:
             return None
@@ -60,7 +53,7 @@ class KVStateStore:
         self.evict(keep=path)
         return path
 
-    def load(self, session_id: str, engine: StatefulEngine, notice: Callable[[str], None] | None = None) -> int:
+    def load(self, session_id: str, engine: Stateful, notice: Callable[[str], None] | None = None) -> int:
         """Restore the session's state into the engine; returns the tokens restored (0: none)."""
         path = self.path_for(session_id)
         try:
@@ -118,7 +111,7 @@ class KVStateStore:
 def store_for(settings: Any, engine: Any) -> KVStateStore | None:
     """The state store when the engine can save its KV cache and ``kv_cache_mb`` allows it."""
     limit_mb = getattr(settings, "kv_cache_mb", 0)
-    if not limit_mb or not hasattr(engine, "export_state"):
+    if not limit_mb or not isinstance(engine, Stateful):
         return None
     return KVStateStore(limit_bytes=limit_mb * 1024 * 1024)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Protocol
 
 from gptcli.repetition import SENTENCE_END, loop_start, repeats_itself
-from gptcli.engines import Engine, Message, Sampling
+from gptcli.engines import Batching, Concurrent, Engine, Message, Sampling
 from gptcli.errors import EngineError, InputError, UsageError
 from gptcli.languages import Language
 from gptcli.templates import Template
@@ -1278,7 +1278,7 @@ class Translator:
         together, so that one chunk's paragraphs fill its sequences, each reply read by a thread of
         its own (so that each is stopped as soon as it is complete); others get them one by one."""
         outputs: Iterable[str]
-        if getattr(engine, "concurrent", False) and len(atoms) > 1:
+        if isinstance(engine, Concurrent) and len(atoms) > 1:
             outputs = self._read_together(engine, atoms, result)
         else:  # one at a time: each request is sent when the one before it (and its retry) is done
             outputs = (self._read_atom(self._open_atom(engine, atom, result, events), atom, result, events) for atom in atoms)
@@ -1423,10 +1423,9 @@ class Translator:
             work.put(chunk)
         results: queue.Queue[tuple[ChunkResult | None, BaseException | None]] = queue.Queue()
         count = min(self.parallel, len(todo))
-        opener = getattr(self.engine, "parallel", None)
         # the longest request: prompt, source and room for the reply (the longest chunk's)
         longest = max(self.overhead + c.source_tokens + self._max_tokens(c.source_tokens) + 8 for c in todo)
-        batched = opener(count, longest) if callable(opener) else None
+        batched = self.engine.parallel(count, longest) if isinstance(self.engine, Batching) else None
         engine = batched or self.engine
 
         def worker() -> None:

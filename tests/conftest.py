@@ -70,7 +70,7 @@ def run_gptcli(gptcli_bin: str):
     return run
 
 
-class _Stream(io.StringIO):
+class TextStream(io.StringIO):
     def __init__(self, text: str = "", tty: bool = False) -> None:
         super().__init__(text)
         self.tty = tty
@@ -101,9 +101,9 @@ def cli():
 
     def invoke(argv: list[str], stdin: str | None = None, tty: bool = False) -> CliResult:
         env = Env(
-            stdin=_Stream(stdin or "", tty=stdin is None),
-            stdout=_Stream(tty=tty),
-            stderr=_Stream(),
+            stdin=TextStream(stdin or "", tty=stdin is None),
+            stdout=TextStream(tty=tty),
+            stderr=TextStream(),
         )
         code = run(argv, env=env)
         return CliResult(code, env.stdout.getvalue(), env.stderr.getvalue())  # type: ignore[attr-defined]
@@ -129,3 +129,11 @@ def hub(monkeypatch: pytest.MonkeyPatch):
         for key, value in server.env().items():
             monkeypatch.setenv(key, value)
         yield server
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 370 KB random-weight GGUF llama.cpp loads in milliseconds (tests/tinymodel.py)."""
+    from tests.tinymodel import write_tiny_gguf
+
+    return write_tiny_gguf(tmp_path_factory.mktemp("tiny") / "tiny-random.gguf")

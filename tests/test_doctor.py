@@ -36,7 +36,7 @@ def test_doctor_reports_everything_and_loads_the_default_model(run_gptcli):
 
 @pytest.mark.model
 def test_doctor_json_names_versions_and_features(run_gptcli):
-    import llama_cpp
+    from importlib.metadata import version
 
     proc = run_gptcli("doctor", "--json")
     assert proc.returncode == 0, proc.stderr
@@ -44,7 +44,7 @@ def test_doctor_json_names_versions_and_features(run_gptcli):
     data = json.loads(proc.stdout)
     assert data["ok"] is True
     checks = {c["label"]: c for c in data["checks"]}
-    assert checks["llama-cpp-python"]["value"] == llama_cpp.__version__
+    assert checks["llama-cpp-python"]["value"] == version("llama_cpp_python")
     assert checks["cpu features"]["value"] != "none reported"
     assert checks["model loads"]["status"] == "ok"
     assert all(c["status"] != "fail" for c in data["checks"])
@@ -62,12 +62,12 @@ def test_a_broken_config_file_fails_and_says_where(run_gptcli, tmp_path):
 
 
 def test_gpu_layers_on_a_cpu_only_build_is_reported(run_gptcli):
-    import llama_cpp
+    from gptcli.engines.llama import backend
 
     proc = run_gptcli("doctor", "--no-load", env={"GPTCLI_GPU_LAYERS": "all"})
-    if llama_cpp.llama_supports_gpu_offload():  # a CUDA/Metal build: offload works
+    if backend().gpus:  # a CUDA/Metal build with a device: offload works
         assert proc.returncode == 0, proc.stdout
-        assert "supported; gpu_layers = all" in proc.stdout
+        assert "gpu_layers = all, on " in proc.stdout
     else:
         assert proc.returncode == 1
         assert "gpu_layers = all but this llama.cpp build is CPU-only" in proc.stdout
@@ -139,3 +139,33 @@ def test_an_unknown_engine_fails(run_gptcli):
     proc = run_gptcli("doctor", "--no-load", env={"GPTCLI_ENGINE": "bogus"})
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: engine: unknown engine 'bogus'")
+
+
+def test_a_gpu_build_names_its_backend_device_and_memory():
+    """As llama.cpp's backend registry reports a CUDA build on an H200 (``ggml_backend_dev_*``)."""
+    from gptcli.doctor import device_checks
+    from gptcli.engines.llama import Backend, Device
+
+    gib = 1 << 30
+    cuda = Backend(
+        llama_cpp_python="0.3.36",
+        llama_cpp="0.5.0-dev",
+        system_info="CUDA : ARCHS = 900 | CPU : SSE3 = 1 | AVX2 = 1 |",
+        cpu_features=["SSE3", "AVX2"],
+        backends=["CUDA", "CPU"],
+        devices=[
+            Device("CUDA0", "NVIDIA H200", "gpu", "CUDA", 138 * gib, 140 * gib),
+            Device("CPU", "AMD EPYC 9654", "cpu", "CPU", 120 * gib, 128 * gib),
+        ],
+        gpu_offload=True,
+    )
+    checks = {c.label: c for c in device_checks(cuda, -1)}
+    assert checks["llama.cpp"].value == "0.5.0-dev (backends: CUDA, CPU)"
+    assert checks["gpu"].value == "CUDA CUDA0: NVIDIA H200 (140.0 GiB, 138.0 GiB free)"
+    assert checks["gpu offload"].status == "ok" and checks["gpu offload"].value == "gpu_layers = all, on CUDA CUDA0"
+    idle = {c.label: c for c in device_checks(cuda, 0)}
+    assert "available on CUDA CUDA0" in idle["gpu offload"].value and idle["gpu offload"].status == "info"
+    cpu_only = Backend("0.3.36", "0.5.0-dev", "", [], ["CPU"], [Device("CPU", "AMD EPYC", "cpu", "CPU", gib, gib)], False)
+    checks = {c.label: c for c in device_checks(cpu_only, 0)}
+    assert "gpu" not in checks and checks["gpu offload"].value == "not supported by this build (CPU only)"
+    assert {c.label: c for c in device_checks(cpu_only, 10)}["gpu offload"].status == "fail"

@@ -59,13 +59,13 @@ def test_resumed_state_predicts_like_a_full_reread(session, tmp_path):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         assert store.load("s1", resumed) == len(tokens)
         follow_up = messages + [{"role": "user", "content": "And one about the sun?"}]
-        prompt = resumed._format(follow_up)
-        reused = resumed._prepare(prompt)
+        prompt = resumed.format(follow_up)
+        reused = resumed.prefill(prompt)
         assert reused >= len(tokens) - 8  # only the new turn is evaluated
         warm = last_logits(resumed)
         fresh = new_engine()
         try:
-            assert fresh._prepare(prompt) == 0
+            assert fresh.prefill(prompt) == 0
             assert_same_prediction(warm, last_logits(fresh))
         finally:
             fresh.close()

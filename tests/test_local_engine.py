@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from gptcli.engines import Sampling
-from gptcli.engines.local import LocalEngine, _StopFilter
+from gptcli.engines.local import LocalEngine
+from gptcli.engines.reply import StopFilter
 from gptcli.errors import ContextOverflowError
 from gptcli.models import embedded_model_path
 
@@ -28,11 +29,9 @@ def engine():
 
 
 def last_logits(engine: LocalEngine):
-    import llama_cpp
     import numpy as np
 
-    ptr = llama_cpp.llama_get_logits_ith(engine._ctx, -1)
-    return np.ctypeslib.as_array(ptr, shape=(engine._n_vocab,)).copy()
+    return np.array(engine.context.logits(-1))
 
 
 def assert_same_prediction(a, b):
@@ -48,13 +47,13 @@ def test_second_turn_reuses_the_cached_prefix_and_predicts_the_same(engine):
     turn1 = [{"role": "user", "content": "Name a colour."}]
     reply1, usage1 = collect(engine.stream(turn1, GREEDY))
     turn2 = turn1 + [{"role": "assistant", "content": reply1}, {"role": "user", "content": "Name an animal."}]
-    tokens = engine._format(turn2)
-    reused = engine._prepare(tokens)
+    tokens = engine.format(turn2)
+    reused = engine.prefill(tokens)
     assert reused >= usage1.prompt_tokens - 1
     warm = last_logits(engine)
     fresh = LocalEngine(embedded_model_path(), ctx=1024)
     try:
-        assert fresh._prepare(tokens) == 0
+        assert fresh.prefill(tokens) == 0
         assert_same_prediction(warm, last_logits(fresh))
     finally:
         fresh.close()
@@ -100,12 +99,12 @@ def test_raw_completion_has_no_chat_template(engine):
 
 
 def test_stop_filter_cuts_at_a_stop_string_split_across_chunks():
-    f = _StopFilter(["</end>"])
+    f = StopFilter(["</end>"])
     out = f.feed("Hello wor") + f.feed("ld</e") + f.feed("nd> ignored")
     assert out == "Hello world" and f.hit
     assert f.flush("") == ""
 
 
 def test_stop_filter_passes_text_without_stops():
-    f = _StopFilter(["###"])
+    f = StopFilter(["###"])
     assert f.feed("a#b") + f.feed("#c") + f.flush("") == "a#b#c"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from types import SimpleNamespace
 
 import pytest
 
@@ -102,8 +101,8 @@ def test_a_queued_reply_closed_before_it_is_read_never_takes_a_sequence(engine):
         dropped.close()
         assert text_of(first).strip() and text_of(last).strip()
         assert list(dropped) == []
-        assert not batched._busy() and not batched._pending
-        assert batched._slots[0].kv[-1] != 0 and len(batched._slots[0].kv) < 200  # the last reply's cache, not 400 tokens of a story
+        assert not batched.busy
+        assert batched.cached(0)[-1] != 0 and len(batched.cached(0)) < 200  # the last reply's cache, not 400 tokens of a story
 
 
 @pytest.mark.model
@@ -156,13 +155,10 @@ def test_a_prompt_longer_than_a_sequence_is_refused(engine):
 
 
 def test_automatic_count_keeps_the_kv_caches_within_a_gibibyte():
-    def fake(per_token: int | None, n_ctx: int) -> SimpleNamespace:
-        return SimpleNamespace(info=SimpleNamespace(kv_bytes_per_token=per_token), n_ctx=n_ctx)
-
-    assert auto_parallel(fake(23040, 4096)) == 4  # the embedded model: 90 MiB a sequence
-    assert auto_parallel(fake(131072, 4096)) == 2  # an 8B Llama: 512 MiB a sequence
-    assert auto_parallel(fake(131072, 32768)) == 1
-    assert auto_parallel(fake(None, 4096)) == 1  # unknown shape: one at a time
+    assert auto_parallel(23040, 4096) == 4  # the embedded model: 90 MiB a sequence
+    assert auto_parallel(131072, 4096) == 2  # an 8B Llama: 512 MiB a sequence
+    assert auto_parallel(131072, 32768) == 1
+    assert auto_parallel(None, 4096) == 1  # unknown shape: one at a time
 
 
 @pytest.mark.model

@@ -25,7 +25,7 @@ from gptcli.store import (
     new_session_id,
     open_history,
 )
-from tests.conftest import _Stream
+from tests.conftest import TextStream
 
 
 @pytest.fixture
@@ -346,7 +346,7 @@ def test_a_folder_at_the_history_path_is_an_error(db_path: Path):
 
 
 def test_open_history_honours_the_setting_and_survives_an_unwritable_folder(isolated_home: Path, monkeypatch):
-    env = Env(stdin=_Stream(), stdout=_Stream(), stderr=_Stream())
+    env = Env(stdin=TextStream(), stdout=TextStream(), stderr=TextStream())
     settings = load_settings()
     assert open_history(settings.with_flags(history=False), env) is None
     assert not default_store_path().exists()  # history off: not even created

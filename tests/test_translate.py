@@ -596,9 +596,11 @@ def test_a_source_that_repeats_itself_may_be_repeated(cli, engine, tmp_path):
 
 
 def test_an_engine_that_decodes_replies_together_gets_a_chunks_pieces_at_once(cli, engine, tmp_path):
-    # the batched local engine says so with ``concurrent``: a chunk that goes piece by piece then
-    # fills its sequences with all its paragraphs, instead of one paragraph at a time per chunk
-    engine.concurrent = True  # type: ignore[attr-defined]
+    # the batched local engine is ``Concurrent``: a chunk that goes piece by piece then fills its
+    # sequences with all its paragraphs, instead of one paragraph at a time per chunk
+    engine.wake = lambda: None  # type: ignore[attr-defined]
+    engine.pump = lambda wait: False  # type: ignore[attr-defined]
+    engine.close = lambda: None  # type: ignore[attr-defined]
     opened: list[int] = []
     stream = engine.stream
 

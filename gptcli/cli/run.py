@@ -132,12 +132,11 @@ def _engine_for(settings: Settings, messages: list[Message], sampling: Sampling,
         return choose.open_engine(settings)
     need = sum(len(m["content"].encode("utf-8")) + 16 for m in messages) + 256 + sampling.max_tokens
     engine = choose.open_engine(dataclasses.replace(settings, fit=need))
-    info = getattr(engine, "info", None)
-    if info is None:
-        return engine
-    from gptcli.engines.local import default_context, release_engines
+    from gptcli.engines.local import LocalEngine, default_context, release_engines
 
-    if engine.context_length < default_context(info, settings.ctx):
+    if not isinstance(engine, LocalEngine):
+        return engine
+    if engine.context_length < default_context(engine.info, settings.ctx):
         if engine.count_tokens(messages) + sampling.max_tokens > engine.context_length:
             release_engines()
             engine = choose.open_engine(settings)

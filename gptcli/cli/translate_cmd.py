@@ -2,7 +2,6 @@
 
 import json
 import os
-import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,7 @@ import typer
 from gptcli.cli.app import AppState, app, state
 from gptcli.cli.completion import complete_language, complete_template
 from gptcli.cli.options import GenOptions, generation_options
-from gptcli.engines import Engine, choose, sampling_from
+from gptcli.engines import Batching, Engine, choose, sampling_from
 from gptcli.errors import InputError, TemplateError, UsageError
 from gptcli.render import Env
 
@@ -96,18 +95,9 @@ def _outputs(names: list[str], output: Optional[str], output_dir: Optional[str],
     return targets
 
 
-def _is_local(engine: Engine) -> bool:
-    local = sys.modules.get("gptcli.engines.local")
-    return local is not None and isinstance(engine, local.LocalEngine)
-
-
 def _auto_parallel(engine: Engine) -> int:
-    """The local engine decodes up to 4 chunks in one batch (as memory allows); a remote one gets 1 at a time."""
-    if not _is_local(engine):
-        return 1
-    from gptcli.engines.parallel import auto_parallel
-
-    return auto_parallel(engine)  # type: ignore[arg-type]
+    """An engine that batches replies runs as many chunks at once as suits its device; others 1 at a time."""
+    return engine.auto_parallel() if isinstance(engine, Batching) else 1
 
 
 def _same_terminal(a: IO[str], b: IO[str]) -> bool:

@@ -15,21 +15,28 @@ import json
 import logging
 import math
 import os
+import re
+import signal
 import sys
+import threading
+import time
 import types
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gptcli.errors import EngineError, ModelError
+from gptcli.engines import Message, Sampling
+from gptcli.engines.chat_template import ChatTemplate
+from gptcli.errors import ContextOverflowError, EngineError, ModelError
 
 log = logging.getLogger("gptcli.llama")
 
 # llama.cpp's recent error lines, kept so a failed load can say why even when not --verbose
 recent_errors: deque[str] = deque(maxlen=8)
 _log_callback: Any = None  # kept alive: llama.cpp holds a raw pointer to it
-_GGML_LEVELS = {0: logging.CRITICAL, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR, 4: logging.DEBUG}
+_GGML_LEVELS = {0: logging.INFO, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}  # ggml_log_level: NONE DEBUG INFO WARN ERROR (5: CONT, the last level)
 
 
 def cpu_has_amx() -> bool:
@@ -144,6 +151,686 @@ class LogWriter(io.TextIOBase):
 
 
 
+# ---------------------------------------------------------------- backend information
+
+
+@dataclass(frozen=True)
+class Device:
+    """A compute device llama.cpp can use (what ``doctor`` reports)."""
+
+    name: str
+    description: str
+    kind: str  # cpu | gpu | igpu | accel
+    backend: str  # CPU, CUDA, Metal, Vulkan, ...
+    memory_free: int  # bytes (0 where the backend does not say)
+    memory_total: int
+
+
+@dataclass(frozen=True)
+class Backend:
+    """What the installed llama.cpp was built with and sees on this machine."""
+
+    llama_cpp_python: str
+    llama_cpp: str
+    system_info: str
+    cpu_features: list[str]
+    backends: list[str]  # registered backends, CPU first: ["CPU"], ["CPU", "CUDA"], ...
+    devices: list[Device]
+    gpu_offload: bool
+
+    @property
+    def gpus(self) -> list[Device]:
+        return [d for d in self.devices if d.kind in ("gpu", "igpu")]
+
+
+_DEVICE_KINDS = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel"}
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value or "")
+
+
+_ggml: Any = None
+
+
+def _ggml_registry() -> Any:
+    """ggml's backend registry functions (llama-cpp-python binds none of them), through the
+    loaded libllama, which links ggml."""
+    global _ggml
+    if _ggml is None:
+        lib = bindings()._lib
+        p, size, char = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p
+        for name, args, result in (
+            ("ggml_backend_dev_count", [], size),
+            ("ggml_backend_dev_get", [size], p),
+            ("ggml_backend_dev_name", [p], char),
+            ("ggml_backend_dev_description", [p], char),
+            ("ggml_backend_dev_type", [p], ctypes.c_int),
+            ("ggml_backend_dev_memory", [p, ctypes.POINTER(size), ctypes.POINTER(size)], None),
+            ("ggml_backend_dev_backend_reg", [p], p),
+            ("ggml_backend_reg_count", [], size),
+            ("ggml_backend_reg_get", [size], p),
+            ("ggml_backend_reg_name", [p], char),
+        ):
+            function = getattr(lib, name)
+            function.argtypes, function.restype = args, result
+        _ggml = lib
+    return _ggml
+
+
+def devices() -> list[Device]:
+    """llama.cpp's device registry: every backend's devices, with their memory."""
+    C = _ggml_registry()
+    found = []
+    free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+    for i in range(int(C.ggml_backend_dev_count())):
+        dev = C.ggml_backend_dev_get(i)
+        free.value = total.value = 0
+        C.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        reg = C.ggml_backend_dev_backend_reg(dev)
+        found.append(
+            Device(
+                name=_text(C.ggml_backend_dev_name(dev)),
+                description=_text(C.ggml_backend_dev_description(dev)),
+                kind=_DEVICE_KINDS.get(int(C.ggml_backend_dev_type(dev)), "other"),
+                backend=_text(C.ggml_backend_reg_name(reg)) if reg else "?",
+                memory_free=int(free.value),
+                memory_total=int(total.value),
+            )
+        )
+    return found
+
+
+def backend() -> Backend:
+    """Ask llama.cpp about itself: version, CPU features, backends and devices."""
+    C = bindings()
+    text = _text(C.llama_print_system_info())
+    features: list[str] = []
+    for item in text.replace("\n", "|").split("|"):
+        name, sep, value = item.partition("=")
+        name = name.split(":")[-1].strip()
+        if sep and value.strip() == "1" and name:
+            features.append(name)
+    try:
+        version = _text(C.llama_version()) if hasattr(C, "llama_version") else "unknown"
+    except Exception:
+        version = "unknown"
+    found = devices()
+    names = []
+    G = _ggml_registry()
+    for i in range(int(G.ggml_backend_reg_count())):
+        name = _text(G.ggml_backend_reg_name(G.ggml_backend_reg_get(i)))
+        if name and name not in names:
+            names.append(name)
+    return Backend(
+        llama_cpp_python=llama_cpp_version(),
+        llama_cpp=version,
+        system_info=text.strip(),
+        cpu_features=features,
+        backends=names or ["CPU"],
+        devices=found,
+        gpu_offload=bool(C.llama_supports_gpu_offload()),
+    )
+
+
+def gpu_free_memory() -> int:
+    """Free bytes on the GPUs llama.cpp sees (0 without one)."""
+    return sum(d.memory_free for d in devices() if d.kind in ("gpu", "igpu"))
+
+
+# ---------------------------------------------------------------- threads
+
+
+def physical_cores() -> int:
+    """Physical CPU cores (llama.cpp runs best with one thread per core)."""
+    try:
+        cores = set()
+        base = Path("/sys/devices/system/cpu")
+        for topo in base.glob("cpu[0-9]*/topology"):
+            pkg = (topo / "physical_package_id").read_text().strip()
+            core = (topo / "core_id").read_text().strip()
+            cores.add((pkg, core))
+        if cores:
+            return len(cores)
+    except OSError:
+        pass
+    return max(1, (os.cpu_count() or 2) // 2 if (os.cpu_count() or 1) > 4 else os.cpu_count() or 1)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, a container's limit)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def default_threads() -> int:
+    """Threads for generation when the user names none: one per physical core this process may use.
+
+    See ``ThreadGovernor`` for what keeps this from collapsing on a busy machine.
+    """
+    return max(1, min(physical_cores(), usable_cores()))
+
+
+class ThreadGovernor:
+    """Fewer threads while other processes hold cores, so generation never collapses on a busy machine.
+
+    llama.cpp's threads meet at a barrier many times a token (OpenMP's, which spins before it
+    sleeps). When another process takes a core, a thread of ours waits for a time slice at every
+    barrier: measured on 2 cores with two busy processes beside it, 2 threads fell to 2-3
+    tokens/s (17 s to the first token, and runs that never finished a minute), where 1 thread kept
+    7 tokens/s. So the count follows what the others leave free: from ``/proc/stat``'s busy time
+    less this process's own CPU time, measured over the last interval, ``threads = usable cores -
+    ceil(others - 0.25)``, at least 1 and at most the default. On an idle machine the others use
+    next to nothing and the default stands. Checked before each prompt and every ``EVERY`` steps;
+    reading ``/proc/stat`` costs about 20 microseconds. Off Linux it changes nothing. A count the
+    user chose (``--threads``) is never governed.
+    """
+
+    EVERY = 32
+    MIN_SECONDS = 0.2  # shorter intervals measure noise
+
+    def __init__(self, apply: Callable[[int], None], full: int) -> None:
+        self.apply, self.full, self.current = apply, full, full
+        self.usable = usable_cores()
+        self.tick = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
+        self.steps = 0
+        self._last = self._sample()
+
+    @staticmethod
+    def _read_stat() -> tuple[int, int] | None:
+        try:
+            with open("/proc/stat", "rb") as f:
+                fields = f.readline().split()
+        except OSError:
+            return None
+        if not fields or fields[0] != b"cpu":
+            return None
+        values = [int(x) for x in fields[1:9]]  # user nice system idle iowait irq softirq steal
+        busy = values[0] + values[1] + values[2] + values[5] + values[6] + values[7]
+        return busy, busy + values[3] + values[4]
+
+    def _sample(self) -> tuple[tuple[int, int] | None, float, float]:
+        return self._read_stat(), time.process_time(), time.monotonic()
+
+    def others(self) -> float | None:
+        """Cores used by other processes since the last call (None where it cannot be known yet)."""
+        now = self._sample()
+        (stat0, own0, wall0), (stat1, own1, wall1) = self._last, now
+        wall = wall1 - wall0
+        if stat0 is None or stat1 is None or wall < self.MIN_SECONDS:
+            return None
+        self._last = now
+        busy = (stat1[0] - stat0[0]) / self.tick
+        return max(0.0, (busy - (own1 - own0)) / wall)
+
+    def check(self) -> None:
+        """Set the thread count from what other processes use now (before a prompt, or every few steps)."""
+        if self.full <= 1:
+            return
+        others = self.others()
+        if others is None:
+            return
+        n = max(1, min(self.full, self.usable - math.ceil(others - 0.25)))
+        if n != self.current:
+            self.current = n
+            self.apply(n)
+
+    def step(self) -> None:
+        """Count one generated token; checks every ``EVERY`` steps."""
+        self.steps += 1
+        if self.steps % self.EVERY == 0:
+            self.check()
+
+
+# ---------------------------------------------------------------- the model
+
+
+def _set_flash_attention(params: Any, on: bool) -> None:
+    """llama.cpp's context parameter: ``flash_attn_type`` (1 on, 0 off), ``flash_attn`` before it."""
+    if hasattr(params, "flash_attn_type"):
+        params.flash_attn_type = 1 if on else 0
+    else:
+        params.flash_attn = on
+
+
+_MARKER = re.compile(r"<\w*_\w*>|\[\w+\]")  # <start_of_image>, [multimodal]; not <table> or </td>
+
+
+class LlamaModel:
+    """Weights and vocabulary of one GGUF file, loaded by llama.cpp; contexts and samplers are made from it."""
+
+    def __init__(self, path: Path, *, gpu_layers: int = 0, chat_template: str | None = None) -> None:
+        C = bindings()
+        self._C = C
+        self.path = Path(path)
+        self.gpu_layers = gpu_layers
+        params = C.llama_model_default_params()
+        params.n_gpu_layers = 0x7FFFFFFF if gpu_layers == -1 else gpu_layers
+        recent_errors.clear()
+        with contextlib.redirect_stderr(LogWriter()), contextlib.redirect_stdout(LogWriter()):
+            self._model = C.llama_model_load_from_file(str(self.path).encode("utf-8"), params)
+        if not self._model:
+            why = recent_errors[-1] if recent_errors else "llama.cpp refused it"
+            raise ModelError(f"cannot load model {self.path}: {why}")
+        self._vocab = C.llama_model_get_vocab(self._model)
+        self.bos = int(C.llama_vocab_bos(self._vocab))
+        self.eos = int(C.llama_vocab_eos(self._vocab))
+        self.n_vocab = int(C.llama_vocab_n_tokens(self._vocab))
+        self._pieces: dict[int, bytes] = {}
+        self._eog: dict[int, bool] = {}
+        self._markers: list[int] | None = None
+        self._max_piece_bytes: int | None = None
+        self.template: ChatTemplate | None = None
+        if chat_template:
+            try:
+                self.template = ChatTemplate(chat_template, eos_token=self.token_text(self.eos), bos_token=self.token_text(self.bos))
+            except Exception as exc:
+                self.close()  # a broken chat template: the weights are not kept alive for nothing
+                raise ModelError(f"the chat template in {self.path} is broken: {exc}") from None
+
+    # prompts
+
+    def format(self, messages: Sequence[Message], n_ctx: int) -> list[int]:
+        """Messages -> prompt tokens, through the chat template from the GGUF metadata (a base
+        model without one gets a plain transcript)."""
+        self._refuse_if_surely_too_long(sum(len(m["content"].encode("utf-8", "replace")) for m in messages), n_ctx)
+        if self.template is None:
+            text = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages) + "Assistant:"
+            return self.tokenize(text, add_bos=True, special=False)
+        prompt = self.template.render(list(messages))
+        # as llama-cpp-python's Jinja2ChatFormatter does: a template writes its own BOS, or has none
+        return self.tokenize(prompt, add_bos=False, special=True)
+
+    def raw_prompt(self, prompt: str, n_ctx: int) -> list[int]:
+        """A raw prompt's tokens (no chat template), refusing one far too long before tokenizing."""
+        self._refuse_if_surely_too_long(len(prompt.encode("utf-8", "replace")), n_ctx)
+        return self.tokenize(prompt, add_bos=True, special=False)
+
+    def _refuse_if_surely_too_long(self, size: int, n_ctx: int) -> None:
+        """A text far larger than the window is refused before llama.cpp spends seconds tokenizing it."""
+        if size <= 32 * n_ctx:
+            return
+        at_least = size // self.longest_piece()
+        if at_least >= n_ctx:
+            raise ContextOverflowError(
+                f"the input takes at least {at_least} tokens but the context window holds {n_ctx}"
+                " (use a larger --ctx or a shorter input)"
+            )
+
+    # vocabulary
+
+    def tokenize(self, text: str, *, add_bos: bool, special: bool) -> list[int]:
+        """The model's tokens for ``text``."""
+        C = self._C
+        data = text.encode("utf-8")
+        room = len(data) + 2
+        tokens = (C.llama_token * room)()
+        n = C.llama_tokenize(self._vocab, data, len(data), tokens, room, add_bos, special)
+        if n < 0:  # never for a text of n bytes, but the API allows it
+            room = -n
+            tokens = (C.llama_token * room)()
+            n = C.llama_tokenize(self._vocab, data, len(data), tokens, room, add_bos, special)
+            if n < 0:
+                raise EngineError(f"llama.cpp could not tokenize a text of {len(data)} bytes")
+        return tokens[:n]
+
+    def piece(self, token: int) -> bytes:
+        """The bytes ``token`` stands for in a reply (cached: the decode loop asks for every token)."""
+        piece = self._pieces.get(token)
+        if piece is None:
+            C = self._C
+            buf = ctypes.create_string_buffer(64)
+            n = C.llama_token_to_piece(self._vocab, token, buf, 64, 0, False)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = C.llama_token_to_piece(self._vocab, token, buf, -n, 0, False)
+            piece = buf.raw[:n]
+            self._pieces[token] = piece
+        return piece
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return b"".join(self.piece(t) for t in tokens).decode("utf-8", "replace")
+
+    def token_text(self, token: int) -> str:
+        """A token's text as the vocabulary spells it ("" for none)."""
+        if token == -1:
+            return ""
+        return _text(self._C.llama_vocab_get_text(self._vocab, token))
+
+    def is_eog(self, token: int) -> bool:
+        """Whether ``token`` ends a generation (EOS, EOT, ...); cached."""
+        eog = self._eog.get(token)
+        if eog is None:
+            eog = self._eog[token] = bool(self._C.llama_vocab_is_eog(self._vocab, token))
+        return eog
+
+    def longest_piece(self) -> int:
+        """Bytes of the longest token's text: a text of N bytes takes at least N / this many tokens."""
+        if self._max_piece_bytes is None:
+            self._max_piece_bytes = max((len(self.piece(t)) for t in range(self.n_vocab)), default=1) or 1
+        return self._max_piece_bytes
+
+    def marker_tokens(self) -> list[int]:
+        """Tokens a text reply must never hold: user-defined tokens that mark other media, such as
+        Gemma 3's ``<start_of_image>`` and ``[multimodal]`` (llama.cpp prints them as text, and a
+        base model writes them after "Here is a picture:"). Other user-defined tokens are text
+        (runs of spaces or newlines, HTML tags) and stay. Found once, at the first reply."""
+        if self._markers is None:
+            C, vocab = self._C, self._vocab
+            attr, user_defined = C.llama_vocab_get_attr, C.LLAMA_TOKEN_ATTR_USER_DEFINED
+            self._markers = [
+                token
+                for token in range(self.n_vocab)
+                if attr(vocab, token) & user_defined and _MARKER.fullmatch(self.token_text(token))
+            ]
+        return self._markers
+
+    # samplers and contexts
+
+    def sampler(self, sampling: Sampling, seed: int, *, backend: bool = False) -> Sampler:
+        """A sampler chain for one reply (see ``Sampler``); ``backend``: one to run in llama.cpp's graph."""
+        return Sampler(self, sampling, seed, backend=backend)
+
+    def context(
+        self,
+        *,
+        n_ctx: int,
+        n_batch: int,
+        n_seq: int = 1,
+        threads: int,
+        flash_attn: bool,
+        unified: bool = True,
+    ) -> LlamaContext:
+        """A context (KV cache) of ``n_ctx`` cells on this model; ``n_seq`` sequences share it."""
+        return LlamaContext(self, n_ctx=n_ctx, n_batch=n_batch, n_seq=n_seq, threads=threads, flash_attn=flash_attn, unified=unified)
+
+    def close(self) -> None:
+        if self._model is not None:
+            self._C.llama_model_free(self._model)
+            self._model = None
+
+
+class Sampler:
+    """A llama.cpp sampler chain for one reply.
+
+    Order: banned media markers, the grammar (when one is given: the rest of the chain only ever
+    sees tokens it allows), top-k (so the repeat penalty scans 40 tokens, not the vocabulary),
+    penalties, then greedy, or top-p, min-p, temperature and a seeded draw.
+
+    ``backend``: the chain is meant for backend sampling (``LlamaContext.offload_sampler``). This
+    llama.cpp's backend greedy sampler returns the position of the best candidate rather than
+    its token when top-k ran before it (its ``backend_apply`` ignores the candidate list), so a
+    greedy backend chain has no top-k: the argmax is the same but for the rare step where the
+    repeat penalty pushes all 40 best tokens below the 41st.
+    """
+
+    def __init__(self, model: LlamaModel, sampling: Sampling, seed: int, *, backend: bool = False) -> None:
+        C = self._C = model._C
+        self.chain = chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
+        self.has_grammar = bool(sampling.grammar)
+
+        def add(sampler: Any) -> None:
+            C.llama_sampler_chain_add(chain, sampler)
+
+        try:
+            if markers := model.marker_tokens():
+                biases = (C.llama_logit_bias * len(markers))(*(C.llama_logit_bias(token, float("-inf")) for token in markers))
+                add(C.llama_sampler_init_logit_bias(model.n_vocab, len(markers), biases))
+            if sampling.grammar:
+                add(check_grammar(model._vocab, sampling.grammar))
+            if sampling.top_k > 0 and not (backend and sampling.temperature <= 0):
+                add(C.llama_sampler_init_top_k(sampling.top_k))
+            if sampling.repeat_penalty != 1.0:
+                add(C.llama_sampler_init_penalties(model.n_vocab, 64, sampling.repeat_penalty, 0.0, 0.0))
+            if sampling.temperature <= 0:
+                add(C.llama_sampler_init_greedy())
+                return
+            if sampling.top_p < 1.0:
+                add(C.llama_sampler_init_top_p(sampling.top_p, 1))
+            if sampling.min_p > 0:
+                add(C.llama_sampler_init_min_p(sampling.min_p, 1))
+            add(C.llama_sampler_init_temp(sampling.temperature))
+            add(C.llama_sampler_init_dist(seed))
+        except BaseException:
+            self.free()
+            raise
+
+    def sample(self, ctx: LlamaContext, index: int = -1) -> int:
+        """Draw a token from the logits at ``index`` of the last batch (and accept it)."""
+        return int(self._C.llama_sampler_sample(self.chain, ctx._ctx, index))
+
+    def accept(self, token: int) -> None:
+        """Tell the chain ``token`` was chosen (penalties, grammar) without drawing it."""
+        self._C.llama_sampler_accept(self.chain, token)
+
+    def clone(self) -> Sampler:
+        """A copy in the same state (speculative decoding tries a draft on a copy)."""
+        copy = object.__new__(Sampler)
+        copy._C, copy.has_grammar = self._C, self.has_grammar
+        copy.chain = self._C.llama_sampler_clone(self.chain)
+        return copy
+
+    def free(self) -> None:
+        if self.chain is not None:
+            self._C.llama_sampler_free(self.chain)
+            self.chain = None
+
+
+class LlamaContext:
+    """One llama.cpp context: its KV cache, a reusable batch, decoding, state and abort on signals.
+
+    ``decode`` evaluates tokens of one sequence (a prompt, in batches of ``n_batch``); ``submit``
+    evaluates a prepared multi-sequence batch (``put`` fills it). The caller keeps track of which
+    tokens each sequence's cells hold.
+    """
+
+    def __init__(
+        self,
+        model: LlamaModel,
+        *,
+        n_ctx: int,
+        n_batch: int,
+        n_seq: int,
+        threads: int,
+        flash_attn: bool,
+        unified: bool,
+        pooling: int | None = None,
+    ) -> None:
+        C = self._C = model._C
+        self.model = model
+        self.n_ctx, self.n_batch, self.n_seq, self.threads = n_ctx, n_batch, n_seq, threads
+        params = C.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = params.n_ubatch = n_batch
+        params.n_seq_max = n_seq
+        params.n_threads = params.n_threads_batch = threads
+        params.kv_unified = unified
+        if pooling is not None:  # an embedding context: pooled vectors per sequence instead of logits
+            params.embeddings = True
+            params.pooling_type = pooling
+        _set_flash_attention(params, flash_attn)
+        recent_errors.clear()
+        with contextlib.redirect_stderr(LogWriter()), contextlib.redirect_stdout(LogWriter()):
+            self._ctx = C.llama_init_from_model(model._model, params)
+        if not self._ctx:
+            why = recent_errors[-1] if recent_errors else "llama.cpp refused it"
+            raise ModelError(f"cannot make a context of {n_ctx} tokens for {model.path}: {why}")
+        self._memory = C.llama_get_memory(self._ctx)
+        self.batch = C.llama_batch_init(n_batch, 0, 1)
+        self.caught: list[int] = []
+        caught = self.caught
+        self._abort = C.ggml_abort_callback(lambda data: bool(caught))
+        self._no_abort = C.ggml_abort_callback()  # NULL
+        self._decode = C.llama_decode
+        self._samplers: dict[int, Sampler] = {}
+
+    # one sequence
+
+    def decode(self, tokens: Sequence[int], start: int, seq: int = 0, *, logits: str = "last") -> int:
+        """Evaluate ``tokens`` at positions ``start``... of sequence ``seq``, in batches of ``n_batch``.
+
+        ``logits``: "last" (for the next token) or "all" (for checking a draft). Returns llama.cpp's
+        code: 0 done, 2 aborted (by a signal; see ``abort_on_signals``), else an error. On a failure
+        the cells of this call are dropped again.
+        """
+        batch, n_batch = self.batch, self.n_batch
+        every = logits == "all"
+        for first in range(0, len(tokens), n_batch):
+            part = tokens[first : first + n_batch]
+            for i, token in enumerate(part):
+                batch.token[i] = token
+                batch.pos[i] = start + first + i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = seq
+                batch.logits[i] = every
+            batch.n_tokens = len(part)
+            batch.logits[len(part) - 1] = True if every else first + len(part) == len(tokens)
+            rc = int(self._decode(self._ctx, batch))
+            if rc != 0:
+                self.forget(seq, start)
+                return rc
+        return 0
+
+    def step(self, token: int, pos: int, seq: int = 0) -> int:
+        """Evaluate one generated token (logits kept); llama.cpp's return code."""
+        batch = self.batch
+        batch.token[0], batch.pos[0], batch.n_seq_id[0], batch.logits[0], batch.n_tokens = token, pos, 1, True, 1
+        batch.seq_id[0][0] = seq
+        return int(self._decode(self._ctx, batch))
+
+    # many sequences
+
+    def put(self, i: int, token: int, pos: int, seq: int, logits: bool) -> None:
+        """Set entry ``i`` of the batch (for ``submit``)."""
+        batch = self.batch
+        batch.token[i] = token
+        batch.pos[i] = pos
+        batch.n_seq_id[i] = 1
+        batch.seq_id[i][0] = seq
+        batch.logits[i] = logits
+
+    def submit(self, n: int) -> int:
+        """Evaluate the first ``n`` entries of the batch; llama.cpp's return code."""
+        self.batch.n_tokens = n
+        return int(self._decode(self._ctx, self.batch))
+
+    def mark_logits(self, i: int) -> None:
+        self.batch.logits[i] = True
+
+    def logits(self, index: int = -1) -> list[float]:
+        """The logits at ``index`` of the last batch (one per vocabulary entry)."""
+        ptr = self._C.llama_get_logits_ith(self._ctx, index)
+        return list(ptr[: self.model.n_vocab])
+
+    def pooled(self, seq: int, size: int) -> list[float]:
+        """The pooled embedding of sequence ``seq`` after the last batch (an embedding context)."""
+        ptr = self._C.llama_get_embeddings_seq(self._ctx, seq)
+        if not ptr:
+            raise EngineError("llama.cpp returned no pooled embedding")
+        return list(ptr[:size])
+
+    # cells
+
+    def clear(self) -> None:
+        """Empty every sequence's cells."""
+        self._C.llama_memory_clear(self._memory, True)
+
+    def forget(self, seq: int, start: int, end: int = -1) -> None:
+        """Drop sequence ``seq``'s cells from position ``start`` (to ``end``; -1: all after)."""
+        self._C.llama_memory_seq_rm(self._memory, seq, start, end)
+
+    def export_state(self, seq: int = 0) -> bytes:
+        """llama.cpp's serialized cells of ``seq``."""
+        C = self._C
+        size = C.llama_state_seq_get_size(self._ctx, seq)
+        buf = (ctypes.c_uint8 * size)()
+        written = C.llama_state_seq_get_data(self._ctx, buf, size, seq)
+        return bytes(buf)[:written]
+
+    def import_state(self, data: bytes, seq: int = 0) -> bool:
+        """Restore ``export_state``'s bytes; False if llama.cpp refuses them (the cells are then empty)."""
+        C = self._C
+        self.forget(seq, 0)
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        if C.llama_state_seq_set_data(self._ctx, buf, len(data), seq) == 0:
+            self.forget(seq, 0)
+            return False
+        return True
+
+    # settings
+
+    def set_threads(self, n: int) -> None:
+        """Threads for one-token steps from now on (prompts keep the count the context was made with)."""
+        self._C.llama_set_n_threads(self._ctx, n, self.threads)
+
+    def offload_sampler(self, sampler: Sampler | None, seq: int = 0) -> bool:
+        """Run ``sampler``'s chain inside llama.cpp's graph, on the device that holds the output
+        layer (backend sampling), so only the drawn token comes back; ``None`` undoes it. False
+        when llama.cpp cannot (a grammar, a split model): sampling then stays on the host."""
+        chain = sampler.chain if sampler is not None else None
+        ok = bool(self._C.llama_set_sampler(self._ctx, seq, chain))
+        if ok and sampler is not None:
+            self._samplers[seq] = sampler
+        else:
+            self._samplers.pop(seq, None)
+        return ok and sampler is not None
+
+    @contextlib.contextmanager
+    def abort_on_signals(self) -> Iterator[list[int]]:
+        """Let Ctrl-C (and SIGTERM) stop llama.cpp in the middle of evaluating a batch.
+
+        Python runs signal handlers only between bytecodes, so a signal arriving while
+        ``llama_decode`` computes a batch would wait for the whole batch (seconds; minutes for a
+        large model on a CPU). For the duration, the handlers only note the signal, and llama.cpp's
+        abort callback, called between graph nodes on this thread, reads the note; the original
+        handler runs once the call has returned. Yields the list of signals noted. Off the main
+        thread (where Python delivers no signals) it does nothing.
+        """
+        caught = self.caught
+        caught.clear()
+        if threading.current_thread() is not threading.main_thread():
+            yield caught
+            return
+        previous = {}
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError, OSError):
+                previous[signum] = signal.signal(signum, lambda signum, frame: caught.append(signum))
+        self._C.llama_set_abort_callback(self._ctx, self._abort, None)
+        try:
+            yield caught
+        finally:
+            # none at all while generating: a Python callback there would run signal handlers
+            # (Ctrl-C's KeyboardInterrupt) inside llama.cpp, where they cannot propagate
+            self._C.llama_set_abort_callback(self._ctx, self._no_abort, None)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            if caught:
+                _deliver(caught[0], previous.get(caught[0]))
+
+    def close(self) -> None:
+        C = self._C
+        for seq in list(self._samplers):
+            self.offload_sampler(None, seq)
+        if self.batch is not None:
+            C.llama_batch_free(self.batch)
+            self.batch = None
+        if self._ctx is not None:
+            C.llama_free(self._ctx)
+            self._ctx = None
+
+
+def _deliver(signum: int, handler: Any) -> None:
+    """Run what ``handler`` (as ``signal.signal`` returned it) would have done with ``signum``."""
+    if callable(handler):
+        handler(signum, None)
+    elif handler == signal.SIG_DFL:
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        os.kill(os.getpid(), signum)
+
+
 def json_schema_to_grammar(schema: dict[str, Any]) -> str:
     """GBNF for JSON that validates against ``schema``, by llama-cpp-python's converter (a port of
     llama.cpp's ``json_schema_to_grammar``). Raises ``ValueError`` for what it cannot express."""
@@ -181,55 +868,40 @@ class Embedder:
     """Sentence vectors from a GGUF model through llama.cpp: one pooled, unit-length vector per text.
 
     An embedding model's GGUF names its pooling (mean, CLS, last); a chat model has none and gets
-    the mean of its last hidden states. Texts longer than the window are cut at ``n_ctx`` tokens.
-    Several texts go in one ``llama_decode``, each as a sequence of its own.
+    the mean of its last hidden states. Texts longer than ``n_ctx`` tokens are cut there. Up to
+    ``n_seq`` texts go in one ``llama_decode``, each as a sequence of its own.
     """
 
     def __init__(self, path: Path, *, threads: int | None = None, gpu_layers: int = 0, n_ctx: int = 512, n_seq: int = 16) -> None:
-        C = bindings()
-        self._C = C
         self.path = Path(path)
         self.model_name = self.path.name
-        pooling = _pooling_from(self.path)
-        threads = threads or max(1, os.cpu_count() or 1)
-        model_params = C.llama_model_default_params()
-        model_params.n_gpu_layers = 0x7FFFFFFF if gpu_layers == -1 else gpu_layers
-        params = C.llama_context_default_params()
-        params.n_ctx = params.n_batch = params.n_ubatch = n_ctx * n_seq
-        params.n_seq_max = n_seq
-        params.n_threads = params.n_threads_batch = threads
-        params.embeddings = True
-        params.pooling_type = pooling
-        params.kv_unified = False
-        self._model = self._ctx = None
-        recent_errors.clear()
-        with contextlib.redirect_stderr(LogWriter()), contextlib.redirect_stdout(LogWriter()):
-            self._model = C.llama_model_load_from_file(str(self.path).encode("utf-8"), model_params)
-            if self._model:
-                self._ctx = C.llama_init_from_model(self._model, params)
-        if not self._model or not self._ctx:
-            self.close()
-            why = recent_errors[-1] if recent_errors else "llama.cpp refused it"
-            raise ModelError(f"cannot load the embedding model {self.path}: {why}")
-        self._vocab = C.llama_model_get_vocab(self._model)
         self.n_ctx, self.n_seq = n_ctx, n_seq
-        self.dimensions = int(C.llama_model_n_embd_out(self._model)) if hasattr(C, "llama_model_n_embd_out") else int(C.llama_model_n_embd(self._model))
-        self._batch = C.llama_batch_init(n_ctx * n_seq, 0, 1)
-
-    def tokenize(self, text: str) -> list[int]:
-        C = self._C
-        data = text.encode("utf-8")
-        room = len(data) + 2
-        tokens = (C.llama_token * room)()
-        n = C.llama_tokenize(self._vocab, data, len(data), tokens, room, True, False)
-        return list(tokens[: max(0, n)])[: self.n_ctx]
+        self.model = LlamaModel(self.path, gpu_layers=gpu_layers)
+        try:
+            self.context = LlamaContext(
+                self.model,
+                n_ctx=n_ctx * n_seq,
+                n_batch=n_ctx * n_seq,
+                n_seq=n_seq,
+                threads=threads or default_threads(),
+                flash_attn=False,
+                unified=True,  # one cache for all: a batch is never split by sequence, so each pools whole
+                pooling=_pooling_from(self.path),
+            )
+        except BaseException:
+            self.model.close()
+            raise
+        C = self.model._C
+        model = self.model._model
+        self.dimensions = int(C.llama_model_n_embd_out(model)) if hasattr(C, "llama_model_n_embd_out") else int(C.llama_model_n_embd(model))
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """One unit-length vector per text, in order."""
         vectors: list[list[float]] = []
         group: list[list[int]] = []
         for text in texts:
-            group.append(self.tokenize(text) or self.tokenize(" "))
+            tokens = self.model.tokenize(text, add_bos=True, special=False)[: self.n_ctx]
+            group.append(tokens or [self.model.bos if self.model.bos >= 0 else 0])
             if len(group) == self.n_seq:
                 vectors += self._embed_group(group)
                 group = []
@@ -238,39 +910,23 @@ class Embedder:
         return vectors
 
     def _embed_group(self, group: list[list[int]]) -> list[list[float]]:
-        C, batch = self._C, self._batch
-        C.llama_memory_clear(C.llama_get_memory(self._ctx), True)
+        context = self.context
+        context.clear()
         n = 0
         for seq, tokens in enumerate(group):
             for pos, token in enumerate(tokens):
-                batch.token[n] = token
-                batch.pos[n] = pos
-                batch.n_seq_id[n] = 1
-                batch.seq_id[n][0] = seq
-                batch.logits[n] = True
+                context.put(n, token, pos, seq, True)
                 n += 1
-        batch.n_tokens = n
-        rc = C.llama_decode(self._ctx, batch)
+        rc = context.submit(n)
         if rc != 0:
             raise EngineError(f"llama.cpp could not embed {len(group)} texts (llama_decode returned {rc})")
         out = []
         for seq in range(len(group)):
-            ptr = C.llama_get_embeddings_seq(self._ctx, seq)
-            if not ptr:
-                raise EngineError("llama.cpp returned no pooled embedding")
-            vector = ptr[: self.dimensions]
+            vector = context.pooled(seq, self.dimensions)
             norm = math.sqrt(sum(x * x for x in vector)) or 1.0
             out.append([x / norm for x in vector])
         return out
 
     def close(self) -> None:
-        C = self._C
-        if getattr(self, "_batch", None) is not None:
-            C.llama_batch_free(self._batch)
-            self._batch = None
-        if self._ctx:
-            C.llama_free(self._ctx)
-            self._ctx = None
-        if self._model:
-            C.llama_model_free(self._model)
-            self._model = None
+        self.context.close()
+        self.model.close()

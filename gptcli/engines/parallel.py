@@ -21,20 +21,13 @@ import queue
 import secrets
 import threading
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from gptcli.engines import Chunk, Message, Sampling
-from gptcli.engines.local import (
-    LocalEngine,
-    ReplyState,
-    _set_flash_attention,
-    refuse_overflow,
-    shared_prefix,
-)
-from gptcli.engines.llama import LogWriter as _LogWriter
-from gptcli.engines.llama import recent_errors as _recent_errors
+from gptcli.engines.llama import LlamaContext, LlamaModel, Sampler
+from gptcli.engines.reply import ReplyState, refuse_overflow, shared_prefix
 from gptcli.errors import EngineError, ModelError
 
 KV_BUDGET = 1 << 30  # bytes of KV cache the automatic choice of sequences may take
@@ -42,13 +35,23 @@ AUTO_MAX = 4  # beyond 4 the gain is small on a CPU (benchmarks/README.md)
 BATCH = 128  # tokens a step: prompts of more take several steps; llama.cpp's buffers grow with it
 
 
-def auto_parallel(engine: LocalEngine) -> int:
-    """How many replies to run at once by default: up to 4, while their KV caches fit in 1 GiB."""
-    per_token = engine.info.kv_bytes_per_token
-    if not per_token:
+GPU_MAX = 16  # on a GPU a step of 16 tokens costs about what a step of one does
+GPU_SHARE = 0.5  # of the device's free memory, what the automatic choice may give the caches
+
+
+def auto_parallel(kv_bytes_per_token: int | None, n_ctx: int, *, gpu_free: int = 0) -> int:
+    """How many replies to run at once by default.
+
+    On a CPU: up to 4, while their KV caches fit in 1 GiB (beyond 4 the gain is small there). With
+    layers on a GPU (``gpu_free``: its free bytes): up to 16, while the caches take at most half
+    of the free memory.
+    """
+    if not kv_bytes_per_token:
         return 1
-    fits = KV_BUDGET // (per_token * engine.n_ctx)
-    return int(max(1, min(AUTO_MAX, fits)))
+    per_sequence = kv_bytes_per_token * n_ctx
+    if gpu_free:
+        return int(max(1, min(GPU_MAX, int(gpu_free * GPU_SHARE) // per_sequence)))
+    return int(max(1, min(AUTO_MAX, KV_BUDGET // per_sequence)))
 
 
 @dataclass(eq=False)
@@ -72,7 +75,7 @@ class _Slot:
     kv: list[int] = field(default_factory=list)  # the tokens whose keys and values it holds
     request: _Request | None = None
     todo: list[int] = field(default_factory=list)  # prompt tokens not evaluated yet
-    sampler: Any = None
+    sampler: Sampler | None = None
     reply: ReplyState | None = None
     last: int = -1  # the token sampled last, to be evaluated in the next batch
     added: list[int] = field(default_factory=list)  # what it put in the current batch
@@ -82,41 +85,42 @@ class _Slot:
 class ParallelEngine:
     """Up to ``n`` replies at once from ``engine``'s model (see the module's docstring)."""
 
-    concurrent = True  # stream() queues the request at once; replies may be read in any order
-
-    def __init__(self, engine: LocalEngine, n: int, n_ctx: int | None = None) -> None:
-        self.engine = engine
+    def __init__(
+        self,
+        model: LlamaModel,
+        n: int,
+        *,
+        n_ctx: int,
+        n_batch: int,
+        threads: int,
+        flash_attn: bool,
+        name: str,
+        on_close: Callable[[ParallelEngine], None] | None = None,
+    ) -> None:
+        self.model = model
         self.n = max(1, n)
-        # each sequence's window: the engine's, or less when the caller knows its replies are short
-        self.n_ctx = min(engine.n_ctx, max(256, -(-n_ctx // 256) * 256)) if n_ctx else engine.n_ctx
-        self.model_name = engine.model_name
-        self._C = engine._llama_cpp
+        self.n_ctx = n_ctx  # each sequence's window
+        self.model_name = name
+        self._on_close = on_close
         self._slots = [_Slot(seq) for seq in range(self.n)]
         self._pending: deque[_Request] = deque()
         self._cv = threading.Condition()
         self._driver = threading.current_thread()
         self._closed = False
-        self._ctx, self._batch, self._n_batch = self._new_context()
-
-    def _new_context(self) -> tuple[Any, Any, int]:
-        """A context of n sequences of ``n_ctx`` tokens each, and a batch for it."""
-        C, engine = self._C, self.engine
-        params = C.llama_context_default_params()
-        params.n_ctx = self.n_ctx * self.n
-        params.n_batch = params.n_ubatch = max(min(engine._n_batch, BATCH), self.n)
-        params.n_seq_max = self.n
-        params.n_threads = params.n_threads_batch = engine.threads
-        _set_flash_attention(params, engine.flash_attn)
-        params.kv_unified = False  # each sequence attends over its own cells only
-        _recent_errors.clear()
-        with contextlib.redirect_stderr(_LogWriter()), contextlib.redirect_stdout(_LogWriter()):
-            ctx = C.llama_init_from_model(engine._model, params)
-        if not ctx:
-            why = f" ({_recent_errors[-1]})" if _recent_errors else ""
-            raise ModelError(
-                f"no memory for {self.n} replies at once of {self.n_ctx} tokens each{why}: use a smaller --parallel or --ctx"
+        try:  # each sequence attends over its own cells only (not unified)
+            self._context: LlamaContext | None = model.context(
+                n_ctx=self.n_ctx * self.n,
+                n_batch=max(min(n_batch, BATCH), self.n),
+                n_seq=self.n,
+                threads=threads,
+                flash_attn=flash_attn,
+                unified=False,
             )
-        return ctx, C.llama_batch_init(params.n_batch, 0, 1), params.n_batch
+        except ModelError as exc:
+            raise ModelError(
+                f"no memory for {self.n} replies at once of {self.n_ctx} tokens each ({exc}): use a smaller --parallel or --ctx"
+            ) from None
+        self._n_batch = self._context.n_batch
 
     # ------------------------------------------------------------ Engine
 
@@ -125,16 +129,16 @@ class ParallelEngine:
         return self.n_ctx
 
     def count_tokens(self, messages: Sequence[Message]) -> int:
-        return self.engine.count_tokens(messages)
+        return len(self.model.format(messages, self.n_ctx))
 
     def tokenize_count(self, text: str) -> int:
-        return self.engine.tokenize_count(text)
+        return len(self.model.tokenize(text, add_bos=False, special=False))
 
     def stream(self, messages: Sequence[Message], sampling: Sampling) -> Iterator[Chunk]:
-        return self._submit(self.engine._format(messages), sampling)
+        return self._submit(self.model.format(messages, self.n_ctx), sampling)
 
     def complete(self, prompt: str, sampling: Sampling) -> Iterator[Chunk]:
-        return self._submit(self.engine._prompt_tokens(prompt), sampling)
+        return self._submit(self.model.raw_prompt(prompt, self.n_ctx), sampling)
 
     def _submit(self, tokens: list[int], sampling: Sampling) -> Iterator[Chunk]:
         refuse_overflow(len(tokens), self.n_ctx)
@@ -153,12 +157,13 @@ class ParallelEngine:
 
     def close(self) -> None:
         """Abandon the replies in flight (their readers get an error) and free the context."""
-        if self._ctx is None:
+        if self._context is None:
             return
         if threading.current_thread() is not self._driver:
             raise RuntimeError("ParallelEngine.close() belongs to the thread that made it")
-        with contextlib.suppress(ValueError):
-            self.engine._parallel.remove(self)
+        if self._on_close is not None:
+            with contextlib.suppress(ValueError):
+                self._on_close(self)
         error = EngineError("the model's batch context was closed")
         with self._cv:
             self._closed = True
@@ -167,12 +172,8 @@ class ParallelEngine:
             while self._pending:
                 self._pending.popleft().out.put(error)
             self._cv.notify_all()
-        if self._batch is not None:
-            self._C.llama_batch_free(self._batch)
-            self._batch = None
-        if self._ctx is not None:
-            self._C.llama_free(self._ctx)
-            self._ctx = None
+        self._context.close()
+        self._context = None
 
     def __enter__(self) -> ParallelEngine:
         return self
@@ -209,9 +210,20 @@ class ParallelEngine:
     def _busy(self) -> bool:
         return any(slot.request is not None for slot in self._slots)
 
+    @property
+    def busy(self) -> bool:
+        """Whether any reply is being written or waits for a sequence."""
+        with self._cv:
+            return self._busy() or any(not r.cancelled for r in self._pending)
+
+    def cached(self, seq: int) -> list[int]:
+        """The tokens sequence ``seq``'s cache holds (what the next prompt there can reuse)."""
+        return list(self._slots[seq].kv)
+
     def _admit(self) -> None:
         """Free the sequences of readers that left; give waiting requests the free ones."""
-        C = self._C
+        context = self._context
+        assert context is not None
         for slot in self._slots:
             if slot.request is not None and slot.request.cancelled:
                 self._drop(slot, None)
@@ -225,23 +237,25 @@ class ParallelEngine:
             tokens, sampling = request.tokens, request.sampling
             slot = max(free, key=lambda s: shared_prefix(s.kv, tokens))
             reused = min(shared_prefix(slot.kv, tokens), len(tokens) - 1)  # the last one again, for its logits
-            C.llama_memory_seq_rm(C.llama_get_memory(self._ctx), slot.seq, reused, -1)
+            context.forget(slot.seq, reused)
             del slot.kv[reused:]
             seed = sampling.seed if sampling.seed is not None else secrets.randbelow(2**31)
             slot.request = request
             slot.todo = tokens[reused:]
-            slot.sampler = self.engine._make_sampler(sampling, seed)
+            slot.sampler = self.model.sampler(sampling, seed)
             slot.reply = ReplyState(sampling, len(tokens), self.n_ctx - len(tokens), cached_tokens=reused)
 
     def _step(self) -> None:
         """One ``llama_decode``: a token for each generating sequence, then prompt tokens as room allows."""
-        C, batch = self._C, self._batch
+        context = self._context
+        assert context is not None
+        put = context.put
         n = prompt_tokens = 0
         active = [slot for slot in self._slots if slot.request is not None]
         for slot in active:
             slot.added, slot.logits_at = [], -1
             if not slot.todo:
-                _put(batch, n, slot.last, len(slot.kv), slot.seq, True)
+                put(n, slot.last, len(slot.kv), slot.seq, True)
                 slot.added, slot.logits_at = [slot.last], n
                 n += 1
         for slot in active:
@@ -250,22 +264,22 @@ class ParallelEngine:
                 continue
             part, slot.todo = slot.todo[:room], slot.todo[room:]
             for i, token in enumerate(part):
-                _put(batch, n + i, token, len(slot.kv) + i, slot.seq, False)
+                put(n + i, token, len(slot.kv) + i, slot.seq, False)
             n += len(part)
             prompt_tokens += len(part)
             slot.added = part
             if not slot.todo:
-                batch.logits[n - 1] = True
+                context.mark_logits(n - 1)
                 slot.logits_at = n - 1
-        batch.n_tokens = n
-        if prompt_tokens:  # a long batch: Ctrl-C may stop it halfway (see LocalEngine)
-            with self.engine._signals_abort_compute(self._ctx) as caught:
-                rc = C.llama_decode(self._ctx, batch)
+        caught: list[int] = []
+        if prompt_tokens:  # a long batch: Ctrl-C may stop it halfway (see LlamaContext.abort_on_signals)
+            with context.abort_on_signals() as caught:
+                rc = context.submit(n)
         else:
-            caught, rc = [], C.llama_decode(self._ctx, batch)
+            rc = context.submit(n)
         if rc != 0:
             for slot in active:  # whatever llama.cpp kept of this batch goes
-                C.llama_memory_seq_rm(C.llama_get_memory(self._ctx), slot.seq, len(slot.kv), -1)
+                context.forget(slot.seq, len(slot.kv))
             if caught:
                 return
             raise EngineError(f"llama.cpp could not evaluate a batch of {n} tokens (llama_decode returned {rc})")
@@ -276,15 +290,14 @@ class ParallelEngine:
                 self._sample(slot)
 
     def _sample(self, slot: _Slot) -> None:
-        C, engine = self._C, self.engine
-        request, reply = slot.request, slot.reply
-        assert request is not None and reply is not None
-        token = C.llama_sampler_sample(slot.sampler, self._ctx, slot.logits_at)
-        if not request.sampling.ignore_eos and C.llama_vocab_is_eog(engine._vocab, token):
+        request, reply, sampler, model = slot.request, slot.reply, slot.sampler, self.model
+        assert request is not None and reply is not None and sampler is not None and self._context is not None
+        token = sampler.sample(self._context, slot.logits_at)
+        if not request.sampling.ignore_eos and model.is_eog(token):
             reply.usage.finish_reason = "stop"
             self._finish(slot)
             return
-        if text := reply.add(engine._piece(token)):
+        if text := reply.add(model.piece(token)):
             request.out.put(Chunk(text, reply.usage))
         if reply.ended:
             self._finish(slot)
@@ -302,7 +315,7 @@ class ParallelEngine:
     def _drop(self, slot: _Slot, error: BaseException | None) -> None:
         """Free the slot's sampler and request; its cache (and ``kv``) stay for the next prompt."""
         if slot.sampler is not None:
-            self._C.llama_sampler_free(slot.sampler)
+            slot.sampler.free()
             slot.sampler = None
         if slot.request is not None and error is not None:
             slot.request.out.put(error)
