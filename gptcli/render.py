@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
-from rich.console import Console, ConsoleOptions, RenderResult
+from rich.console import Console
 
 from gptcli.engines import Chunk, Usage
 from gptcli.errors import GptcliError
@@ -108,7 +111,8 @@ class Env:
             from rich.markup import escape
 
             console = self.console(self.stderr)
-            console.print(f"[bold red]error:[/] {escape(text)}", markup=True, highlight=False, soft_wrap=True)
+            # a terminal gets words wrapped whole; a pipe keeps one greppable line
+            console.print(f"[bold red]error:[/] {escape(text)}", markup=True, highlight=False, soft_wrap=not self.stderr_isatty)
         else:
             try:
                 print(f"error: {text}", file=self.stderr, flush=True)
@@ -192,10 +196,9 @@ def settle(text: str) -> _Settled:
     for token in tokens:
         if token.level == 0 and token.nesting >= 0 and token.map is not None:
             starts.append((token.map[0], token.type.removesuffix("_open"), False))
-        if token.type == "inline" and token.children and starts:
-            if any(c.type == "text" and ("[" in c.content or "]" in c.content) for c in token.children):
-                line, kind, _ = starts[-1]
-                starts[-1] = (line, kind, True)
+        if token.type == "inline" and starts and any(c.type == "text" and ("[" in c.content or "]" in c.content) for c in token.children or ()):
+            line, kind, _ = starts[-1]
+            starts[-1] = (line, kind, True)
     # keep the blocks before the last, up to the first one that may still change
     finished = 0
     last_type = ""
@@ -400,17 +403,112 @@ class Reply:
     interrupted: bool = False
 
 
-def render_stream(chunks: Iterable[Chunk], renderer: Renderer) -> Reply:
-    """Drive a chunk stream into a renderer. Ctrl-C stops the stream and keeps what came."""
+class Activity:
+    """One line on the terminal until the first token: a spinner, what is being read, the time so far.
+
+    The model reads a long prompt inside llama.cpp, where Python's own Ctrl-C handler waits until it
+    returns; the signal's wakeup byte reaches this thread at once, so "stopping..." shows at once.
+    """
+
+    FRAMES = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+
+    def __init__(self, stream: IO[str], label: str, interval: float = 0.1) -> None:
+        self.stream = stream
+        self.label = label
+        self.interval = interval
+        self.started = time.perf_counter()
+        self.stopping = False
+        self.shown = False
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._wakeup: tuple[Any, Any] | None = None  # a socket pair
+        self._old_wakeup = -1
+
+    def start(self) -> Activity:
+        import socket
+
+        try:  # only the main thread may set it; elsewhere the spinner still turns
+            pair = socket.socketpair()
+            pair[1].setblocking(False)
+            self._old_wakeup = signal.set_wakeup_fd(pair[1].fileno(), warn_on_full_buffer=False)
+            self._wakeup = pair
+        except (ValueError, OSError):
+            self._wakeup = None
+        self._thread = threading.Thread(target=self._run, name="gptcli-activity", daemon=True)
+        self._thread.start()
+        return self
+
+    def _line(self) -> str:
+        if self.stopping:
+            return "stopping…"
+        frame = self.FRAMES[int((time.perf_counter() - self.started) / self.interval) % len(self.FRAMES)]
+        return f"{frame} {self.label} · {time.perf_counter() - self.started:.1f} s"
+
+    def _draw(self) -> None:
+        with self._lock:
+            if self._done.is_set():
+                return
+            try:
+                self.stream.write(f"\r\x1b[K\x1b[2m{self._line()}\x1b[0m")
+                self.stream.flush()
+                self.shown = True
+            except (OSError, ValueError):
+                pass
+
+    def _run(self) -> None:
+        import select
+
+        while not self._done.is_set():
+            self._draw()
+            if self._wakeup is None:
+                self._done.wait(self.interval)
+                continue
+            ready, _, _ = select.select([self._wakeup[0]], [], [], self.interval)
+            if ready:
+                with contextlib.suppress(OSError):
+                    data = self._wakeup[0].recv(64)
+                    if bytes([signal.SIGINT]) in data:
+                        self.stopping = True
+
+    def stop(self) -> None:
+        """Erase the line (before the reply's first text is written, or when the reply ends)."""
+        if self._thread is None:
+            return
+        with self._lock:
+            self._done.set()
+            if self.shown:
+                with contextlib.suppress(OSError, ValueError):
+                    self.stream.write("\r\x1b[K")
+                    self.stream.flush()
+        self._thread.join(1)
+        self._thread = None
+        if self._wakeup is not None:
+            with contextlib.suppress(ValueError, OSError):
+                signal.set_wakeup_fd(self._old_wakeup)
+            for end in self._wakeup:
+                end.close()
+            self._wakeup = None
+
+
+def render_stream(chunks: Iterable[Chunk], renderer: Renderer, activity: Activity | None = None) -> Reply:
+    """Drive a chunk stream into a renderer. Ctrl-C stops the stream and keeps what came.
+
+    ``activity`` (a spinner) runs until the first text arrives.
+    """
     parts: list[str] = []
     usage: Usage | None = None
     started = time.perf_counter()
     interrupted = False
     failure: GptcliError | None = None
     iterator: Iterator[Chunk] = iter(chunks)
+    if activity is not None:
+        activity.start()
     try:
         for chunk in iterator:
             if chunk.text:
+                if activity is not None:
+                    activity.stop()
                 parts.append(chunk.text)
                 renderer.feed(chunk.text)
             if chunk.usage is not None:
@@ -422,6 +520,8 @@ def render_stream(chunks: Iterable[Chunk], renderer: Renderer) -> Reply:
             raise
         failure = exc
     finally:
+        if activity is not None:
+            activity.stop()
         close = getattr(iterator, "close", None)
         if close is not None:
             try:
@@ -445,11 +545,16 @@ def render_stream(chunks: Iterable[Chunk], renderer: Renderer) -> Reply:
     return Reply("".join(parts), usage, interrupted)
 
 
-def stats_line(usage: Usage, context_used: int | None = None, context_size: int | None = None) -> str:
-    """The dim status line after a reply: tokens, time to first token, speed, context."""
+def stats_line(
+    usage: Usage, context_used: int | None = None, context_size: int | None = None, reply_cap: int | None = None
+) -> str:
+    """The dim status line after a reply: tokens (of the reply cap), time to first token, speed, context."""
+    cap = f" (of {reply_cap})" if reply_cap else ""
     parts = [
-        f"{usage.prompt_tokens} prompt{f' ({usage.cached_tokens} cached)' if usage.cached_tokens else ''}"
-        f" + {usage.completion_tokens} reply tokens",
+        (
+            f"{usage.prompt_tokens} prompt{f' ({usage.cached_tokens} cached)' if usage.cached_tokens else ''}"
+            f" + {usage.completion_tokens}{cap} reply tokens"
+        ),
         f"first token {usage.time_to_first_token:.2f} s",
         f"{usage.tokens_per_second:.1f} tok/s",
     ]
@@ -458,3 +563,17 @@ def stats_line(usage: Usage, context_used: int | None = None, context_size: int 
     if usage.finish_reason not in ("stop", ""):
         parts.append(usage.finish_reason)
     return " · ".join(parts)
+
+
+def osc52(text: str) -> str:
+    """The OSC 52 sequence that puts ``text`` on the terminal's clipboard (it travels over SSH).
+
+    Inside tmux the sequence is also sent wrapped for passthrough, for a tmux with
+    ``set-clipboard`` off but ``allow-passthrough`` on.
+    """
+    import base64
+
+    sequence = "\x1b]52;c;" + base64.b64encode(text.encode("utf-8")).decode("ascii") + "\x07"
+    if os.environ.get("TMUX"):
+        sequence += "\x1bPtmux;" + sequence.replace("\x1b", "\x1b\x1b") + "\x1b\\"
+    return sequence

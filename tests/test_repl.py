@@ -85,7 +85,7 @@ def test_set_parses_and_checks_values(line, key, value):
         ("/set colour red", "cannot change 'colour'"),
         ("/set temperature", "needs a value"),
         ("/undo now", "takes no argument"),
-        ("/template", "needs NAME"),
+        ("/file", "needs PATH"),
         ("/export", "needs FILE"),
     ],
 )
@@ -253,7 +253,18 @@ def test_tokens_shows_the_budget(repl, fake_engine):
     line = result.stdout.strip().splitlines()[-1]
     used = fake_engine.count_tokens(result.chat.conversation.messages())
     assert line.startswith(f"context {used}/1000 tokens: system 6 + history")
-    assert f"{1000 - used} left for the reply" in line
+    assert f"; {1000 - used} left: the next reply may use {1000 - used}" in line
+
+
+def test_tokens_and_the_stats_line_agree_and_show_the_reply_cap(repl, fake_engine):
+    fake_engine.context_size = 1000
+    result = repl("/set max_tokens 60" + ENTER, "/stats on" + ENTER, "hello" + ENTER, "/tokens" + ENTER)
+    tokens = result.stdout.strip().splitlines()[-1]
+    stats = [line for line in result.stderr.splitlines() if "tok/s" in line][0]
+    used = fake_engine.count_tokens(result.chat.conversation.messages())
+    assert tokens.startswith(f"context {used}/1000 tokens") and f"context {used}/1000" in stats
+    assert "the next reply may use 60 (capped at 60" in tokens
+    assert "(of 60) reply tokens" in stats
 
 
 def test_stats_toggles_the_status_line(repl, fake_engine):
