@@ -111,13 +111,26 @@ class Env:
             from rich.markup import escape
 
             console = self.console(self.stderr)
-            # a terminal gets words wrapped whole; a pipe keeps one greppable line
-            console.print(f"[bold red]error:[/] {escape(text)}", markup=True, highlight=False, soft_wrap=not self.stderr_isatty)
+            message = f"error: {text}"
+            if self.stderr_isatty:  # a terminal breaks lines mid-word; wrap them at words
+                message = wrap_words(message, console.width)
+            console.print(f"[bold red]error:[/]{escape(message[6:])}", markup=True, highlight=False, soft_wrap=True)
         else:
             try:
                 print(f"error: {text}", file=self.stderr, flush=True)
             except (BrokenPipeError, ValueError):
                 pass
+
+
+def wrap_words(text: str, width: int) -> str:
+    """``text`` with each line wrapped at word boundaries to ``width`` columns, keeping its indent."""
+    import textwrap
+
+    out: list[str] = []
+    for line in text.split("\n"):
+        indent = line[: len(line) - len(line.lstrip(" "))]
+        out += textwrap.wrap(line, max(10, width), subsequent_indent=indent + "  ", break_on_hyphens=False) or [line]
+    return "\n".join(out)
 
 
 class OutputClosed(Exception):
@@ -221,15 +234,15 @@ def _cell_widths(lines: list[str]) -> list[int]:
     return [cell_len(_ANSI.sub("", line)) for line in lines]
 
 
+_TRAILING_BLANKS = re.compile(r"(?:\x1b\[[0-9;]*m| )+$")
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)")
 
 
 class MarkdownRenderer:
     """Streams Markdown: finished blocks are printed once, only the unfinished tail is redrawn.
 
-    The tail is drawn in a live area of at most the window's height minus two rows, showing its
-    newest lines, so a block taller than the window never freezes (Rich ``Live`` would show
-    ``...``). The area is erased by the rows it takes at the current width (terminals rewrap
+    The tail is drawn in a live area smaller than the window, showing its newest lines, so a
+    block taller than the window never freezes (Rich ``Live`` would show ``...``). The area is erased by the rows it takes at the current width (terminals rewrap
     lines when resized), so a resize leaves no stale copies. What ends on screen is what
     rendering the whole reply at once gives: a finished block's rendering does not depend on
     what follows it (``settle`` keeps back any that might).
@@ -319,9 +332,24 @@ class MarkdownRenderer:
             self._draw(width, height)
 
     def _draw(self, width: int, height: int) -> None:
-        """Redraw the live area: the tail's newest lines that fit the window."""
-        lines = self._with_separator(self._render(self.text[self.done :], width), self.last_type)
-        lines = lines[-max(1, height - 2) :]
+        """Redraw the live area: the tail's newest lines, as many as stay on screen through a resize.
+
+        Lines lose their trailing padding, and the area keeps to two thirds of the window's rows
+        even if the window narrows to a third of its width: a terminal that rewraps them then
+        still has them all on screen, where the next redraw erases them (none pushed up into the
+        scrollback, out of reach).
+        """
+        lines = [_TRAILING_BLANKS.sub("\x1b[0m", line) if line else line for line in self._render(self.text[self.done :], width)]
+        lines = self._with_separator(lines, self.last_type)
+        narrow = max(20, width // 3)
+        budget = max(4, height * 2 // 3)
+        keep = 0
+        for cells in reversed(_cell_widths(lines)):
+            budget -= max(1, -(-cells // narrow))
+            if budget < 0:
+                break
+            keep += 1
+        lines = lines[len(lines) - max(1, keep) :]
         self._erase_live(width)
         self._print_lines(lines)
         self.live_widths = _cell_widths(lines)
@@ -411,6 +439,7 @@ class Activity:
     """
 
     FRAMES = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+    QUIET = 0.2  # seconds before the line shows: a quick first token needs no spinner
 
     def __init__(self, stream: IO[str], label: str, interval: float = 0.1) -> None:
         self.stream = stream
@@ -447,7 +476,7 @@ class Activity:
 
     def _draw(self) -> None:
         with self._lock:
-            if self._done.is_set():
+            if self._done.is_set() or (not self.stopping and time.perf_counter() - self.started < self.QUIET):
                 return
             try:
                 self.stream.write(f"\r\x1b[K\x1b[2m{self._line()}\x1b[0m")

@@ -18,7 +18,7 @@ from gptcli.conversation import POLICIES, Conversation, Turn, turns_from_message
 from gptcli.engines import Engine, Message, Sampling, choose, sampling_from
 from gptcli.errors import ContextOverflowError, GptcliError, StoreError, Terminated, UsageError
 from gptcli.flow import OutputMode, generate
-from gptcli.render import Env, Reply
+from gptcli.render import Env, Reply, wrap_words
 
 PROMPT = "› "
 CONTINUATION = "· "
@@ -177,18 +177,6 @@ def help_text(width: int = 100) -> str:
     return "\n".join(lines)
 
 
-def wrap_words(text: str, width: int) -> str:
-    """``text`` with each line wrapped at word boundaries to ``width`` columns, keeping its indent."""
-    import textwrap
-
-    out: list[str] = []
-    for line in text.split("\n"):
-        indent = line[: len(line) - len(line.lstrip(" "))]
-        wrapped = textwrap.wrap(line, max(10, width), subsequent_indent=indent + "  ", break_on_hyphens=False, drop_whitespace=True)
-        out += wrapped or [line]
-    return "\n".join(out)
-
-
 def short_count(n: int) -> str:
     """1234 -> ``1.2k``, 4096 -> ``4k`` (k = 1024, as context sizes are named)."""
     if n < 1000:
@@ -201,7 +189,8 @@ def code_blocks(markdown: str) -> list[str]:
     """The code blocks (fenced or indented) of a Markdown text, in order."""
     from markdown_it import MarkdownIt
 
-    return [t.content for t in MarkdownIt("commonmark").parse(markdown) if t.type in ("fence", "code_block")]
+    tokens = MarkdownIt("commonmark").parse(markdown)
+    return [t.content.removesuffix("\n") for t in tokens if t.type in ("fence", "code_block")]
 
 
 ATTACHMENT = re.compile(r"(?:(?<=\s)|^)@(\S+)")
@@ -308,7 +297,9 @@ class ChatSession:
 
     def hint(self, text: str) -> None:
         """A one-line hint (an unknown command...): dim, on stderr, shown even with --quiet."""
-        self.env.err_console.print(text, style="dim", markup=False, highlight=False, soft_wrap=not self.env.stderr_isatty)
+        if self.env.stderr_isatty:
+            text = wrap_words(text, self.env.err_console.width)
+        self.env.err_console.print(text, style="dim", markup=False, highlight=False, soft_wrap=True)
 
     def banner(self) -> None:
         ctx = self.engine.context_length
@@ -421,8 +412,7 @@ class ChatSession:
 
         max_tokens = self.sampling().max_tokens
         budget = self.conversation.budget(self.engine, max_tokens)
-        line = stats_line(reply.usage, budget.used, budget.context, reply_cap=max_tokens)
-        self.env.err_console.print(line, style="dim", markup=False, highlight=False, soft_wrap=not self.env.stderr_isatty)
+        self.notice(stats_line(reply.usage, budget.used, budget.context, reply_cap=max_tokens))
 
     def _output_mode(self) -> OutputMode:
         # the status line is the chat's own (``_print_stats``), counted like /tokens
