@@ -81,8 +81,8 @@ def test_save_refuses_a_name_another_conversation_has(cli, fake_engine):
     cli(["chat"], stdin="about the garden\n/save garden\n")
     result = cli(["chat"], stdin="about the kitchen\n/save garden\n/save kitchen\n")
     assert "error: 'garden' already names another conversation" in result.stderr
-    assert [r[1] for r in stored("garden")][0] == "about the garden"
-    assert [r[1] for r in stored("kitchen")][0] == "about the kitchen"
+    assert stored("garden")[0][1] == "about the garden"
+    assert stored("kitchen")[0][1] == "about the kitchen"
     again = cli(["chat", "-s", "garden"], stdin="/save garden\n")  # its own name again is fine
     assert again.exit_code == 0 and "error" not in again.stderr
 
