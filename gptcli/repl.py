@@ -427,7 +427,20 @@ class ChatSession:
             max_tokens=sampling.max_tokens,
             seed=self.settings.seed,
         )
-        return "".join(chunk.text for chunk in self.engine.stream(request, sampling))
+        activity = self._activity("condensing older turns")
+        try:
+            return "".join(chunk.text for chunk in self.engine.stream(request, sampling))
+        finally:
+            if activity is not None:
+                activity.stop()
+
+    def _activity(self, label: str) -> Any:
+        """A spinner on the terminal for work that shows nothing else (``None`` off a terminal)."""
+        from gptcli.render import Activity
+
+        if self.mode.json or not (self.env.stderr_isatty and self.env.styled(self.env.stderr)):
+            return None
+        return Activity(self.env.stderr, label).start()
 
     # ------------------------------------------------------------ the store
 
@@ -499,12 +512,13 @@ class ChatSession:
         console = self.env.console()
         for turn in turns:
             if styled:
-                from rich.markdown import Markdown
                 from rich.text import Text
+
+                from gptcli.render import reply_markdown
 
                 console.print(Text(PROMPT + turn.user, style="bold"))
                 if turn.reply.strip():
-                    console.print(Markdown(turn.reply))
+                    console.print(reply_markdown(turn.reply))
                 if turn.interrupted:
                     console.print(Text("(interrupted)", style="dim"))
             else:

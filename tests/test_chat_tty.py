@@ -45,16 +45,17 @@ def fake_env(replies: list[str], *, delay: float = 0.0, first_delay: float = 0.0
 class Terminal:
     """``gptcli chat`` (fake engine) in a pseudo-terminal of ``columns`` x 30, with every write kept."""
 
-    def __init__(self, columns: int, replies: list[str], *args: str, **env: object) -> None:
+    def __init__(self, columns: int, replies: list[str], *args: str, program: list[str] | None = None, **env: object) -> None:
         self.columns = columns
         self.writes: list[tuple[float, str]] = []
+        program = program or [sys.executable, "-m", "tests.fake_chat"]
         self.child = pexpect.spawn(
-            sys.executable,
-            ["-m", "tests.fake_chat", "chat", *args],
+            program[0],
+            [*program[1:], "chat", *args],
             env=fake_env(replies, **env),  # type: ignore[arg-type]
             cwd=str(ROOT),
             encoding="utf-8",
-            timeout=30,
+            timeout=120,
             dimensions=(ROWS, columns),
         )
         self.child.logfile_read = self  # type: ignore[assignment]
@@ -281,4 +282,19 @@ def test_file_and_at_path_attach_a_text_file(tmp_path):
     binary = tmp_path / "image.png"
     binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe")
     assert "not a text file" in term.enter(f"/file {binary}")
+    assert term.leave() == 0
+
+
+@pytest.mark.model
+def test_a_real_reply_at_40_columns_ends_as_its_markdown_rendered_whole(gptcli_bin):
+    """The embedded model's own reply, streamed token by token into a narrow window."""
+    args = ("--ctx", "1024", "-n", "80", "--seed", "4", "--temperature", "0")
+    term = Terminal(40, [], *args, program=[gptcli_bin])
+    start = len(term.writes)
+    term.enter("Write a short Python function that adds two numbers, then explain it in a list.")
+    with ConversationStore.open() as store:
+        info = store.latest_session()
+        reply = store.messages(info.id)[-1].content
+    assert reply.strip()
+    assert contains_run(term.scrollback(start), rendered_whole(reply, 40))
     assert term.leave() == 0
