@@ -242,10 +242,11 @@ class MarkdownRenderer:
     """Streams Markdown: finished blocks are printed once, only the unfinished tail is redrawn.
 
     The tail is drawn in a live area smaller than the window, showing its newest lines, so a
-    block taller than the window never freezes (Rich ``Live`` would show ``...``). The area is erased by the rows it takes at the current width (terminals rewrap
-    lines when resized), so a resize leaves no stale copies. What ends on screen is what
-    rendering the whole reply at once gives: a finished block's rendering does not depend on
-    what follows it (``settle`` keeps back any that might).
+    block taller than the window never freezes (Rich ``Live`` would show ``...``). The area is
+    erased by the rows it takes at the current width (terminals rewrap lines when resized), so a
+    resize leaves no stale copies. What ends on screen is what rendering the whole reply at once
+    gives: a finished block's rendering does not depend on what follows it (``settle`` keeps
+    back any that might).
     """
 
     REFRESH = 1 / 15  # seconds between redraws of the live area
@@ -291,8 +292,8 @@ class MarkdownRenderer:
     def _erase_live(self, width: int) -> None:
         if not self.live_widths:
             return
-        rows = sum(max(1, -(-w // width)) for w in self.live_widths)
-        self._write(f"\r\x1b[{rows}A\x1b[J" if rows else "\r\x1b[J")
+        rows = sum(max(1, -(-w // width)) for w in self.live_widths)  # each line as rewrapped now
+        self._write(f"\r\x1b[{rows}A\x1b[J")
         self.live_widths = []
 
     def _print_lines(self, lines: list[str]) -> None:
@@ -457,13 +458,14 @@ class Activity:
     def start(self) -> Activity:
         import socket
 
+        pair = socket.socketpair()
         try:  # only the main thread may set it; elsewhere the spinner still turns
-            pair = socket.socketpair()
             pair[1].setblocking(False)
             self._old_wakeup = signal.set_wakeup_fd(pair[1].fileno(), warn_on_full_buffer=False)
             self._wakeup = pair
         except (ValueError, OSError):
-            self._wakeup = None
+            for end in pair:
+                end.close()
         self._thread = threading.Thread(target=self._run, name="gptcli-activity", daemon=True)
         self._thread.start()
         return self
