@@ -194,7 +194,7 @@ def code_blocks(markdown: str) -> list[str]:
 
 
 ATTACHMENT = re.compile(r"(?:(?<=\s)|^)@(\S+)")
-MAX_ATTACHMENT = 1_000_000  # characters: a larger file would not fit any context window
+MAX_ATTACHMENT = 1_000_000  # bytes: a larger file would not fit any context window
 
 
 def read_attachment(spec: str) -> tuple[str, str]:
@@ -494,6 +494,7 @@ class ChatSession:
         system, turns = turns_from_messages(rows)
         system = getattr(info, "system", None) or system
         self.conversation = Conversation(system=system, turns=turns)
+        self.last_finish = ""
         self.session_id = info.id if self.saving else None  # history off: new turns are not added to it
         self.session_title = getattr(info, "title", None)
         self.template_name = getattr(info, "template", None)
@@ -552,6 +553,7 @@ class ChatSession:
     def cmd_new(self, command: Command) -> None:
         self.keep_state()
         self.conversation = Conversation(system=self.conversation.system)
+        self.last_finish = ""
         self.session_id = None
         self.session_title = None
         self.notice("new conversation")
