@@ -11,7 +11,6 @@ import io
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -145,10 +144,12 @@ def test_a_block_taller_than_the_window_streams_without_freezing_and_ends_whole(
     assert term.leave() == 0
 
 
-@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 @pytest.mark.parametrize("sizes", [(100, 40, 70), (40, 100, 60)])
 def test_a_resize_during_a_reply_leaves_clean_scrollback(tmp_path, sizes):
-    """tmux rewraps lines on a resize, as most terminals do: no stale copy may be left behind."""
+    """tmux rewraps lines on a resize, as most terminals do: no stale copy may be left behind.
+
+    Needs tmux installed (``apt-get install tmux``).
+    """
     first, *later = sizes
     server = ["tmux", "-L", f"gptcli-{os.getpid()}-{first}", "-f", "/dev/null"]
     reply = CODE_REPLY.replace("That is all.", LIST_REPLY)
