@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gptcli.engines import Engine, Message, Sampling
-from gptcli.render import Env, Reply, make_renderer, render_stream, stats_line
+from gptcli.render import Activity, Env, Reply, make_renderer, render_stream, stats_line
 
 
 @dataclass(frozen=True)
@@ -19,10 +19,16 @@ class OutputMode:
     stats: bool = False
 
 
-def generate(engine: Engine, messages: Sequence[Message], sampling: Sampling, env: Env, mode: OutputMode) -> Reply:
-    """Stream one reply to the screen. Ctrl-C stops it and keeps what came (``reply.interrupted``)."""
+def generate(
+    engine: Engine, messages: Sequence[Message], sampling: Sampling, env: Env, mode: OutputMode, *, waiting: str | None = None
+) -> Reply:
+    """Stream one reply to the screen. Ctrl-C stops it and keeps what came (``reply.interrupted``).
+
+    ``waiting`` (such as "reading 1200 tokens") is shown with a spinner until the first token, on a terminal.
+    """
     renderer = make_renderer(env, plain=mode.plain, json_lines=mode.json, stream=mode.stream)
-    reply = render_stream(engine.stream(messages, sampling), renderer)
+    activity = Activity(env.stderr, waiting) if waiting and not mode.json and env.stderr_isatty and env.styled(env.stderr) else None
+    reply = render_stream(engine.stream(messages, sampling), renderer, activity)
     if mode.stats and not mode.json:
         used = reply.usage.prompt_tokens + reply.usage.completion_tokens
         env.err_console.print(stats_line(reply.usage, used, engine.context_length), style="dim", markup=False, highlight=False, soft_wrap=True)

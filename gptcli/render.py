@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
-from rich.console import Console, ConsoleOptions, RenderResult
+from rich.console import Console
 
 from gptcli.engines import Chunk, Usage
 from gptcli.errors import GptcliError
@@ -107,12 +111,26 @@ class Env:
             from rich.markup import escape
 
             console = self.console(self.stderr)
-            console.print(f"[bold red]error:[/] {escape(text)}", markup=True, highlight=False, soft_wrap=True)
+            message = f"error: {text}"
+            if self.stderr_isatty:  # a terminal breaks lines mid-word; wrap them at words
+                message = wrap_words(message, console.width)
+            console.print(f"[bold red]error:[/]{escape(message[6:])}", markup=True, highlight=False, soft_wrap=True)
         else:
             try:
                 print(f"error: {text}", file=self.stderr, flush=True)
             except (BrokenPipeError, ValueError):
                 pass
+
+
+def wrap_words(text: str, width: int) -> str:
+    """``text`` with each line wrapped at word boundaries to ``width`` columns, keeping its indent."""
+    import textwrap
+
+    out: list[str] = []
+    for line in text.split("\n"):
+        indent = line[: len(line) - len(line.lstrip(" "))]
+        out += textwrap.wrap(line, max(10, width), subsequent_indent=indent + "  ", break_on_hyphens=False) or [line]
+    return "\n".join(out)
 
 
 class OutputClosed(Exception):
@@ -147,94 +165,208 @@ class PlainRenderer:
             self.feed("\n")
 
 
-def _settle_point(text: str) -> int:
-    """Index up to which ``text`` holds finished Markdown blocks (a blank line outside code fences)."""
-    fence: str | None = None
+def reply_markdown(markup: str, references: dict[str, Any] | None = None) -> Any:
+    """Rich Markdown for a reply: HTML-like text (``<details>``, ``List<String>``) is shown as written.
+
+    Rich drops HTML tokens, and a model's reply is not a web page, so the parser runs with HTML
+    off. ``references`` are link definitions from earlier in the reply, for a part rendered alone.
+    """
+    from rich.markdown import Markdown  # imported when a reply renders, not for --help
+
+    markdown = Markdown("")
+    markdown.markup = markup
+    markdown.parsed = _parser().parse(markup, {"references": dict(references or {})})
+    return markdown
+
+
+def _parser() -> Any:
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"html": False}).enable("strikethrough").enable("table")
+
+
+@dataclass(frozen=True)
+class _Settled:
+    """Where the finished part of a reply ends, and what the part after it needs from it."""
+
+    point: int  # characters of the reply that are finished top-level blocks
+    last_type: str  # the token type of the last finished block ("hr" has no blank line after it)
+    references: dict[str, Any]
+
+
+def settle(text: str) -> _Settled:
+    """How much of ``text`` is finished Markdown: every top-level block but the last.
+
+    The last block may still grow (a list gains items, a fence closes, a line under a paragraph
+    makes it a heading), so it stays live. A block with bracketed text waits as well: a link
+    definition arriving later would turn ``[text][1]`` into a link. Parsing the whole reply (not
+    cutting at blank lines) keeps loose lists, nested bullets and fences whole.
+    """
+    complete = text[: text.rfind("\n") + 1]
+    env: dict[str, Any] = {}
+    tokens = _parser().parse(complete, env)
+    starts: list[tuple[int, str, bool]] = []  # (first line, type, may change later)
+    for token in tokens:
+        if token.level == 0 and token.nesting >= 0 and token.map is not None:
+            starts.append((token.map[0], token.type.removesuffix("_open"), False))
+        if token.type == "inline" and starts and any(c.type == "text" and ("[" in c.content or "]" in c.content) for c in token.children or ()):
+            line, kind, _ = starts[-1]
+            starts[-1] = (line, kind, True)
+    # keep the blocks before the last, up to the first one that may still change
+    finished = 0
+    last_type = ""
+    for index, (_, kind, unsure) in enumerate(starts[:-1]):
+        if unsure:
+            break
+        finished, last_type = index + 1, kind
+    if finished == 0:
+        return _Settled(0, "", {})
+    line = starts[finished][0]
     point = 0
-    pos = 0
-    lines = text.split("\n")
-    for i, line in enumerate(lines[:-1]):  # the last line is unfinished
-        stripped = line.lstrip()
-        marker = stripped[:3]
-        if marker in ("```", "~~~"):
-            if fence is None:
-                fence = marker
-            elif marker == fence and set(stripped.rstrip()) == {fence[0]}:
-                fence = None
-                point = pos + len(line) + 1  # a closed fence is a finished block
-        elif fence is None and line.strip() == "" and i > 0:
-            point = pos + len(line) + 1
-        pos += len(line) + 1
-    return point
+    for _ in range(line):
+        point = complete.index("\n", point) + 1
+    return _Settled(point, last_type, env.get("references", {}))
 
 
-class _Tail:
-    """The unfinished end of a reply, parsed as Markdown only when Live draws it."""
+def _cell_widths(lines: list[str]) -> list[int]:
+    from rich.cells import cell_len
 
-    def __init__(self) -> None:
-        self.text = ""
+    return [cell_len(_ANSI.sub("", line)) for line in lines]
 
-    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        if self.text.strip():
-            from rich.markdown import Markdown  # imported when a reply renders, not for --help
 
-            yield Markdown(self.text)
+_TRAILING_BLANKS = re.compile(r"(?:\x1b\[[0-9;]*m| )+$")
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)")
 
 
 class MarkdownRenderer:
-    """Streams Markdown: finished blocks are printed once, only the unfinished tail stays live.
+    """Streams Markdown: finished blocks are printed once, only the unfinished tail is redrawn.
 
-    Re-rendering the whole reply in a ``Live`` region duplicates or hides text once it is taller
-    than the screen; settling finished blocks keeps the live part small and the scrollback clean.
+    The tail is drawn in a live area smaller than the window, showing its newest lines, so a
+    block taller than the window never freezes (Rich ``Live`` would show ``...``). The area is
+    erased by the rows it takes at the current width (terminals rewrap lines when resized), so a
+    resize leaves no stale copies. What ends on screen is what rendering the whole reply at once
+    gives: a finished block's rendering does not depend on what follows it (``settle`` keeps
+    back any that might).
     """
+
+    REFRESH = 1 / 15  # seconds between redraws of the live area
 
     def __init__(self, console: Console) -> None:
         self.console = console
-        from rich.live import Live
+        self.text = ""
+        self.done = 0  # characters of ``text`` printed for good
+        self.last_type = ""
+        self.references: dict[str, Any] = {}
+        self.printed = False
+        self.live_widths: list[int] = []  # the cell widths of the live area's lines now on screen
+        self.drawn_at = 0.0
+        self.live = console.is_terminal  # a terminal, or styling forced onto a pipe (--color always)
+        self.cursor_hidden = False
 
-        self.tail = _Tail()
-        self.printed_blocks = 0
-        self.live = Live(
-            self.tail,
-            console=console,
-            auto_refresh=True,
-            refresh_per_second=15,
-            vertical_overflow="ellipsis",
-            transient=False,
-        )
-        self.started = False
+    # the window, asked each time: it may have been resized
+    def _size(self) -> tuple[int, int]:
+        if self.live:
+            try:
+                size = os.get_terminal_size(self.console.file.fileno())
+                if size.columns > 0 and size.lines > 0:
+                    return size.columns, size.lines
+            except (OSError, ValueError, AttributeError):
+                pass
+        return self.console.width, self.console.height
 
-    def _print_block(self, block: str) -> None:
-        if not block.strip():
+    def _render(self, text: str, width: int) -> list[str]:
+        """``text`` as Markdown, rendered to lines of terminal output at ``width`` columns."""
+        self.console.width = width
+        with self.console.capture() as capture:
+            self.console.print(reply_markdown(text, self.references))
+        rendered = capture.get()
+        return rendered.split("\n")[:-1] if rendered else []
+
+    def _write(self, data: str) -> None:
+        try:
+            self.console.file.write(data)
+            self.console.file.flush()
+        except BrokenPipeError:
+            raise OutputClosed from None
+
+    def _erase_live(self, width: int) -> None:
+        if not self.live_widths:
             return
-        if self.printed_blocks:
-            self.console.print()
-        from rich.markdown import Markdown
+        rows = sum(max(1, -(-w // width)) for w in self.live_widths)  # each line as rewrapped now
+        self._write(f"\r\x1b[{rows}A\x1b[J")
+        self.live_widths = []
 
-        self.console.print(Markdown(block.strip("\n")))
-        self.printed_blocks += 1
+    def _print_lines(self, lines: list[str]) -> None:
+        if lines:
+            self._write("".join(line + "\n" for line in lines))
+
+    def _with_separator(self, lines: list[str], after: str) -> list[str]:
+        """``lines`` of a part rendered alone, with the blank line Rich puts before it in the whole.
+
+        Rich writes a blank line before a block unless the block before it was a rule; a list,
+        quote or table rendered alone already starts with that blank line.
+        """
+        if lines and lines[0] != "" and self.printed and after != "hr":
+            return ["", *lines]
+        return lines
 
     def feed(self, text: str) -> None:
         if not text:
             return
-        if not self.started:
-            self.live.start()
-            self.started = True
-        self.tail.text += text
-        point = _settle_point(self.tail.text)
-        if point:
-            done, self.tail.text = self.tail.text[:point], self.tail.text[point:]
-            self._print_block(done)
-        self.live.refresh() if "\n" in text else None
+        self.text += text
+        if self.live and not self.cursor_hidden:
+            self._write("\x1b[?25l")
+            self.cursor_hidden = True
+        # only a finished line can finish a block
+        settled = settle(self.text[self.done :]) if "\n" in text else _Settled(0, "", {})
+        width, height = self._size()
+        if settled.point:
+            self.references = {**self.references, **settled.references}
+            block = self.text[self.done : self.done + settled.point]
+            self._erase_live(width)
+            lines = self._render(block, width)
+            self._print_lines(self._with_separator(lines, self.last_type))
+            self.printed = self.printed or bool(lines)
+            self.done += settled.point
+            self.last_type = settled.last_type
+        if self.live and (settled.point or time.monotonic() - self.drawn_at >= self.REFRESH):
+            self._draw(width, height)
+
+    def _draw(self, width: int, height: int) -> None:
+        """Redraw the live area: the tail's newest lines, as many as stay on screen through a resize.
+
+        Lines lose their trailing padding, and the area keeps to two thirds of the window's rows
+        even if the window narrows to a third of its width: a terminal that rewraps them then
+        still has them all on screen, where the next redraw erases them (none pushed up into the
+        scrollback, out of reach).
+        """
+        lines = [_TRAILING_BLANKS.sub("\x1b[0m", line) if line else line for line in self._render(self.text[self.done :], width)]
+        lines = self._with_separator(lines, self.last_type)
+        narrow = max(20, width // 3)
+        budget = max(4, height * 2 // 3)
+        keep = 0
+        for cells in reversed(_cell_widths(lines)):
+            budget -= max(1, -(-cells // narrow))
+            if budget < 0:
+                break
+            keep += 1
+        lines = lines[len(lines) - max(1, keep) :]
+        self._erase_live(width)
+        self._print_lines(lines)
+        self.live_widths = _cell_widths(lines)
+        self.drawn_at = time.monotonic()
 
     def finish(self, usage: Usage | None) -> None:
-        if not self.started:
-            return
-        rest = self.tail.text
-        self.tail.text = ""
-        self.live.update(self.tail, refresh=True)
-        self.live.stop()
-        self._print_block(rest)
+        width, _ = self._size()
+        self._erase_live(width)
+        rest = self.text[self.done :]
+        if rest.strip():
+            self.references = {**self.references, **settle(rest + "\n").references}
+            self._print_lines(self._with_separator(self._render(rest, width), self.last_type))
+        self.done = len(self.text)
+        if self.cursor_hidden:
+            self._write("\x1b[?25h")
+            self.cursor_hidden = False
 
 
 class JsonRenderer:
@@ -300,17 +432,114 @@ class Reply:
     interrupted: bool = False
 
 
-def render_stream(chunks: Iterable[Chunk], renderer: Renderer) -> Reply:
-    """Drive a chunk stream into a renderer. Ctrl-C stops the stream and keeps what came."""
+class Activity:
+    """One line on the terminal until the first token: a spinner, what is being read, the time so far.
+
+    The model reads a long prompt inside llama.cpp, where Python's own Ctrl-C handler waits until it
+    returns; the signal's wakeup byte reaches this thread at once, so "stopping..." shows at once.
+    """
+
+    FRAMES = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+    QUIET = 0.2  # seconds before the line shows: a quick first token needs no spinner
+
+    def __init__(self, stream: IO[str], label: str, interval: float = 0.1) -> None:
+        self.stream = stream
+        self.label = label
+        self.interval = interval
+        self.started = time.perf_counter()
+        self.stopping = False
+        self.shown = False
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._wakeup: tuple[Any, Any] | None = None  # a socket pair
+        self._old_wakeup = -1
+
+    def start(self) -> Activity:
+        import socket
+
+        pair = socket.socketpair()
+        try:  # only the main thread may set it; elsewhere the spinner still turns
+            pair[1].setblocking(False)
+            self._old_wakeup = signal.set_wakeup_fd(pair[1].fileno(), warn_on_full_buffer=False)
+            self._wakeup = pair
+        except (ValueError, OSError):
+            for end in pair:
+                end.close()
+        self._thread = threading.Thread(target=self._run, name="gptcli-activity", daemon=True)
+        self._thread.start()
+        return self
+
+    def _line(self) -> str:
+        if self.stopping:
+            return "stopping…"
+        frame = self.FRAMES[int((time.perf_counter() - self.started) / self.interval) % len(self.FRAMES)]
+        return f"{frame} {self.label} · {time.perf_counter() - self.started:.1f} s"
+
+    def _draw(self) -> None:
+        with self._lock:
+            if self._done.is_set() or (not self.stopping and time.perf_counter() - self.started < self.QUIET):
+                return
+            try:
+                self.stream.write(f"\r\x1b[K\x1b[2m{self._line()}\x1b[0m")
+                self.stream.flush()
+                self.shown = True
+            except (OSError, ValueError):
+                pass
+
+    def _run(self) -> None:
+        import select
+
+        while not self._done.is_set():
+            self._draw()
+            if self._wakeup is None:
+                self._done.wait(self.interval)
+                continue
+            ready, _, _ = select.select([self._wakeup[0]], [], [], self.interval)
+            if ready:
+                with contextlib.suppress(OSError):
+                    data = self._wakeup[0].recv(64)
+                    if bytes([signal.SIGINT]) in data:
+                        self.stopping = True
+
+    def stop(self) -> None:
+        """Erase the line (before the reply's first text is written, or when the reply ends)."""
+        if self._thread is None:
+            return
+        with self._lock:
+            self._done.set()
+            if self.shown:
+                with contextlib.suppress(OSError, ValueError):
+                    self.stream.write("\r\x1b[K")
+                    self.stream.flush()
+        self._thread.join(1)
+        self._thread = None
+        if self._wakeup is not None:
+            with contextlib.suppress(ValueError, OSError):
+                signal.set_wakeup_fd(self._old_wakeup)
+            for end in self._wakeup:
+                end.close()
+            self._wakeup = None
+
+
+def render_stream(chunks: Iterable[Chunk], renderer: Renderer, activity: Activity | None = None) -> Reply:
+    """Drive a chunk stream into a renderer. Ctrl-C stops the stream and keeps what came.
+
+    ``activity`` (a spinner) runs until the first text arrives.
+    """
     parts: list[str] = []
     usage: Usage | None = None
     started = time.perf_counter()
     interrupted = False
     failure: GptcliError | None = None
     iterator: Iterator[Chunk] = iter(chunks)
+    if activity is not None:
+        activity.start()
     try:
         for chunk in iterator:
             if chunk.text:
+                if activity is not None:
+                    activity.stop()
                 parts.append(chunk.text)
                 renderer.feed(chunk.text)
             if chunk.usage is not None:
@@ -322,6 +551,8 @@ def render_stream(chunks: Iterable[Chunk], renderer: Renderer) -> Reply:
             raise
         failure = exc
     finally:
+        if activity is not None:
+            activity.stop()
         close = getattr(iterator, "close", None)
         if close is not None:
             try:
@@ -345,11 +576,16 @@ def render_stream(chunks: Iterable[Chunk], renderer: Renderer) -> Reply:
     return Reply("".join(parts), usage, interrupted)
 
 
-def stats_line(usage: Usage, context_used: int | None = None, context_size: int | None = None) -> str:
-    """The dim status line after a reply: tokens, time to first token, speed, context."""
+def stats_line(
+    usage: Usage, context_used: int | None = None, context_size: int | None = None, reply_cap: int | None = None
+) -> str:
+    """The dim status line after a reply: tokens (of the reply cap), time to first token, speed, context."""
+    cap = f" (of {reply_cap})" if reply_cap else ""
     parts = [
-        f"{usage.prompt_tokens} prompt{f' ({usage.cached_tokens} cached)' if usage.cached_tokens else ''}"
-        f" + {usage.completion_tokens} reply tokens",
+        (
+            f"{usage.prompt_tokens} prompt{f' ({usage.cached_tokens} cached)' if usage.cached_tokens else ''}"
+            f" + {usage.completion_tokens}{cap} reply tokens"
+        ),
         f"first token {usage.time_to_first_token:.2f} s",
         f"{usage.tokens_per_second:.1f} tok/s",
     ]
@@ -358,3 +594,17 @@ def stats_line(usage: Usage, context_used: int | None = None, context_size: int 
     if usage.finish_reason not in ("stop", ""):
         parts.append(usage.finish_reason)
     return " · ".join(parts)
+
+
+def osc52(text: str) -> str:
+    """The OSC 52 sequence that puts ``text`` on the terminal's clipboard (it travels over SSH).
+
+    Inside tmux the sequence is also sent wrapped for passthrough, for a tmux with
+    ``set-clipboard`` off but ``allow-passthrough`` on.
+    """
+    import base64
+
+    sequence = "\x1b]52;c;" + base64.b64encode(text.encode("utf-8")).decode("ascii") + "\x07"
+    if os.environ.get("TMUX"):
+        sequence += "\x1bPtmux;" + sequence.replace("\x1b", "\x1b\x1b") + "\x1b\\"
+    return sequence

@@ -18,7 +18,7 @@ from gptcli.conversation import POLICIES, Conversation, Turn, turns_from_message
 from gptcli.engines import Engine, Message, Sampling, choose, sampling_from
 from gptcli.errors import ContextOverflowError, GptcliError, StoreError, Terminated, UsageError
 from gptcli.flow import OutputMode, generate
-from gptcli.render import Env, Reply
+from gptcli.render import Env, Reply, wrap_words
 
 PROMPT = "› "
 CONTINUATION = "· "
@@ -40,17 +40,21 @@ COMMANDS: dict[str, CommandSpec] = {
         CommandSpec("help", "", "List these commands and the keys."),
         CommandSpec("new", "", "Start a new conversation (same system prompt and settings)."),
         CommandSpec("retry", "", "Regenerate the last reply."),
+        CommandSpec("continue", "", "Carry on the last reply where it stopped (at the length limit, or interrupted)."),
         CommandSpec("undo", "", "Remove the last exchange."),
         CommandSpec("system", "[TEXT]", "Set the system prompt (no TEXT: show it; 'off' removes it)."),
-        CommandSpec("template", "NAME [KEY=VALUE...]", "Use a template's system prompt (with its variables)."),
+        CommandSpec("template", "[NAME KEY=VALUE...]", "Use a template's system prompt (with its variables); no NAME lists them."),
         CommandSpec("model", "[NAME_OR_PATH]", "Switch to another model (no argument: show the current one)."),
         CommandSpec("set", "[KEY VALUE]", "Change a setting: temperature, top_p, top_k, min_p, repeat_penalty, max_tokens, seed, overflow."),
         CommandSpec("tokens", "", "Show how the context window is used and the room left for the reply."),
-        CommandSpec("stats", "", "Turn the status line after each reply on or off."),
+        CommandSpec("stats", "[on|off]", "Turn the status line after each reply on or off (no argument: switch)."),
         CommandSpec("save", "NAME", "Name this conversation, to resume it with `gptcli chat -s NAME`."),
         CommandSpec("sessions", "", "List saved conversations."),
         CommandSpec("load", "ID_OR_NAME", "Switch to a saved conversation."),
         CommandSpec("export", "FILE", "Write this conversation to FILE (Markdown, or JSON for .json)."),
+        CommandSpec("edit", "[TEXT]", "Write a message in $VISUAL/$EDITOR (starting from TEXT), then send it."),
+        CommandSpec("file", "PATH", "Attach a text file to the next message (also: @PATH in a message)."),
+        CommandSpec("copy", "[N]", "Copy the last reply (N: its Nth code block) to the clipboard."),
         CommandSpec("clear", "", "Clear the screen (the conversation goes on)."),
         CommandSpec("exit", "", "Leave (also Ctrl-D)."),
     ]
@@ -140,17 +144,90 @@ def _example_value(key: str) -> str:
             "max_tokens": "512", "seed": "42", "overflow": "drop"}[key]
 
 
-def help_text() -> str:
-    """What ``/help`` prints: the commands, then the keys."""
-    width = max(len(f"/{c.name} {c.arg}".strip()) for c in COMMANDS.values())
-    lines = [f"  {f'/{c.name} {c.arg}'.strip():<{width}}  {c.help}" for c in COMMANDS.values()]
-    lines += [
-        "",
-        "  Enter sends · Alt-Enter (or Esc Enter) adds a line · Up/Down and Ctrl-R search input history",
-        "  Tab completes commands, templates and models · Ctrl-C stops a reply or clears the line · Ctrl-D leaves",
-        "  // at the start sends a message that begins with / (the first / is dropped)",
-    ]
+KEYS_HELP = [
+    "Enter sends · Alt-Enter (or Esc Enter) adds a line",
+    "Up/Down recall input history (what is typed filters it) · Ctrl-R searches it, Enter sends the match",
+    "Ctrl-X Ctrl-E edits the message in $VISUAL/$EDITOR · @PATH attaches a file (Tab completes it)",
+    "Tab completes commands, templates and models · Ctrl-C stops a reply or clears the line · Ctrl-D leaves",
+    "// at the start sends a message that begins with / (the first / is dropped)",
+]
+
+
+def help_text(width: int = 100) -> str:
+    """What ``/help`` prints at ``width`` columns: the commands, then the keys, wrapped at words.
+
+    Wide enough, a command and its help share a line; narrower, the help goes under the command.
+    """
+    import textwrap
+
+    width = max(20, width)
+    names = [f"/{c.name} {c.arg}".strip() for c in COMMANDS.values()]
+    column = max(len(n) for n in names)
+    lines: list[str] = []
+    for name, spec in zip(names, COMMANDS.values()):
+        if width >= column + 4 + 30:
+            indent = " " * (column + 4)
+            lines += textwrap.wrap(spec.help, width, initial_indent=f"  {name:<{column}}  ", subsequent_indent=indent, break_on_hyphens=False)
+        else:
+            lines.append(f"  {name}")
+            lines += textwrap.wrap(spec.help, width, initial_indent="      ", subsequent_indent="      ", break_on_hyphens=False)
+    lines.append("")
+    for item in KEYS_HELP:
+        lines += textwrap.wrap(item, width, initial_indent="  ", subsequent_indent="    ", break_on_hyphens=False)
     return "\n".join(lines)
+
+
+def short_count(n: int) -> str:
+    """1234 -> ``1.2k``, 4096 -> ``4k`` (k = 1024, as context sizes are named)."""
+    if n < 1000:
+        return str(n)
+    value = n / 1024
+    return f"{value:.1f}".rstrip("0").rstrip(".") + "k"
+
+
+def code_blocks(markdown: str) -> list[str]:
+    """The code blocks (fenced or indented) of a Markdown text, in order."""
+    from markdown_it import MarkdownIt
+
+    tokens = MarkdownIt("commonmark").parse(markdown)
+    return [t.content.removesuffix("\n") for t in tokens if t.type in ("fence", "code_block")]
+
+
+ATTACHMENT = re.compile(r"(?:(?<=\s)|^)@(\S+)")
+MAX_ATTACHMENT = 1_000_000  # bytes: a larger file would not fit any context window
+
+
+def read_attachment(spec: str) -> tuple[str, str]:
+    """The (shown path, text) of a file to attach; ``UsageError`` when it is missing or not text."""
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise UsageError(f"no such file: {spec}")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {spec}: {exc.strerror or exc}") from None
+    if len(data) > MAX_ATTACHMENT:
+        raise UsageError(f"{spec} is {len(data) // 1024} KB: too large to attach (at most {MAX_ATTACHMENT // 1024} KB)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{spec} is not a text file (UTF-8)") from None
+    if "\x00" in text:
+        raise UsageError(f"{spec} is not a text file")
+    return spec, text
+
+
+def with_attachments(message: str, files: Sequence[tuple[str, str]]) -> str:
+    """The message followed by each file's text in a fence longer than any backtick run inside it."""
+    parts = [message]
+    for name, text in files:
+        longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+        fence = "`" * max(3, longest + 1)
+        parts.append(f"{name}:\n{fence}\n{text.rstrip()}\n{fence}")
+    return "\n\n".join(parts)
+
+
+CONTINUE_PROMPT = "Continue exactly where your last reply stopped, without repeating anything."
 
 
 # ---------------------------------------------------------------- the chat itself
@@ -188,7 +265,10 @@ class ChatSession:
         self.template_name: str | None = None
         self.template_temperature: float | None = None
         self.last_interrupted = False
+        self.last_finish = ""  # why the last reply ended: stop, length, interrupted...
+        self.attachments: list[tuple[str, str]] = []  # files that go with the next message
         self.state_unsaved = False  # a turn was added since the model state was last saved or loaded
+        self._gauge: str | None = None
 
     # ------------------------------------------------------------ output helpers
 
@@ -198,6 +278,8 @@ class ChatSession:
             import json
 
             text = json.dumps({"type": "info", "text": text}, ensure_ascii=False)
+        elif self.env.stdout_isatty:  # a terminal breaks words; wrap them whole
+            text = wrap_words(text, self.width())
         try:
             print(text, file=self.env.stdout, flush=True)
         except BrokenPipeError:
@@ -205,12 +287,18 @@ class ChatSession:
 
             raise OutputClosed from None
 
+    def width(self) -> int:
+        """The terminal's width now (it may have been resized)."""
+        return self.env.console().width
+
     def notice(self, text: str) -> None:
         """Something that happened by itself (a one-line dim note on stderr)."""
         self.env.notice(text)
 
     def hint(self, text: str) -> None:
         """A one-line hint (an unknown command...): dim, on stderr, shown even with --quiet."""
+        if self.env.stderr_isatty:
+            text = wrap_words(text, self.env.err_console.width)
         self.env.err_console.print(text, style="dim", markup=False, highlight=False, soft_wrap=True)
 
     def banner(self) -> None:
@@ -219,8 +307,21 @@ class ChatSession:
 
     # ------------------------------------------------------------ one line of input
 
+    def gauge(self) -> str:
+        """The bottom toolbar: model, context used of the window (``1.2k/4k``), the reply cap."""
+        if self._gauge is None:
+            try:
+                budget = self.conversation.budget(self.engine, self.sampling().max_tokens)
+                used = f"{short_count(budget.used)}/{short_count(budget.context)}"
+            except Exception:  # noqa: BLE001 - a toolbar must never break the prompt
+                used = "?"
+            files = f" · {len(self.attachments)} file{'s' if len(self.attachments) != 1 else ''} attached" if self.attachments else ""
+            self._gauge = f" {self.engine.model_name} · context {used} · reply ≤ {self.sampling().max_tokens}{files} "
+        return self._gauge
+
     def handle(self, line: str) -> bool:
         """Act on one line: send it, or run its slash command. ``False``: the user leaves."""
+        self._gauge = None  # recounted for the next prompt
         self.last_interrupted = False
         try:
             command = parse_command(line)
@@ -235,7 +336,13 @@ class ChatSession:
             if text.lstrip().startswith("//"):
                 text = text.replace("//", "/", 1)
             if text.strip():
-                self.send(text)
+                try:
+                    files = self._mentioned_files(text)
+                except GptcliError as exc:
+                    self.env.error(str(exc))
+                    return True
+                if self.send(with_attachments(text, files)) is not None:
+                    self.attachments = []
             return True
         try:
             return self.run_command(command)
@@ -247,6 +354,15 @@ class ChatSession:
 
     def sampling(self) -> Sampling:
         return sampling_from(self.settings, self.template_temperature)
+
+    def _mentioned_files(self, text: str) -> list[tuple[str, str]]:
+        """The files attached with /file, then each ``@path`` in the message that names a file."""
+        files = list(self.attachments)
+        for match in ATTACHMENT.finditer(text):
+            spec = match.group(1).rstrip(".,;:!?)")
+            if Path(spec).expanduser().is_file() and spec not in {name for name, _ in files}:
+                files.append(read_attachment(spec))
+        return files
 
     def send(self, text: str, *, save: bool = True) -> Reply | None:
         """Fit the history, stream the reply, keep the turn. ``None`` when nothing was sent."""
@@ -265,23 +381,42 @@ class ChatSession:
             self.notice(fitted.notice)
         failed = False
         try:
-            reply = generate(self.engine, fitted.messages, sampling, self.env, self._output_mode())
+            waiting = f"reading {fitted.prompt_tokens} tokens" if fitted.prompt_tokens else "thinking"
+            reply = generate(self.engine, fitted.messages, sampling, self.env, self._output_mode(), waiting=waiting)
         except GptcliError as exc:
             self.env.error(str(exc))
             partial: Reply | None = getattr(exc, "partial_reply", None)  # a remote server died mid-reply
             if partial is None or not partial.text:
                 return None
             reply, failed = Reply(partial.text, partial.usage, interrupted=True), True
+        if reply.interrupted and not failed and not reply.text.strip():  # Ctrl-C before the first token
+            self.last_interrupted = True
+            self.notice("cancelled: nothing was sent or saved")
+            return None
         self.conversation.add_turn(text, reply.text, reply.interrupted)
         self.last_interrupted = reply.interrupted and not failed
+        self.last_finish = reply.usage.finish_reason
+        if self.stats and not self.mode.json:
+            self._print_stats(reply)
         if self.last_interrupted:
-            self.notice("(interrupted: the partial reply is kept)")
+            self.notice("(interrupted: the partial reply is kept; /continue carries it on)")
+        elif reply.usage.finish_reason == "length":
+            self.notice(f"(the reply reached its limit of {sampling.max_tokens} tokens: /continue carries it on)")
         if save:
             self._save_turn(text, reply)
         return reply
 
+    def _print_stats(self, reply: Reply) -> None:
+        """The status line, counting the context as /tokens does (the reply now in the history)."""
+        from gptcli.render import stats_line
+
+        max_tokens = self.sampling().max_tokens
+        budget = self.conversation.budget(self.engine, max_tokens)
+        self.notice(stats_line(reply.usage, budget.used, budget.context, reply_cap=max_tokens))
+
     def _output_mode(self) -> OutputMode:
-        return OutputMode(plain=self.mode.plain, json=self.mode.json, stream=self.mode.stream, stats=self.stats)
+        # the status line is the chat's own (``_print_stats``), counted like /tokens
+        return OutputMode(plain=self.mode.plain, json=self.mode.json, stream=self.mode.stream, stats=False)
 
     def _summarize(self, request: Sequence[Message], sampling: Sampling) -> str:
         """Ask the model for the note that replaces the oldest turns (not shown, not stored)."""
@@ -292,7 +427,20 @@ class ChatSession:
             max_tokens=sampling.max_tokens,
             seed=self.settings.seed,
         )
-        return "".join(chunk.text for chunk in self.engine.stream(request, sampling))
+        activity = self._activity("condensing older turns")
+        try:
+            return "".join(chunk.text for chunk in self.engine.stream(request, sampling))
+        finally:
+            if activity is not None:
+                activity.stop()
+
+    def _activity(self, label: str) -> Any:
+        """A spinner on the terminal for work that shows nothing else (``None`` off a terminal)."""
+        from gptcli.render import Activity
+
+        if self.mode.json or not (self.env.stderr_isatty and self.env.styled(self.env.stderr)):
+            return None
+        return Activity(self.env.stderr, label).start()
 
     # ------------------------------------------------------------ the store
 
@@ -346,6 +494,7 @@ class ChatSession:
         system, turns = turns_from_messages(rows)
         system = getattr(info, "system", None) or system
         self.conversation = Conversation(system=system, turns=turns)
+        self.last_finish = ""
         self.session_id = info.id if self.saving else None  # history off: new turns are not added to it
         self.session_title = getattr(info, "title", None)
         self.template_name = getattr(info, "template", None)
@@ -364,12 +513,13 @@ class ChatSession:
         console = self.env.console()
         for turn in turns:
             if styled:
-                from rich.markdown import Markdown
                 from rich.text import Text
+
+                from gptcli.render import reply_markdown
 
                 console.print(Text(PROMPT + turn.user, style="bold"))
                 if turn.reply.strip():
-                    console.print(Markdown(turn.reply))
+                    console.print(reply_markdown(turn.reply))
                 if turn.interrupted:
                     console.print(Text("(interrupted)", style="dim"))
             else:
@@ -383,7 +533,7 @@ class ChatSession:
         return handler(command) is not False
 
     def cmd_help(self, command: Command) -> None:
-        self.say(help_text())
+        self.say(help_text(self.width() if self.env.stdout_isatty else 100))
 
     def cmd_exit(self, command: Command) -> bool:
         return False
@@ -403,6 +553,7 @@ class ChatSession:
     def cmd_new(self, command: Command) -> None:
         self.keep_state()
         self.conversation = Conversation(system=self.conversation.system)
+        self.last_finish = ""
         self.session_id = None
         self.session_title = None
         self.notice("new conversation")
@@ -450,6 +601,11 @@ class ChatSession:
     def cmd_template(self, command: Command) -> None:
         import shlex
 
+        if not command.arg:
+            names = template_names()
+            current = f" (in use: {self.template_name})" if self.template_name else ""
+            self.say(f"templates{current}: " + ", ".join(names) + "\n/template NAME [KEY=VALUE...] uses one")
+            return
         try:
             name, *pairs = shlex.split(command.arg)
         except ValueError as exc:
@@ -518,12 +674,59 @@ class ChatSession:
         self.notice(f"{command.key} = {shown_value}")
 
     def cmd_tokens(self, command: Command) -> None:
-        budget = self.conversation.budget(self.engine, self.sampling().max_tokens)
-        self.say(budget.describe())
+        self.say(budget_line(self.conversation.budget(self.engine, self.sampling().max_tokens), self.sampling().max_tokens))
 
     def cmd_stats(self, command: Command) -> None:
-        self.stats = not self.stats
+        choice = command.arg.lower()
+        if choice in ("on", "yes", "true", "1"):
+            self.stats = True
+        elif choice in ("off", "no", "false", "0"):
+            self.stats = False
+        elif not choice:
+            self.stats = not self.stats
+        else:
+            raise UsageError(f"/stats takes on or off, not '{command.arg}'")
         self.notice(f"status line {'on' if self.stats else 'off'}")
+
+    def cmd_continue(self, command: Command) -> None:
+        if not self.conversation.turns:
+            self.hint("nothing to continue yet")
+            return
+        last = self.conversation.turns[-1]
+        if self.last_finish not in ("length", "interrupted") and not last.interrupted:
+            self.hint("the last reply ended by itself: /continue carries on one cut short (the length limit, or Ctrl-C)")
+            return
+        self.send(CONTINUE_PROMPT)
+
+    def cmd_copy(self, command: Command) -> None:
+        if not self.conversation.turns:
+            self.hint("nothing to copy yet")
+            return
+        reply = self.conversation.turns[-1].reply
+        what = "the last reply"
+        if command.arg:
+            blocks = code_blocks(reply)
+            if not command.arg.isdigit() or not 1 <= int(command.arg) <= len(blocks):
+                have = f"/copy 1 to /copy {len(blocks)}" if blocks else "it has none"
+                raise UsageError(f"the last reply has {len(blocks)} code block{'s' if len(blocks) != 1 else ''}: {have}")
+            reply, what = blocks[int(command.arg) - 1], f"code block {command.arg}"
+        ways = copy_to_clipboard(reply, self.env)
+        if not ways:
+            raise UsageError("no way to reach the clipboard here: not a terminal, and no clipboard tool found")
+        self.notice(f"copied {what} ({len(reply)} characters) via {' and '.join(ways)}")
+
+    def cmd_edit(self, command: Command) -> None:
+        text = edit_text(command.arg)
+        if not text.strip():
+            self.hint("nothing sent: the message was left empty")
+            return
+        self.say(PROMPT + text)
+        self.handle(text)
+
+    def cmd_file(self, command: Command) -> None:
+        name, text = read_attachment(command.arg)
+        self.attachments.append((name, text))
+        self.notice(f"attached {name} ({len(text)} characters): it goes with your next message")
 
     def cmd_save(self, command: Command) -> None:
         store = self._need_store("/save")
@@ -532,6 +735,16 @@ class ChatSession:
         if not self.conversation.turns:
             self.hint("nothing to save yet: send a message first")
             return
+        title = " ".join(command.arg.split())
+        try:
+            other = store.find_session(title)
+        except StoreError:  # no session has this name (or id)
+            other = None
+        if other is not None and other.id != self.session_id:
+            raise UsageError(
+                f"'{title}' already names another conversation ({other.id}, {other.turns} turns): choose another name"
+                " (gptcli history lists them)"
+            )
         self.session_title = command.arg
         if self._ensure_session() is None:
             return
@@ -561,6 +774,67 @@ class ChatSession:
         atomic_write(path, text)
         n = len(self.conversation.turns)
         self.notice(f"wrote {n} exchange{'s' if n != 1 else ''} to {path}")
+
+
+def budget_line(budget: Any, max_tokens: int) -> str:
+    """What ``/tokens`` says: the window's use (the figure the status line shows) and the reply's room."""
+    turns = f"{budget.visible_turns} turn{'s' if budget.visible_turns != 1 else ''}"
+    parts = [f"system {budget.system}"]
+    if budget.summary:
+        parts.append(f"summary {budget.summary}")
+    parts.append(f"history {budget.history} ({turns})")
+    line = f"context {budget.used}/{budget.context} tokens: " + " + ".join(parts)
+    room = min(max_tokens, budget.free)
+    line += f"; {budget.free} left: the next reply may use {room}" + (f" (capped at {max_tokens}: /set max_tokens)" if max_tokens <= budget.free else "")
+    if budget.hidden_turns:
+        line += f"; {budget.hidden_turns} older turn{'s' if budget.hidden_turns != 1 else ''} out of view (still stored)"
+    return line
+
+
+def copy_to_clipboard(text: str, env: Env) -> list[str]:
+    """Put ``text`` on the clipboard: OSC 52 to the terminal (works over SSH and in tmux) and a
+    system clipboard tool where one is installed. Returns the ways used."""
+    import shutil
+    import subprocess
+
+    from gptcli.render import osc52
+
+    ways: list[str] = []
+    terminal = env.stdout if env.stdout_isatty else env.stderr if env.stderr_isatty else None
+    if terminal is not None:
+        try:
+            terminal.write(osc52(text))
+            terminal.flush()
+            ways.append("the terminal (OSC 52)")
+        except OSError:
+            pass
+    tools: list[list[str]] = [["pbcopy"], ["clip.exe"]]
+    if os.environ.get("WAYLAND_DISPLAY"):
+        tools.insert(0, ["wl-copy"])
+    if os.environ.get("DISPLAY"):
+        tools += [["xclip", "-selection", "clipboard"], ["xsel", "--clipboard", "--input"]]
+    for tool in tools:
+        if shutil.which(tool[0]) is None:
+            continue
+        try:
+            done = subprocess.run(tool, input=text.encode("utf-8"), timeout=5, capture_output=True, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if done.returncode == 0:
+            ways.append(tool[0])
+            break
+    return ways
+
+
+def edit_text(text: str = "") -> str:
+    """``text`` edited in ``$VISUAL``/``$EDITOR`` (click finds one); what was saved comes back."""
+    import click
+
+    try:
+        edited = click.edit(text, extension=".md", require_save=False)
+    except click.ClickException as exc:
+        raise UsageError(f"cannot open an editor: {exc.format_message()} (set $EDITOR)") from None
+    return (edited or "").rstrip("\n")
 
 
 def template_system(name: str, pairs: Sequence[str] = ()) -> tuple[Any, str | None]:
@@ -670,17 +944,27 @@ def input_history_path() -> Path:
 def chat_key_bindings() -> Any:
     """Enter sends; Alt-Enter (Esc Enter) inserts a newline; pasted text stays whole (bracketed paste).
 
+    In a Ctrl-R search, Enter sends the line found.
+
     Ctrl-J sends too: an Enter typed while a reply streams reaches the prompt as Ctrl-J (the
     terminal turns CR into LF outside raw mode), and it must not become a newline.
     """
+    from prompt_toolkit.filters import is_searching
     from prompt_toolkit.key_binding import KeyBindings
+    from prompt_toolkit.key_binding.bindings.search import (
+        accept_search_and_accept_input,
+    )
 
     bindings = KeyBindings()
 
-    @bindings.add("enter")
-    @bindings.add("c-j")
+    @bindings.add("enter", filter=~is_searching)
+    @bindings.add("c-j", filter=~is_searching)
     def _send(event: Any) -> None:
         event.current_buffer.validate_and_handle()
+
+    # Ctrl-R, type, Enter: the match is sent, as bash does (prompt-toolkit's own binding)
+    bindings.add("enter", filter=is_searching)(accept_search_and_accept_input)
+    bindings.add("c-j", filter=is_searching)(accept_search_and_accept_input)
 
     @bindings.add("escape", "enter")
     def _newline(event: Any) -> None:
@@ -718,6 +1002,10 @@ class ChatCompleter:
         from prompt_toolkit.document import Document
 
         text = document.text_before_cursor
+        mention = re.search(r"(?:(?<=\s)|^)@(\S*)$", text)
+        if mention and not text.startswith("/"):  # @path in a message attaches the file
+            yield from self._paths.get_completions(Document(mention.group(1)), complete_event)
+            return
         if not text.startswith("/") or "\n" in text:
             return
         if " " not in text:
@@ -749,8 +1037,10 @@ class ChatCompleter:
                 yield from words(POLICIES, value.lstrip())
         elif name == "load":
             yield from words(_safe(self._sessions), arg)
-        elif name == "export":
+        elif name in ("export", "file"):
             yield from self._paths.get_completions(Document(arg), complete_event)
+        elif name == "stats":
+            yield from words(("on", "off"), arg)
 
 
 def _safe(source: Callable[[], Iterable[str]]) -> list[str]:
@@ -785,7 +1075,8 @@ def model_names() -> list[str]:
 
 
 def make_prompt_session(chat: ChatSession, *, input: Any = None, output: Any = None) -> Any:
-    """The prompt-toolkit session: input history file, suggestions, keys, completion."""
+    """The prompt-toolkit session: input history file (searched with Ctrl-R, filtered by what is
+    typed), suggestions, keys (vi with ``vi_mode = true``), completion, the editor, the toolbar."""
     from prompt_toolkit import PromptSession
     from prompt_toolkit.auto_suggest import AutoSuggestFromHistory
     from prompt_toolkit.formatted_text import FormattedText
@@ -799,16 +1090,24 @@ def make_prompt_session(chat: ChatSession, *, input: Any = None, output: Any = N
         return [str(getattr(s, "title", None) or s.id) for s in chat.store.list_sessions(limit=50)]
 
     completer = ChatCompleter(template_names, model_names, sessions)
+
+    def continuation(width: int, line_number: int, wrap_count: int) -> str:
+        # the marker starts each line of a multi-line message, not each wrapped row of one line
+        return CONTINUATION.rjust(width) if wrap_count == 0 else " " * width
+
     return PromptSession(
         message=FormattedText([("bold", PROMPT)]),
         multiline=True,
-        prompt_continuation=lambda width, line_number, wrap_count: CONTINUATION.rjust(width),
+        prompt_continuation=continuation,
         key_bindings=chat_key_bindings(),
         history=history,
         auto_suggest=AutoSuggestFromHistory(),
         completer=completer.adapter,
         complete_while_typing=False,
-        enable_history_search=False,
+        enable_history_search=True,  # Up/Down with text typed recall only lines starting with it
+        enable_open_in_editor=True,  # Ctrl-X Ctrl-E (vi: v) edits the message in $VISUAL/$EDITOR
+        vi_mode=bool(chat.settings.vi_mode),
+        bottom_toolbar=lambda: chat.gauge(),
         mouse_support=False,
         input=input,
         output=output,

@@ -77,6 +77,16 @@ def test_save_names_a_chat_and_session_resumes_it_by_name(cli, fake_engine):
     assert [r[1] for r in stored("garden")][-2:] == ["more please", "Hello from the fake engine."]
 
 
+def test_save_refuses_a_name_another_conversation_has(cli, fake_engine):
+    cli(["chat"], stdin="about the garden\n/save garden\n")
+    result = cli(["chat"], stdin="about the kitchen\n/save garden\n/save kitchen\n")
+    assert "error: 'garden' already names another conversation" in result.stderr
+    assert stored("garden")[0][1] == "about the garden"
+    assert stored("kitchen")[0][1] == "about the kitchen"
+    again = cli(["chat", "-s", "garden"], stdin="/save garden\n")  # its own name again is fine
+    assert again.exit_code == 0 and "error" not in again.stderr
+
+
 def test_an_unknown_session_is_an_error_before_anything_is_sent(cli, fake_engine):
     result = cli(["chat", "-s", "nosuch"], stdin="hi\n")
     assert result.exit_code == 1 and "error: no session 'nosuch'" in result.stderr

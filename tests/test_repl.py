@@ -85,7 +85,7 @@ def test_set_parses_and_checks_values(line, key, value):
         ("/set colour red", "cannot change 'colour'"),
         ("/set temperature", "needs a value"),
         ("/undo now", "takes no argument"),
-        ("/template", "needs NAME"),
+        ("/file", "needs PATH"),
         ("/export", "needs FILE"),
     ],
 )
@@ -253,7 +253,18 @@ def test_tokens_shows_the_budget(repl, fake_engine):
     line = result.stdout.strip().splitlines()[-1]
     used = fake_engine.count_tokens(result.chat.conversation.messages())
     assert line.startswith(f"context {used}/1000 tokens: system 6 + history")
-    assert f"{1000 - used} left for the reply" in line
+    assert f"; {1000 - used} left: the next reply may use {1000 - used}" in line
+
+
+def test_tokens_and_the_stats_line_agree_and_show_the_reply_cap(repl, fake_engine):
+    fake_engine.context_size = 1000
+    result = repl("/set max_tokens 60" + ENTER, "/stats on" + ENTER, "hello" + ENTER, "/tokens" + ENTER)
+    tokens = result.stdout.strip().splitlines()[-1]
+    stats = next(line for line in result.stderr.splitlines() if "tok/s" in line)
+    used = fake_engine.count_tokens(result.chat.conversation.messages())
+    assert tokens.startswith(f"context {used}/1000 tokens") and f"context {used}/1000" in stats
+    assert "the next reply may use 60 (capped at 60" in tokens
+    assert "(of 60) reply tokens" in stats
 
 
 def test_stats_toggles_the_status_line(repl, fake_engine):
@@ -410,3 +421,72 @@ def test_template_takes_variables_in_the_chat(repl, fake_engine):
     result = repl("/template translate" + ENTER, "/template translate target='Brazilian Portuguese'" + ENTER, "hi" + ENTER)
     assert "error: template 'translate' needs target=..." in result.stderr
     assert "Brazilian Portuguese" in fake_engine.calls[0][0]["content"]
+
+
+# ---------------------------------------------------------------- the daily-driver details
+
+
+def test_help_fits_a_narrow_window_without_breaking_words():
+    from gptcli.repl import COMMANDS, help_text
+
+    for width in (40, 60, 100):
+        text = help_text(width)
+        assert max(len(line) for line in text.splitlines()) <= width
+        joined = " ".join(text.split())
+        for spec in COMMANDS.values():
+            assert " ".join(spec.help.split()) in joined  # each help text whole, its words unbroken
+
+
+def test_a_wrapped_line_gets_no_continuation_marker(fake_engine):
+    chat = ChatSession(load_settings(), Env(stdin=io.StringIO(), stdout=io.StringIO(), stderr=io.StringIO()))
+    with create_pipe_input() as pipe:
+        session = make_prompt_session(chat, input=pipe, output=DummyOutput())
+    assert session.prompt_continuation(2, 1, 0) == "· "  # a new line of the message
+    assert session.prompt_continuation(2, 0, 1) == "  "  # a long line wrapped on screen
+
+
+def test_vi_mode_comes_from_the_settings(fake_engine, monkeypatch):
+    from prompt_toolkit.enums import EditingMode
+
+    env = Env(stdin=io.StringIO(), stdout=io.StringIO(), stderr=io.StringIO())
+    monkeypatch.setenv("GPTCLI_VI_MODE", "true")
+    chat = ChatSession(load_settings(), env)
+    with create_pipe_input() as pipe:
+        assert make_prompt_session(chat, input=pipe, output=DummyOutput()).editing_mode == EditingMode.VI
+    monkeypatch.delenv("GPTCLI_VI_MODE")
+    chat = ChatSession(load_settings(), env)
+    with create_pipe_input() as pipe:
+        assert make_prompt_session(chat, input=pipe, output=DummyOutput()).editing_mode == EditingMode.EMACS
+
+
+def test_the_toolbar_gauge_follows_the_conversation(repl, fake_engine):
+    fake_engine.context_size = 4096
+    result = repl("/set max_tokens 60" + ENTER, "hello" + ENTER)
+    gauge = result.chat.gauge()
+    used = fake_engine.count_tokens(result.chat.conversation.messages())
+    assert f"fake · context {used}/4k · reply ≤ 60" in gauge
+
+
+def test_tab_completes_a_path_after_at_in_a_message(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    assert completions(f"summarize @{tmp_path}/") == ["notes.txt"]
+    assert completions(f"/file {tmp_path}/") == ["notes.txt"]
+    assert completions("/stats o") == ["off", "on"]
+
+
+def test_ctrl_c_before_the_first_token_saves_nothing_and_says_cancelled(repl, monkeypatch):
+    class CancelledEngine(FakeEngine):
+        def stream(self, messages: Sequence[Message], sampling: Sampling) -> Iterator[Chunk]:
+            self.calls.append([dict(m) for m in messages])  # type: ignore[misc]
+
+            def chunks() -> Iterator[Chunk]:
+                raise KeyboardInterrupt
+                yield  # pragma: no cover
+
+            return chunks()
+
+    engine = CancelledEngine()
+    monkeypatch.setattr("gptcli.engines.choose.open_engine", lambda settings: engine)
+    result = repl("never mind" + ENTER)
+    assert "cancelled" in result.stderr and "partial reply" not in result.stderr
+    assert result.chat.conversation.turns == []
