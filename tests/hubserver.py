@@ -95,6 +95,7 @@ class FakeHub:
     cut_at: int | None = None  # CDN: drop the connection once this byte offset of a file has been sent
     echo_auth_in_errors: bool = False  # a misbehaving server that repeats the Authorization header
     throttle: float = 0.0  # CDN: seconds to pause after each MiB sent (a slow connection)
+    etag: str | None = None  # a hostile Hub: this ETag (say '../../x') for every file it resolves
     repos: dict[str, HubRepo] = field(default_factory=dict)
     requests: list[Recorded] = field(default_factory=list)
     _servers: list[ThreadingHTTPServer] = field(default_factory=list)
@@ -309,13 +310,13 @@ def _handler(hub: FakeHub, role: str) -> type[BaseHTTPRequestHandler]:
                     b"",
                     {
                         **common,
-                        "ETag": f'"{f.git_oid}"',
-                        "X-Linked-Etag": f'"{f.sha256}"',
+                        "ETag": f'"{hub.etag or f.git_oid}"',
+                        "X-Linked-Etag": f'"{hub.etag or f.sha256}"',
                         "X-Linked-Size": str(f.size),
                         "Location": location,
                     },
                 )
-            self._stream(f, {**common, "ETag": f'"{f.git_oid}"'})
+            self._stream(f, {**common, "ETag": f'"{hub.etag or f.git_oid}"'})
 
         def _blob(self, sha: str) -> None:
             f = hub.find_blob(sha)
