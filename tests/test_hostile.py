@@ -58,3 +58,107 @@ def test_server_names_are_checked_before_they_touch_a_path():
         with pytest.raises(ModelError):
             check_server_name(kind, bad, REPO)
     assert check_server_name("etag", "a" * 64, REPO) and check_server_name("file", "Q4/m-Q4_K_M.gguf", REPO)
+
+
+# ---------------------------------------------------------------- crafted GGUF headers
+
+
+def crafted_gguf(path: Path, *, nested: int = 0, **values: object) -> Path:
+    """A small GGUF written with the ``gguf`` package, with ``llama.<key>`` values as given."""
+    import numpy as np
+    from gguf import GGUFWriter
+
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_name("crafted")
+    base: dict[str, object] = {"context_length": 2048, "block_count": 2, "embedding_length": 8, "attention.head_count": 2}
+    base.update(values)
+    for key, value in base.items():
+        if isinstance(value, str):
+            writer.add_string(f"llama.{key}", value)
+        elif isinstance(value, list):
+            writer.add_array(f"llama.{key}", value)
+        else:
+            writer.add_uint32(f"llama.{key}", int(value))  # type: ignore[arg-type]
+    if nested:
+        deep: list[object] = [1]
+        for _ in range(nested - 1):
+            deep = [deep]
+        writer.add_array("crafted.nested", deep)
+    writer.add_tensor("blk.0.a.weight", np.ones((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def deeply_nested_gguf(path: Path, depth: int) -> Path:
+    """Arrays nested ``depth`` deep (the ``gguf`` writer itself recurses, so these bytes are written directly)."""
+    import struct
+
+    key = b"crafted.nested"
+    body = struct.pack("<4sIQQ", b"GGUF", 3, 0, 1) + struct.pack("<Q", len(key)) + key + struct.pack("<I", 9)
+    body += struct.pack("<IQ", 9, 1) * (depth - 1) + struct.pack("<IQI", 4, 1, 7)
+    path.write_bytes(body + b"\0" * 32)
+    return path
+
+
+HOSTILE_HEADERS = {
+    "100000 layers": ({"block_count": 100000}, "layers"),
+    "zero layers": ({"block_count": 0}, "layers"),
+    "a 2^40 context": ({"context_length": 2**31}, "context_length"),
+    "a million heads": ({"attention.head_count": 1_000_000}, "head_count"),
+    "per-layer heads for more layers than there are": ({"attention.head_count_kv": [2] * 9}, "9 values for 2 layers"),
+    "more experts than llama.cpp holds": ({"expert_count": 5000, "expert_used_count": 2}, "expert"),
+    "experts used but none declared": ({"expert_used_count": 4}, "expert"),
+    "an unknown rope scaling": ({"rope.scaling.type": "bogus"}, "rope.scaling.type"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_HEADERS))
+def test_a_crafted_header_llama_cpp_would_abort_on_is_refused(tmp_path, case):
+    from gptcli.errors import ModelError
+    from gptcli.ggufinfo import read_gguf
+
+    values, reason = HOSTILE_HEADERS[case]
+    path = crafted_gguf(tmp_path / "crafted.gguf", **values)
+    for tensors in (True, False):
+        with pytest.raises(ModelError, match=reason):
+            read_gguf(path, tensors=tensors)
+    read_gguf(crafted_gguf(tmp_path / "fine.gguf"))  # the same file with sane values reads
+
+
+def test_arrays_nested_5000_deep_are_one_error_not_a_recursion_error(tmp_path, cli, monkeypatch):
+    from gptcli.errors import ModelError
+    from gptcli.ggufinfo import read_gguf
+
+    read_gguf(crafted_gguf(tmp_path / "nested-ok.gguf", nested=3))  # a modest nesting reads
+    path = deeply_nested_gguf(tmp_path / "nested.gguf", 5000)
+    with pytest.raises(ModelError, match="nested"):
+        read_gguf(path)
+    for argv in (["models", "info", str(path)], ["ask", "hi", "--model", str(path)]):
+        result = cli(argv)
+        assert result.exit_code == 1, argv
+        assert "nested" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_too_many_tensors_for_the_file_size_is_refused(tmp_path):
+    import struct
+
+    from gptcli.errors import ModelError
+    from gptcli.ggufinfo import read_gguf
+
+    path = tmp_path / "many.gguf"
+    path.write_bytes(struct.pack("<4sIQQ", b"GGUF", 3, 1000, 0) + b"\0" * 4000)  # 1000 tensors need 32 kB of headers
+    with pytest.raises(ModelError, match="absurd tensor count"):
+        read_gguf(path)
+
+
+def test_a_pulled_gguf_with_100000_layers_is_deleted_and_not_registered(cli, hub, tmp_path):
+    data = crafted_gguf(tmp_path / "evil-Q4_K_M.gguf", block_count=100000).read_bytes()
+    hub.add_repo(REPO, {"evil-Q4_K_M.gguf": data})
+    result = cli(["models", "pull", REPO])
+    assert result.exit_code == 1 and "100000 layers" in result.stderr and "nothing was registered" in result.stderr
+    assert Registry.load().models == {}
+    cache = Path(os.environ["HF_HOME"]) / "hub"
+    assert not list(cache.rglob("*.gguf")) and not list(cache.glob("models--*/blobs/*"))
