@@ -59,6 +59,19 @@ def ensure_private_dir(path: Path) -> Path:
     return path
 
 
+_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")
+
+
+def hide_credentials(text: str) -> str:
+    """``http://user:pass@host/v1`` -> ``http://***@host/v1``, wherever a URL sits in ``text``.
+
+    A setting holding a URL without its scheme (``user:pass@host:8080``) is masked too.
+    """
+    if "://" not in text and re.match(r"^[^/\s@]+@[^\s@]+$", text):
+        return "***@" + text.split("@", 1)[1]
+    return _URL_CREDENTIALS.sub(r"\1***@", text)
+
+
 # ---------------------------------------------------------------- keys
 
 def _positive_int(v: Any) -> int:

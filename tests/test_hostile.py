@@ -162,3 +162,84 @@ def test_a_pulled_gguf_with_100000_layers_is_deleted_and_not_registered(cli, hub
     assert Registry.load().models == {}
     cache = Path(os.environ["HF_HOME"]) / "hub"
     assert not list(cache.rglob("*.gguf")) and not list(cache.glob("models--*/blobs/*"))
+
+
+# ---------------------------------------------------------------- a broken or hostile OpenAI-compatible server
+
+
+@pytest.fixture
+def server():
+    from tests.remote_fake_server import FakeOpenAIServer
+
+    fake = FakeOpenAIServer(reply="Hello from the remote fake.").start()
+    yield fake
+    fake.stop()
+
+
+def saved_replies() -> list[tuple[str, bool]]:
+    from gptcli.store import ConversationStore
+
+    with ConversationStore.open() as store:
+        session = store.latest_session()
+        assert session is not None
+        return [(m.content, m.interrupted) for m in store.messages(session.id) if m.role == "assistant"]
+
+
+@pytest.mark.parametrize(
+    "events, says",
+    [
+        (["{not json"], "malformed stream event"),
+        (['{"id": "x", "choices": "oops"}'], "malformed stream event"),
+        (['{"id": "x", "choices": [{"index": 0, "delta": {"content": 5}, "finish_reason": null}]}'], "malformed stream event"),
+        (['{"id": "x", "choices": [], "usage": {"prompt_tokens": "many"}}'], "malformed stream event"),
+        (['{"error": {"message": "CUDA out of memory", "type": "server_error"}}'], "reported an error in the middle of the reply: CUDA out of memory"),
+    ],
+)
+def test_a_broken_stream_is_one_error_line_and_the_partial_reply_is_saved(cli, server, events, says):
+    server.hostile_events = events
+    result = cli(["ask", "Hi", "--engine", "remote", "--base-url", server.base_url])
+    assert result.exit_code == 1
+    assert result.stdout == "Hello from \n"
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], result.stderr
+    assert saved_replies() == [("Hello from ", True)]
+
+
+def test_a_server_ignoring_max_tokens_cannot_make_the_reply_grow_without_bound(cli, server):
+    server.hostile_after = 0
+    huge = "x" * 2_000_000
+    server.hostile_events = [
+        '{"id": "x", "choices": [{"index": 0, "delta": {"content": "%s"}, "finish_reason": null}]}' % huge,
+        '{"id": "x", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}',
+    ]
+    result = cli(["ask", "Hi", "-n", "8", "--engine", "remote", "--base-url", server.base_url])
+    assert result.exit_code == 0, result.stderr
+    assert 0 < len(result.stdout) <= 8 * 64 + 1
+    ((text, _),) = saved_replies()
+    assert len(text) <= 8 * 64
+
+
+def test_an_api_key_echoed_in_another_letter_case_is_still_hidden(cli, server, monkeypatch):
+    secret = "sk-Mixed-Case-Secret-7731"
+    monkeypatch.setenv("GPTCLI_API_KEY", secret)
+    server.status = 500
+    server.status_body = {"error": {"message": f"upstream rejected key {secret.upper()} and {secret.lower()}"}}
+    result = cli(["ask", "Hi", "--engine", "remote", "--base-url", server.base_url])
+    assert result.exit_code == 1 and "***" in result.stderr
+    assert secret.lower() not in result.stderr.lower()
+
+
+def test_a_password_in_the_base_url_is_never_printed(cli, server, isolated_home):
+    from tests.test_remote import free_port
+
+    dead = f"http://bob:hunter2pw@127.0.0.1:{free_port()}/v1"
+    outputs = [cli(["ask", "Hi", "--engine", "remote", "--base-url", dead])]
+    (isolated_home / "config.toml").write_text(
+        f'base_url = "{dead}"\nengine = "remote"\n[engines.box]\nbase_url = "bob:hunter2pw@127.0.0.1:9"\n'
+    )
+    for argv in (["config", "show"], ["config", "show", "--json"], ["config", "show", "base_url"], ["doctor"], ["doctor", "--json"],
+                 ["ask", "Hi", "--base-url", "http://bob:hunter2pw@[bad"], ["ask", "Hi", "--engine", "box"]):
+        outputs.append(cli(argv))
+    text = "\n".join(r.stdout + r.stderr for r in outputs)
+    assert "cannot reach the server at http://***@127.0.0.1" in outputs[0].stderr
+    assert "***@127.0.0.1" in text and "bob" not in text and "hunter2pw" not in text, text
