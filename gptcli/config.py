@@ -174,6 +174,7 @@ KEYS: dict[str, Key] = {
         Key("flash_attn", _boolean, None, "Flash attention in llama.cpp; default: on with GPU layers, off on the CPU (slower there on long contexts).", bool),
         Key("batch_size", _positive_int, 512, "Prompt-processing batch size (tokens).", int),
         Key("kv_cache_mb", _non_negative_int, 512, "Disk kept for saved model states that make resuming a chat instant (MB; 0 = off).", int),
+        Key("max_input_mb", _positive_int, 64, "Largest input file or standard input read (MB); a larger one is an error.", int),
     ]
 }
 

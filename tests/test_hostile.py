@@ -243,3 +243,69 @@ def test_a_password_in_the_base_url_is_never_printed(cli, server, isolated_home)
     text = "\n".join(r.stdout + r.stderr for r in outputs)
     assert "cannot reach the server at http://***@127.0.0.1" in outputs[0].stderr
     assert "***@127.0.0.1" in text and "bob" not in text and "hunter2pw" not in text, text
+
+
+# ---------------------------------------------------------------- device files, FIFOs and inputs without end
+
+
+def one_error_line(result, *needles: str) -> None:
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 1, (result.stdout, result.stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["ask", "hi", "-f", "/dev/zero"], "/dev/zero is a character device, not a regular file"),
+        (["translate", "/dev/urandom", "--to", "fr"], "/dev/urandom is a character device"),
+        (["support", "why?", "--kb", "/dev/zero"], "/dev/zero is a character device"),
+        (["summarize", "-f", "/dev/zero"], "/dev/zero is a character device"),
+    ],
+)
+def test_device_files_are_refused_at_once_and_the_model_is_never_asked(cli, fake_engine, tmp_path, argv, needle):
+    one_error_line(cli(argv), needle)
+    assert fake_engine.calls == []
+
+
+def test_a_glossary_that_is_a_device_is_refused(cli, fake_engine, tmp_path):
+    source = tmp_path / "doc.md"
+    source.write_text("Hello.\n")
+    one_error_line(cli(["translate", str(source), "--to", "fr", "--glossary", "/dev/zero"]), "/dev/zero is a character device")
+    assert fake_engine.calls == []
+
+
+def test_a_fifo_as_input_is_refused_at_once_instead_of_hanging(run_gptcli, tmp_path):
+    fifo = tmp_path / "input.md"
+    os.mkfifo(fifo)
+    for argv in (["ask", "hi", "-f", str(fifo)], ["translate", str(fifo), "--to", "fr"]):
+        proc = run_gptcli(*argv, timeout=60)
+        assert proc.returncode == 1
+        assert "is a FIFO (named pipe), not a regular file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_dev_zero_on_standard_input_stops_at_the_input_limit(gptcli_bin, tmp_path):
+    import subprocess
+
+    env = {**os.environ, "GPTCLI_MAX_INPUT_MB": "2"}
+    for argv in (["ask", "hi"], ["translate", "-", "--to", "fr"]):
+        with open("/dev/zero", "rb") as zero:
+            proc = subprocess.run([gptcli_bin, *argv], stdin=zero, capture_output=True, env=env, timeout=120)
+        stderr = proc.stderr.decode()
+        assert proc.returncode == 1, stderr
+        assert "standard input is larger than 2 MB, the input limit" in stderr and "max_input_mb" in stderr
+        assert "Traceback" not in stderr and "MemoryError" not in stderr
+
+
+def test_the_input_limit_is_a_setting_with_a_clear_message(cli, fake_engine, tmp_path, monkeypatch):
+    big = tmp_path / "big.txt"
+    big.write_text("word " * 400_000)  # 2 MB
+    monkeypatch.setenv("GPTCLI_MAX_INPUT_MB", "1")
+    one_error_line(cli(["ask", "hi", "-f", str(big)]), f"{big} is larger than 1 MB, the input limit", "max_input_mb")
+    assert fake_engine.calls == []
+    monkeypatch.setenv("GPTCLI_MAX_INPUT_MB", "3")
+    assert cli(["ask", "hi", "-f", str(big)]).exit_code == 0 and len(fake_engine.calls) == 1
+    monkeypatch.delenv("GPTCLI_MAX_INPUT_MB")
+    assert "max_input_mb" in cli(["config", "show"]).stdout

@@ -68,6 +68,9 @@ class AppState:
             settings = load_settings()
             if self.color_flag is not None:
                 settings = settings.with_flags(color=self.color_flag)
+            from gptcli.textio import set_input_limit
+
+            set_input_limit(settings.max_input_mb)
             self._settings = settings
         return self._settings
 

@@ -35,11 +35,10 @@ class Source:
 
 
 def _read_source(st: AppState, name: str, encoding: Optional[str]) -> Source:
-    from gptcli.textio import bom_codec, decode_text, read_bytes
+    from gptcli.textio import bom_codec, decode_text, read_bytes, read_stream_bytes
 
     if name == STDIN:
-        buffer = getattr(st.env.stdin, "buffer", None)
-        data = buffer.read() if buffer is not None else st.env.stdin.read().encode("utf-8")
+        data = read_stream_bytes(st.env.stdin)  # bounded by max_input_mb
         label, path = "standard input", None
     else:
         path = Path(name)
