@@ -309,3 +309,48 @@ def test_the_input_limit_is_a_setting_with_a_clear_message(cli, fake_engine, tmp
     assert cli(["ask", "hi", "-f", str(big)]).exit_code == 0 and len(fake_engine.calls) == 1
     monkeypatch.delenv("GPTCLI_MAX_INPUT_MB")
     assert "max_input_mb" in cli(["config", "show"]).stdout
+
+
+# ---------------------------------------------------------------- the templates folder
+
+
+def user_templates(home: Path) -> Path:
+    folder = home / "templates"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def test_a_fifo_named_like_a_template_hangs_nothing(run_gptcli, isolated_home):
+    os.mkfifo(user_templates(isolated_home) / "x.toml")
+    listed = run_gptcli("templates", "list", timeout=60)
+    assert listed.returncode == 0 and "x.toml: not a regular file" in listed.stdout + listed.stderr
+    shown = run_gptcli("templates", "show", "x", "--raw", timeout=60)
+    assert shown.returncode == 1 and "not a regular file" in shown.stderr
+    asked = run_gptcli("ask", "hi", "-t", "x", timeout=60)
+    assert asked.returncode == 1 and "not a regular file" in asked.stderr and "Traceback" not in asked.stderr
+
+
+def test_a_100_mb_template_does_not_slow_other_commands(cli, fake_engine, isolated_home):
+    import time
+
+    huge = user_templates(isolated_home) / "huge.toml"
+    with huge.open("wb") as f:  # 100 MB, written sparsely: the size is what counts
+        f.truncate(100_000_000)
+    started = time.perf_counter()
+    assert cli(["ask", "hi"]).exit_code == 0
+    listed = cli(["templates", "list"])
+    assert time.perf_counter() - started < 5
+    assert listed.exit_code == 0 and "too large for a template" in listed.stdout + listed.stderr
+    one_error_line(cli(["ask", "hi", "-t", "huge"]), "100 MB is too large for a template")
+
+
+def test_asking_with_one_template_reads_only_its_file(cli, fake_engine, isolated_home, monkeypatch):
+    from gptcli import templates
+
+    (user_templates(isolated_home) / "mine.toml").write_text('user = "Mine: {input}"\n')
+    (user_templates(isolated_home) / "other.toml").write_text('user = "Other: {input}"\n')
+    read: list[str] = []
+    real = templates.read_template_file
+    monkeypatch.setattr(templates, "read_template_file", lambda path: read.append(path.name) or real(path))
+    assert cli(["ask", "hi", "-t", "mine"]).exit_code == 0
+    assert read == ["mine.toml"] and fake_engine.calls[-1][-1]["content"] == "Mine: hi"
