@@ -354,3 +354,29 @@ def test_asking_with_one_template_reads_only_its_file(cli, fake_engine, isolated
     monkeypatch.setattr(templates, "read_template_file", lambda path: read.append(path.name) or real(path))
     assert cli(["ask", "hi", "-t", "mine"]).exit_code == 0
     assert read == ["mine.toml"] and fake_engine.calls[-1][-1]["content"] == "Mine: hi"
+
+
+# ---------------------------------------------------------------- history export -o
+
+
+def test_history_export_writes_0600_and_never_replaces_a_file_without_force(cli, fake_engine, tmp_path):
+    assert cli(["ask", "hi"]).exit_code == 0
+    session = cli(["history", "list", "--json"]).stdout
+    import json
+
+    first = json.loads(session.splitlines()[0]) if session.lstrip().startswith("{") else json.loads(session)[0]
+    sid = first["id"]
+    out = tmp_path / "chat.md"
+    old = os.umask(0)
+    try:
+        result = cli(["history", "export", sid, "-o", str(out)])
+    finally:
+        os.umask(old)
+    assert result.exit_code == 0, result.stderr
+    assert out.stat().st_mode & 0o777 == 0o600 and "hi" in out.read_text()
+    out.write_text("my notes")
+    out.chmod(0o600)
+    one_error_line(cli(["history", "export", sid, "-o", str(out)]), "already exists: use --force")
+    assert out.read_text() == "my notes"
+    assert cli(["history", "export", sid, "-o", str(out), "--force"]).exit_code == 0
+    assert out.stat().st_mode & 0o777 == 0o600 and "hi" in out.read_text()
