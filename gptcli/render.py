@@ -119,6 +119,14 @@ class OutputClosed(Exception):
     """stdout went away (a closed pipe such as ``| head``): stop quietly."""
 
 
+class OutputFailed(GptcliError):
+    """stdout cannot be written (a full disk, ``> /dev/full``): one error line; a reply is still saved."""
+
+
+def _output_error(exc: OSError) -> OutputFailed:
+    return OutputFailed(f"cannot write to standard output: {exc.strerror or exc}")
+
+
 class Renderer(Protocol):
     def feed(self, text: str) -> None: ...
 
@@ -140,6 +148,8 @@ class PlainRenderer:
             self.stream.flush()
         except BrokenPipeError:
             raise OutputClosed from None
+        except OSError as exc:
+            raise _output_error(exc) from None
         self.last = text[-1]
 
     def finish(self, usage: Usage | None) -> None:
@@ -251,6 +261,8 @@ class JsonRenderer:
             self.stream.flush()
         except BrokenPipeError:
             raise OutputClosed from None
+        except OSError as exc:
+            raise _output_error(exc) from None
 
     def feed(self, text: str) -> None:
         if text:
@@ -307,14 +319,19 @@ def render_stream(chunks: Iterable[Chunk], renderer: Renderer) -> Reply:
     started = time.perf_counter()
     interrupted = False
     failure: GptcliError | None = None
+    output_lost: OutputClosed | OutputFailed | None = None
     iterator: Iterator[Chunk] = iter(chunks)
     try:
         for chunk in iterator:
-            if chunk.text:
-                parts.append(chunk.text)
-                renderer.feed(chunk.text)
             if chunk.usage is not None:
                 usage = chunk.usage
+            if chunk.text:
+                parts.append(chunk.text)
+                try:
+                    renderer.feed(chunk.text)
+                except (OutputClosed, OutputFailed) as exc:  # `| head -c 5`, `> /dev/full`: stop, keep the reply
+                    output_lost = exc
+                    break
     except KeyboardInterrupt:
         interrupted = True
     except GptcliError as exc:  # the engine failed mid-reply (a server went away): keep what came
@@ -330,8 +347,11 @@ def render_stream(chunks: Iterable[Chunk], renderer: Renderer) -> Reply:
                 interrupted = True
     if usage is None:
         usage = Usage(total_time=time.perf_counter() - started)
-    if interrupted:
+    if interrupted or output_lost is not None:
         usage.finish_reason = "interrupted"
+    if output_lost is not None:  # nothing more can be shown; callers that save history find the reply on it
+        output_lost.partial_reply = Reply("".join(parts), usage, interrupted=True)  # type: ignore[union-attr]
+        raise output_lost
     if failure is not None:
         usage.finish_reason = "error"
     try:

@@ -380,3 +380,50 @@ def test_history_export_writes_0600_and_never_replaces_a_file_without_force(cli,
     assert out.read_text() == "my notes"
     assert cli(["history", "export", sid, "-o", str(out), "--force"]).exit_code == 0
     assert out.stat().st_mode & 0o777 == 0o600 and "hi" in out.read_text()
+
+
+# ---------------------------------------------------------------- standard output full or closed early
+
+
+def run_with_stdout(gptcli_bin: str, argv: list[str], stdout: object, timeout: float = 120):
+    import subprocess
+
+    return subprocess.run([gptcli_bin, *argv], stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE, timeout=timeout)
+
+
+@pytest.mark.parametrize("json_lines", [False, True])
+def test_a_full_stdout_is_one_error_line_and_the_reply_is_still_saved(gptcli_bin, server, json_lines):
+    argv = ["ask", "Hi", "--engine", "remote", "--base-url", server.base_url] + (["--json"] if json_lines else [])
+    with open("/dev/full", "w") as full:
+        proc = run_with_stdout(gptcli_bin, argv, full)
+    stderr = proc.stderr.decode()
+    assert proc.returncode == 1, stderr
+    assert stderr.strip().splitlines() == ["error: cannot write to standard output: No space left on device"]
+    ((text, interrupted),) = saved_replies()
+    assert text.startswith("Hello") and interrupted
+
+
+def test_other_commands_on_a_full_stdout_are_one_error_line(gptcli_bin):
+    for argv in (["templates", "list"], ["config", "show"], ["models", "list"], ["doctor", "--json"]):
+        with open("/dev/full", "w") as full:
+            proc = run_with_stdout(gptcli_bin, argv, full)
+        assert proc.returncode == 1, (argv, proc.stderr)
+        assert proc.stderr.decode().strip().splitlines() == ["error: cannot write to standard output: No space left on device"], argv
+
+
+def test_stdout_closed_early_still_saves_the_reply(gptcli_bin, server):
+    import subprocess
+
+    server.reply = " ".join(["word"] * 300)
+    server.delay = 0.002
+    proc = subprocess.Popen(
+        [gptcli_bin, "ask", "Hi", "--engine", "remote", "--base-url", server.base_url],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.read(5) == b"word "
+    proc.stdout.close()  # `| head -c 5`
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and b"Traceback" not in err, err
+    ((text, _),) = saved_replies()
+    assert text.startswith("word word")
