@@ -427,3 +427,57 @@ def test_stdout_closed_early_still_saves_the_reply(gptcli_bin, server):
     assert proc.returncode == 0 and b"Traceback" not in err, err
     ((text, _),) = saved_replies()
     assert text.startswith("word word")
+
+
+# ---------------------------------------------------------------- a full data folder under translate
+
+
+@pytest.fixture
+def full_data_folder(tmp_path, monkeypatch):
+    """GPTCLI_HOME on a 256 kB tmpfs filled to the last byte (a real full disk); where mounting is not
+    allowed, the same ENOSPC injected into every write under the folder."""
+    import errno
+    import subprocess
+
+    home = tmp_path / "home"
+    home.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(home)], capture_output=True).returncode == 0
+    monkeypatch.setenv("GPTCLI_HOME", str(home))
+    (home / "translations").mkdir(mode=0o700)
+    if mounted:
+        fd = os.open(home / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    else:
+        real_write = os.write
+
+        def write(fd: int, data: bytes) -> int:
+            if os.readlink(f"/proc/self/fd/{fd}").startswith(str(home)):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_write(fd, data)
+
+        monkeypatch.setattr("gptcli.translate.os.write", write)
+    try:
+        yield home
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(home)], capture_output=True)
+
+
+def test_a_full_data_folder_only_warns_and_the_translation_is_written(cli, tmp_path, monkeypatch, full_data_folder):
+    from tests.test_reliability_faults import make_document
+    from tests.test_translate import ScriptedTranslator
+
+    monkeypatch.setattr("gptcli.engines.choose.open_engine", lambda settings: ScriptedTranslator(transform=str.upper))
+    source = make_document(tmp_path, paragraphs=6)
+    out = tmp_path / "guide.fr.md"
+    result = cli(["translate", str(source), "--to", "fr", "-o", str(out)])
+    assert result.exit_code == 0, result.stderr
+    assert out.read_text() == source.read_text().upper()
+    assert "warning: cannot write the translation cache" in result.stderr and "No space left on device" in result.stderr
+    assert "Traceback" not in result.stderr and "error:" not in result.stderr

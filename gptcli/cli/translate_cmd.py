@@ -434,6 +434,8 @@ def translate(
     finally:
         if cache is not None:
             cache.close()
+            if cache.write_error:  # a full data folder: the translation went on, only resuming is lost
+                env.notice(f"warning: {cache.write_error}; finished chunks were not all kept for resuming")
 
 
 def _translate_one(
