@@ -219,9 +219,17 @@ class ChatSession:
 
     # ------------------------------------------------------------ one line of input
 
-    def handle(self, line: str) -> bool:
-        """Act on one line: send it, or run its slash command. ``False``: the user leaves."""
+    def handle(self, line: str, *, commands: bool = True) -> bool:
+        """Act on one line: send it, or run its slash command. ``False``: the user leaves.
+
+        ``commands=False`` (piped input without ``--commands``): every line is a message, so text
+        from elsewhere cannot run ``/export PATH`` or any other command.
+        """
         self.last_interrupted = False
+        if not commands:
+            if line.strip():
+                self.send(line.strip("\n"))
+            return True
         try:
             command = parse_command(line)
         except UnknownCommand as exc:
@@ -319,6 +327,9 @@ class ChatSession:
             )
             if info is not None:
                 self.session_id = info.id
+                from gptcli import sessionlock
+
+                sessionlock.claim(info.id)  # a `chat -c` started now must not write into this one
         return self.session_id
 
     def _save_turn(self, user: str, reply: Reply) -> None:
@@ -337,6 +348,10 @@ class ChatSession:
     def resume(self, info: Any, *, show: bool = True) -> None:
         """Make the stored session ``info`` the current conversation, and show its last exchanges."""
         store = self._need_store("resuming a chat")
+        if self.saving:
+            from gptcli import sessionlock
+
+            sessionlock.claim(info.id)  # another chat adding turns to it: refused, not interleaved
         stored = self._store_call(lambda: store.messages(info.id))
         if stored is None:
             return
@@ -633,13 +648,16 @@ def export_text(chat: ChatSession, as_json: bool) -> str:
 # ---------------------------------------------------------------- input: lines from a pipe
 
 
-def run_lines(chat: ChatSession, stream: IO[str]) -> int:
-    """Scripts: one turn (or command) per input line, replies as plain text. Returns the exit code."""
+def run_lines(chat: ChatSession, stream: IO[str], *, commands: bool = False) -> int:
+    """Scripts: one turn per input line (a slash command only with ``commands``), replies as plain text.
+
+    Returns the exit code.
+    """
     for raw in _lines(stream):
         line = raw.rstrip("\r\n")
         if not line.strip():
             continue
-        if not chat.handle(line):
+        if not chat.handle(line, commands=commands):
             return 0
         if chat.last_interrupted:
             return 130
@@ -874,6 +892,7 @@ class ChatRequest:
     template: str | None = None
     template_vars: tuple[str, ...] = ()  # key=value pairs for the template's variables
     system: str | None = None
+    commands: bool = False  # piped input: lines starting with / run as slash commands
 
 
 def open_store(settings: Settings, env: Env) -> Any:
@@ -904,6 +923,10 @@ def run_chat(settings: Settings, env: Env, request: ChatRequest, mode: OutputMod
             resume_info = store.latest_session()
             if resume_info is None:
                 env.notice("no saved conversation to continue: starting a new one")
+    if resume_info is not None and saving:
+        from gptcli import sessionlock
+
+        sessionlock.claim(resume_info.id)  # refused before the model loads when another chat has it
     chat: ChatSession | None = None
     try:
         chat = ChatSession(settings, env, store=store, saving=saving, mode=mode, interactive=interactive)
@@ -916,7 +939,7 @@ def run_chat(settings: Settings, env: Env, request: ChatRequest, mode: OutputMod
         if request.system:
             chat.set_system(request.system)
         if not interactive:
-            return run_lines(chat, env.stdin)
+            return run_lines(chat, env.stdin, commands=request.commands)
         output = None
         if not env.stdout_isatty:  # `gptcli chat > log`: the prompt goes to the terminal on stderr
             from prompt_toolkit.output import create_output

@@ -481,3 +481,47 @@ def test_a_full_data_folder_only_warns_and_the_translation_is_written(cli, tmp_p
     assert out.read_text() == source.read_text().upper()
     assert "warning: cannot write the translation cache" in result.stderr and "No space left on device" in result.stderr
     assert "Traceback" not in result.stderr and "error:" not in result.stderr
+
+
+# ---------------------------------------------------------------- chat: untrusted pipes, two writers
+
+
+def test_piped_slash_lines_are_messages_unless_commands_is_given(cli, fake_engine, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    target = tmp_path / "victim.txt"
+    target.write_text("precious")
+    result = cli(["chat"], stdin=f"hello\n/export {target}\n/set temperature 3\n")
+    assert result.exit_code == 0, result.stderr
+    assert target.read_text() == "precious"
+    assert [call[-1]["content"] for call in fake_engine.calls] == ["hello", f"/export {target}", "/set temperature 3"]
+    export = tmp_path / "chat.md"
+    result = cli(["chat", "--commands"], stdin=f"hello\n/export {export}\n")
+    assert result.exit_code == 0 and "hello" in export.read_text()
+
+
+def test_two_chats_on_one_conversation_at_once_the_second_is_refused(gptcli_bin, server):
+    import subprocess
+
+    remote = ["--engine", "remote", "--base-url", server.base_url]
+    first = subprocess.run([gptcli_bin, "chat", *remote], input=b"A0\n", capture_output=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    holder = subprocess.Popen([gptcli_bin, "chat", "-c", *remote], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert holder.stdin is not None and holder.stdout is not None
+    holder.stdin.write(b"A1\n")
+    holder.stdin.flush()
+    assert holder.stdout.readline().startswith(b"Hello")  # A is in the conversation, waiting for its next line
+    second = subprocess.run([gptcli_bin, "chat", "-c", *remote], input=b"B1\n", capture_output=True, timeout=60)
+    assert second.returncode == 1
+    assert "is open in another gptcli chat" in second.stderr.decode() and f"process {holder.pid}" in second.stderr.decode()
+    holder.stdin.write(b"A2\n")
+    holder.stdin.close()
+    holder.wait(timeout=60)
+    after = subprocess.run([gptcli_bin, "chat", "-c", *remote], input=b"B1\n", capture_output=True, timeout=60)
+    assert after.returncode == 0, after.stderr  # A ended: its lock went with it
+    from gptcli.store import ConversationStore
+
+    with ConversationStore.open() as store:
+        session = store.latest_session()
+        assert session is not None
+        users = [m.content for m in store.messages(session.id) if m.role == "user"]
+    assert users == ["A0", "A1", "A2", "B1"]
