@@ -25,6 +25,7 @@ class Env:
     stderr: IO[str] = field(default_factory=lambda: sys.stderr)
     color: str = "auto"  # auto | always | never
     quiet: bool = False
+    raw: bool = False  # --raw: model and server text reach a terminal as they are, escape codes included
 
     @staticmethod
     def _isatty(stream: IO[str]) -> bool:
@@ -276,6 +277,21 @@ class JsonRenderer:
         self.emit(event)
 
 
+class SanitizedRenderer:
+    """On a terminal: control characters in model or server text are shown (``␛[2J``), never executed."""
+
+    def __init__(self, inner: Renderer) -> None:
+        self.inner = inner
+
+    def feed(self, text: str) -> None:
+        from gptcli.textio import sanitize_terminal
+
+        self.inner.feed(sanitize_terminal(text))
+
+    def finish(self, usage: Usage | None) -> None:
+        self.inner.finish(usage)
+
+
 class BufferedRenderer:
     """``--no-stream``: collect everything, then hand it to another renderer at once."""
 
@@ -300,6 +316,8 @@ def make_renderer(env: Env, *, plain: bool = False, json_lines: bool = False, st
         renderer = MarkdownRenderer(env.console())
     else:
         renderer = PlainRenderer(env.stdout)
+    if env.stdout_isatty and not env.raw:
+        renderer = SanitizedRenderer(renderer)
     return renderer if stream else BufferedRenderer(renderer)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
 import tempfile
 from pathlib import Path
@@ -16,6 +17,27 @@ BOMS = (
     (b"\xff\xfe", "utf-16-le"),
     (b"\xfe\xff", "utf-16-be"),
 )
+
+
+# C0 controls but tab and newline, DEL, and the C1 controls (U+009B is a one-character CSI)
+_TERMINAL_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _visible(match: re.Match[str]) -> str:
+    code = ord(match.group(0))
+    if code < 0x20:
+        return chr(0x2400 + code)  # Unicode's control pictures: ESC shows as ␛, BEL as ␇
+    return "\u2421" if code == 0x7F else f"<{code:02X}>"
+
+
+def sanitize_terminal(text: str) -> str:
+    """Text from a model or a server made safe for a terminal: escape sequences shown, not executed.
+
+    ``\x1b[2J`` (clear the screen) prints as ``␛[2J``, an OSC title change as ``␛]0;...␇``; a
+    CRLF becomes a newline; tabs and newlines are kept. Used on a terminal only (``--raw`` turns
+    it off); a pipe or a file gets the text as it came.
+    """
+    return _TERMINAL_CONTROL.sub(_visible, text.replace("\r\n", "\n"))
 
 
 ENCODING_OPTION_ADVICE = "pass --encoding (for example --encoding latin-1)"

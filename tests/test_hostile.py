@@ -525,3 +525,44 @@ def test_two_chats_on_one_conversation_at_once_the_second_is_refused(gptcli_bin,
         assert session is not None
         users = [m.content for m in store.messages(session.id) if m.role == "user"]
     assert users == ["A0", "A1", "A2", "B1"]
+
+
+# ---------------------------------------------------------------- escape sequences from a model or a server
+
+HOSTILE_REPLY = "Done.\x1b[2J\x1b[31mred\x1b]0;pwned\x07 \x9b6n"
+
+
+def test_escape_sequences_in_a_reply_are_shown_not_run_on_a_terminal(cli, fake_engine):
+    fake_engine.replies = [HOSTILE_REPLY]
+    for argv in (["ask", "hi"], ["ask", "hi", "--plain"], ["ask", "hi", "--no-stream"]):
+        shown = cli(argv, tty=True)
+        assert shown.exit_code == 0, shown.stderr
+        for sequence in ("\x1b[2J", "\x1b[31m", "\x1b]0;", "\x07", "\x9b"):
+            assert sequence not in shown.stdout, (argv, shown.stdout)
+        assert "␛[2J" in shown.stdout and "␛]0;pwned␇" in shown.stdout
+    piped = cli(["ask", "hi"])  # a pipe gets the text as it came
+    assert piped.stdout == HOSTILE_REPLY + "\n"
+    raw = cli(["--raw", "ask", "hi", "--plain"], tty=True)  # asked for: raw on a terminal too
+    assert raw.stdout == HOSTILE_REPLY + "\n"
+    from gptcli.store import ConversationStore
+
+    with ConversationStore.open() as store:  # the history keeps the reply exactly
+        session = store.latest_session()
+        assert session is not None
+        assert [m.content for m in store.messages(session.id) if m.role == "assistant"] == [HOSTILE_REPLY]
+        sid = session.id
+    history = cli(["history", "show", sid], tty=True)
+    assert "\x1b[2J" not in history.stdout and "␛[2J" in history.stdout
+
+
+def test_escape_sequences_in_a_server_error_are_shown_not_run(cli, server):
+    server.status = 500
+    server.status_body = {"error": {"message": "boom\x1b[2J\x1b]0;pwned\x07"}}
+    result = cli(["ask", "Hi", "--engine", "remote", "--base-url", server.base_url])
+    assert result.exit_code == 1 and "boom␛[2J␛]0;pwned␇" in result.stderr and "\x1b" not in result.stderr
+
+
+def test_a_remote_reply_with_escape_sequences_is_sanitised_on_a_terminal(cli, server):
+    server.reply = "Hello \x1b[2Jworld"
+    shown = cli(["ask", "Hi", "--plain", "--engine", "remote", "--base-url", server.base_url], tty=True)
+    assert "\x1b[2J" not in shown.stdout and "␛[2J" in shown.stdout

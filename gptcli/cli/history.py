@@ -99,6 +99,10 @@ def show(ctx: typer.Context, session: IdArgument, as_json: JsonOption = False) -
         _write(env, export_json(info, messages))
         return
     text = export_markdown(info, messages)
+    if env.stdout_isatty and not env.raw:  # stored replies may hold a model's escape sequences
+        from gptcli.textio import sanitize_terminal
+
+        text = sanitize_terminal(text)
     if env.styled_output():
         from rich.markdown import Markdown
 

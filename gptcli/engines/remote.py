@@ -99,7 +99,9 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
 
 
 def _one_line(text: str, limit: int = 200) -> str:
-    line = " ".join(str(text).split())
+    from gptcli.textio import sanitize_terminal
+
+    line = sanitize_terminal(" ".join(str(text).split()))  # a server's words: never escape codes on a terminal
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
