@@ -566,3 +566,46 @@ def test_a_remote_reply_with_escape_sequences_is_sanitised_on_a_terminal(cli, se
     server.reply = "Hello \x1b[2Jworld"
     shown = cli(["ask", "Hi", "--plain", "--engine", "remote", "--base-url", server.base_url], tty=True)
     assert "\x1b[2J" not in shown.stdout and "␛[2J" in shown.stdout
+
+
+# ---------------------------------------------------------------- a chat template that asks for all the memory
+
+
+@pytest.mark.parametrize(
+    "template, says",
+    [
+        ("{{ 'x' * 10**10 }}", "10,000,000,000 characters"),
+        ("{{ 10**10 * 'x' }}", "characters"),
+        ("{{ ['a'] * 10**9 }}", "items"),
+        ("{{ 7 ** 100000000 }}", "bits"),
+        ("{{ 'x'|center(10**10) }}", "'center' filter"),
+        ("{% set s = 'x' * 9000000 %}{{ s + s }}", "joins values"),
+    ],
+)
+def test_a_chat_template_asking_for_unbounded_memory_is_refused_with_a_reason(template, says):
+    import time
+
+    from gptcli.templatesandbox import BoundedSandboxedEnvironment, TemplateTooLarge, failure_reason
+
+    started = time.perf_counter()
+    with pytest.raises(TemplateTooLarge, match=says) as caught:
+        BoundedSandboxedEnvironment().from_string(template).render(messages=[])
+    assert time.perf_counter() - started < 2
+    assert failure_reason(caught.value)
+    assert failure_reason(MemoryError()) == "it ran out of memory"
+
+
+def test_the_bounded_sandbox_renders_a_real_chat_template_as_before():
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    from gptcli.ggufinfo import read_gguf
+    from gptcli.models import embedded_model_path
+    from gptcli.templatesandbox import BoundedSandboxedEnvironment
+
+    template = read_gguf(embedded_model_path(), tensors=False).chat_template
+    assert template
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi " * 1000}]
+    args = {"messages": messages, "add_generation_prompt": True, "bos_token": "", "eos_token": ""}
+    expected = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(template).render(**args)
+    bounded = BoundedSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(template).render(**args)
+    assert bounded == expected and "hi hi" in bounded
