@@ -431,11 +431,11 @@ def translate(
             code = _translate_one(st, gen, translator, src, dest, markdown, chunk_tokens, target.spaceless)
             if code:
                 raise typer.Exit(code)
+        if cache is not None and cache.write_error:  # a full data folder: translated all the same
+            env.notice(f"warning: {cache.write_error}; finished chunks were not all kept for resuming")
     finally:
         if cache is not None:
             cache.close()
-            if cache.write_error:  # a full data folder: the translation went on, only resuming is lost
-                env.notice(f"warning: {cache.write_error}; finished chunks were not all kept for resuming")
 
 
 def _translate_one(
