@@ -18,7 +18,7 @@ from gptcli.conversation import POLICIES, Conversation, Turn, turns_from_message
 from gptcli.engines import Engine, Message, Sampling, choose, sampling_from
 from gptcli.errors import ContextOverflowError, GptcliError, StoreError, Terminated, UsageError
 from gptcli.flow import OutputMode, generate
-from gptcli.render import Env, Reply
+from gptcli.render import Env, OutputClosed, OutputFailed, Reply
 
 PROMPT = "› "
 CONTINUATION = "· "
@@ -274,12 +274,22 @@ class ChatSession:
         failed = False
         try:
             reply = generate(self.engine, fitted.messages, sampling, self.env, self._output_mode())
-        except GptcliError as exc:
-            self.env.error(str(exc))
+        except (GptcliError, OutputClosed) as exc:
+            # stdout closed or full: the turn is kept, then the chat ends (the command reports it once)
+            output_lost = isinstance(exc, (OutputClosed, OutputFailed))
+            if not output_lost:
+                self.env.error(str(exc))
             partial: Reply | None = getattr(exc, "partial_reply", None)  # a remote server died mid-reply
             if partial is None or not partial.text:
+                if output_lost:
+                    raise
                 return None
             reply, failed = Reply(partial.text, partial.usage, interrupted=True), True
+            if output_lost:
+                self.conversation.add_turn(text, reply.text, reply.interrupted)
+                if save:
+                    self._save_turn(text, reply)
+                raise
         self.conversation.add_turn(text, reply.text, reply.interrupted)
         self.last_interrupted = reply.interrupted and not failed
         if self.last_interrupted:

@@ -411,6 +411,22 @@ def test_other_commands_on_a_full_stdout_are_one_error_line(gptcli_bin):
         assert proc.stderr.decode().strip().splitlines() == ["error: cannot write to standard output: No space left on device"], argv
 
 
+def test_a_chat_on_a_full_stdout_keeps_the_turn_and_ends_with_one_error_line(gptcli_bin, server):
+    import subprocess
+
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([gptcli_bin, "chat", "--engine", "remote", "--base-url", server.base_url],
+                              input=b"first\nsecond\n", stdout=full, stderr=subprocess.PIPE, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.decode().strip().splitlines() == ["error: cannot write to standard output: No space left on device"]
+    from gptcli.store import ConversationStore
+
+    with ConversationStore.open() as store:
+        session = store.latest_session()
+        assert session is not None
+        assert [m.content for m in store.messages(session.id) if m.role == "user"] == ["first"]
+
+
 def test_stdout_closed_early_still_saves_the_reply(gptcli_bin, server):
     import subprocess
 
