@@ -472,7 +472,8 @@ def download_file(
 
     huggingface_hub's own ``hf_hub_download`` throws away a partial file when a download fails, so the
     blob is fetched here into ``blobs/<etag>.incomplete`` (kept on failure, continued next time), then
-    ``hf_hub_download`` links it into ``snapshots/<commit>/`` exactly as it would its own download.
+    linked into ``snapshots/<commit>/`` exactly as huggingface_hub links its own downloads. Every
+    name the server chose is checked before it becomes part of a path.
     """
     hf = _hf()
     from huggingface_hub.file_download import get_hf_file_metadata, hf_hub_url, http_get
@@ -556,16 +557,28 @@ def download_file(
                         "it was deleted and nothing was registered: pull again"
                     )
             os.replace(incomplete, blob)
-    try:
-        linked = hf.hf_hub_download(
-            repo_id, filename, revision=commit, cache_dir=str(cache), endpoint=ep, library_name="gptcli",
-            library_version=__version__,
-        )
-    except Exception as exc:
-        raise hub_error(exc, repo_id, filename=filename, revision=revision) from None
-    result.local_path = _inside(Path(linked), cache, repo_id)
+    _link_snapshot(blob, pointer)
+    result.local_path = _inside(pointer, cache, repo_id)
     _write_ref(folder, revision, commit)
     return result
+
+
+def _link_snapshot(blob: Path, pointer: Path) -> None:
+    """``snapshots/<commit>/<file>`` -> ``../../blobs/<etag>``, the relative link huggingface_hub makes.
+
+    Made here rather than by ``hf_hub_download``, which would ask the server again and build its
+    paths from the second answer's ETag and commit: a server could name a checked blob first and
+    ``../`` the second time. Where links are not allowed, the blob is copied (as huggingface_hub does).
+    """
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    if os.path.lexists(pointer):
+        if pointer.exists():
+            return
+        pointer.unlink()  # a dangling link from an earlier, deleted blob
+    try:
+        os.symlink(os.path.relpath(blob, pointer.parent), pointer)
+    except OSError:
+        shutil.copyfile(blob, pointer)
 
 
 def _write_ref(folder: Path, revision: str, commit: str) -> None:

@@ -96,6 +96,8 @@ class FakeHub:
     echo_auth_in_errors: bool = False  # a misbehaving server that repeats the Authorization header
     throttle: float = 0.0  # CDN: seconds to pause after each MiB sent (a slow connection)
     etag: str | None = None  # a hostile Hub: this ETag (say '../../x') for every file it resolves
+    etag_later: str | None = None  # ... or only from the second resolve on (a valid ETag first)
+    resolves: int = 0
     repos: dict[str, HubRepo] = field(default_factory=dict)
     requests: list[Recorded] = field(default_factory=list)
     _servers: list[ThreadingHTTPServer] = field(default_factory=list)
@@ -300,6 +302,9 @@ def _handler(hub: FakeHub, role: str) -> type[BaseHTTPRequestHandler]:
                         f"Access to model {repo_id} is restricted and you are not in the authorized list. Visit {hub.url}/{repo_id} to ask for access.",
                     )
             f = repo.files.get(filename)
+            hub.resolves += 1
+            if hub.etag_later and hub.resolves > 1:
+                hub.etag = hub.etag_later
             common = {"X-Repo-Commit": repo.commit, "Accept-Ranges": "bytes"}
             if f is None:
                 return self._error(404, "EntryNotFound", "Entry not found", common)

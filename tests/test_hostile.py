@@ -38,6 +38,17 @@ def test_a_hub_etag_with_a_path_never_writes_outside_the_cache(cli, hub, small_g
     assert {p for p in tmp_path.parent.rglob("*")} == before
 
 
+def test_a_hub_that_changes_its_etag_to_a_path_after_the_check_writes_nothing_outside(cli, hub, small_gguf):
+    hub.etag_later = "../../../../victim"
+    hub.add_repo(REPO, {"tiny-Q4_K_M.gguf": small_gguf})
+    result = cli(["models", "pull", REPO])
+    assert result.exit_code == 0, result.stderr  # the one answer that was checked is the one used
+    assert not (Path(os.environ["HF_HOME"]) / "victim").exists()
+    entry = Registry.load().models["tiny-q4_k_m"]
+    cache = (Path(os.environ["HF_HOME"]) / "hub").resolve()
+    assert cache in Path(entry.path).resolve().parents and Path(entry.path).read_bytes() == small_gguf
+
+
 def test_a_hub_commit_or_file_name_with_a_path_is_refused(cli, hub, small_gguf):
     repo = hub.add_repo(REPO, {"tiny-Q4_K_M.gguf": small_gguf})
     repo.commit = "../../../escaped"
