@@ -262,10 +262,13 @@ def _scrub(text: str) -> str:
         from huggingface_hub import get_token
 
         secrets.append(get_token())
+    from gptcli.textio import sanitize_terminal
+
     for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    return re.sub(r"(?i)(bearer\s+)[A-Za-z0-9_\-.]{6,}", r"\1***", text)
+        if secret and len(secret) >= 4:  # in any letter case: a server may echo it upper-cased
+            text = re.sub(re.escape(secret), "***", text, flags=re.IGNORECASE)
+    text = re.sub(r"(?i)(bearer\s+)[A-Za-z0-9_\-.]{6,}", r"\1***", text)
+    return sanitize_terminal(text)  # the server's words: no escape sequences reach a terminal
 
 
 def _first_line(exc: BaseException) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import math
 import os
@@ -387,6 +388,10 @@ class ChatSession:
         """Print exchanges as they looked: the user's line, then the reply (Markdown on a terminal)."""
         styled = not self.mode.plain and self.env.styled_output()
         console = self.env.console()
+        if self.env.stdout_isatty and not self.env.raw:  # stored replies may hold a model's escape sequences
+            from gptcli.textio import sanitize_terminal
+
+            turns = [dataclasses.replace(t, user=sanitize_terminal(t.user), reply=sanitize_terminal(t.reply)) for t in turns]
         for turn in turns:
             if styled:
                 from rich.markdown import Markdown

@@ -636,3 +636,17 @@ def test_the_bounded_sandbox_renders_a_real_chat_template_as_before():
     expected = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(template).render(**args)
     bounded = BoundedSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(template).render(**args)
     assert bounded == expected and "hi hi" in bounded
+
+
+def test_a_resumed_chat_shows_stored_escape_sequences_without_running_them(fake_engine):
+    from gptcli.config import load_settings
+    from gptcli.conversation import Turn
+    from gptcli.render import Env
+    from gptcli.repl import ChatSession
+    from tests.conftest import _Stream
+
+    env = Env(stdin=_Stream(tty=True), stdout=_Stream(tty=True), stderr=_Stream())
+    chat = ChatSession(load_settings(), env, interactive=True)
+    chat.show_turns([Turn("hi\x1b[2J", HOSTILE_REPLY)])
+    shown = env.stdout.getvalue()  # type: ignore[attr-defined]
+    assert "\x1b[2J" not in shown and "␛[2J" in shown and "hi␛[2J" in shown
