@@ -59,6 +59,19 @@ def ensure_private_dir(path: Path) -> Path:
     return path
 
 
+_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")
+
+
+def hide_credentials(text: str) -> str:
+    """``http://user:pass@host/v1`` -> ``http://***@host/v1``, wherever a URL sits in ``text``.
+
+    A setting holding a URL without its scheme (``user:pass@host:8080``) is masked too.
+    """
+    if "://" not in text and re.match(r"^[^/\s@]+@[^\s@]+$", text):
+        return "***@" + text.split("@", 1)[1]
+    return _URL_CREDENTIALS.sub(r"\1***@", text)
+
+
 # ---------------------------------------------------------------- keys
 
 def _positive_int(v: Any) -> int:
@@ -162,6 +175,7 @@ KEYS: dict[str, Key] = {
         Key("batch_size", _positive_int, 512, "Prompt-processing batch size (tokens).", int),
         Key("kv_cache_mb", _non_negative_int, 512, "Disk kept for saved model states that make resuming a chat instant (MB; 0 = off).", int),
         Key("vi_mode", _boolean, False, "Vi key bindings at the chat prompt (Esc for normal mode).", bool),
+        Key("max_input_mb", _positive_int, 64, "Largest input file or standard input read (MB); a larger one is an error.", int),
     ]
 }
 

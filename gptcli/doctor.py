@@ -177,7 +177,9 @@ def run_checks(
         checks.append(Check("engine", effective.engine or "local", FAIL, str(exc)))
         return checks
     if kind != "local":
-        where = effective.base_url or effective.engine
+        from gptcli.config import hide_credentials
+
+        where = hide_credentials(effective.base_url or effective.engine)
         checks.append(Check("engine", f"remote ({where}); model {effective.model or 'chosen by the server'}", INFO))
         return checks
 

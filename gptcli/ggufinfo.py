@@ -14,6 +14,19 @@ from gptcli.errors import ModelError
 GGUF_MAGIC = b"GGUF"
 MAX_DIMS = 4
 MAX_ARRAY_KEPT = 64  # longer arrays (token lists) are skipped, their length kept
+MAX_NESTING = 8  # arrays of arrays: no model nests deeper than 2; 5,000 deep was a RecursionError
+
+# llama.cpp's own limits (src/llama-hparams.h, llama-model.cpp): past them it aborts the process
+# (GGML_ASSERT) rather than failing the load, so the header check refuses them first
+LLAMA_MAX_LAYERS = 512
+LLAMA_MAX_EXPERTS = 1024
+ROPE_SCALING_TYPES = ("none", "linear", "yarn", "longrope")
+# far beyond any real model (10M tokens, 16,384 heads, 2^20 wide): larger only from a crafted file
+MAX_CONTEXT_LENGTH = 1 << 26
+MAX_HEADS = 1 << 14
+MAX_WIDTH = 1 << 20
+TENSOR_INFO_MIN_BYTES = 32  # name length 8, dimensions 4, one dimension 8, type 4, offset 8
+METADATA_MIN_BYTES = 13  # key length 8, value type 4, a one-byte value
 
 # value types
 _SCALARS = {
@@ -141,9 +154,9 @@ class _Reader:
     def unpack(self, fmt: str) -> Any:
         return struct.unpack(fmt, self.read(struct.calcsize(fmt)))[0]
 
-    def count(self, what: str) -> int:
+    def count(self, what: str, item_bytes: int = 1) -> int:
         n = self.unpack("<Q")
-        if n > self.size:  # every item takes at least one byte
+        if n * item_bytes > self.size:  # every item takes at least item_bytes
             raise self.fail(f"absurd {what} ({n}) for a file of {self.size} bytes")
         return n
 
@@ -174,7 +187,7 @@ class _Reader:
             raise self.fail("the file is truncated")
         f.seek(base + pos)
 
-    def value(self, vtype: int, keep: bool = True) -> Any:
+    def value(self, vtype: int, keep: bool = True, depth: int = 0) -> Any:
         if vtype in _SCALARS:
             return self.unpack(_SCALARS[vtype])
         if vtype == _STRING:
@@ -183,6 +196,8 @@ class _Reader:
             self.skip_string()
             return None
         if vtype == _ARRAY:
+            if depth >= MAX_NESTING:
+                raise self.fail(f"metadata arrays nested more than {MAX_NESTING} deep")
             etype = self.unpack("<I")
             n = self.count("array length")
             if etype not in _SCALARS and etype not in (_STRING, _ARRAY):
@@ -197,7 +212,7 @@ class _Reader:
             if etype == _STRING and not kept:
                 self.skip_strings(n)
                 return {"array_length": n}
-            items = [self.value(etype, keep=kept) for _ in range(n)]
+            items = [self.value(etype, keep=kept, depth=depth + 1) for _ in range(n)]
             return items if kept else {"array_length": n}
         raise self.fail(f"unknown metadata value type {vtype}")
 
@@ -229,6 +244,64 @@ def _tensor_nbytes(t: TensorInfo) -> int | None:
     return t.n_elements // block * type_size
 
 
+def _numbers(value: Any) -> list[int] | None:
+    """A count as llama.cpp reads it: one integer, or one per layer (short arrays are kept whole)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return list(value)
+    return None
+
+
+def _check_hyperparameters(info: GGUFInfo, r: _Reader) -> None:
+    """Refuse the values llama.cpp's loader asserts on (an abort, exit 134) or that no real model has."""
+    md, arch = info.metadata, info.architecture
+    if md.get("split.no", 0) not in (0, None):
+        return  # a later part of a split model: the first part carries the hyperparameters
+
+    def get(name: str) -> list[int] | None:
+        return _numbers(md.get(f"{arch}.{name}"))
+
+    layers = get("block_count")
+    if layers is not None and arch != "clip":
+        if len(layers) != 1 or not 0 < layers[0] <= LLAMA_MAX_LAYERS:
+            raise r.fail(f"it declares {layers[0] if len(layers) == 1 else layers} layers (llama.cpp allows 1 to {LLAMA_MAX_LAYERS})")
+    n_layer = layers[0] if layers and len(layers) == 1 else LLAMA_MAX_LAYERS
+    for name, limit in (("context_length", MAX_CONTEXT_LENGTH), ("embedding_length", MAX_WIDTH),
+                        ("feed_forward_length", MAX_WIDTH * 4), ("attention.key_length", MAX_WIDTH),
+                        ("attention.value_length", MAX_WIDTH), ("attention.head_count", MAX_HEADS),
+                        ("attention.head_count_kv", MAX_HEADS)):
+        values = get(name)
+        if values is None:
+            continue
+        if len(values) > n_layer:
+            raise r.fail(f"{arch}.{name} has {len(values)} values for {n_layer} layers")
+        if any(not 0 <= v <= limit for v in values):
+            raise r.fail(f"absurd {arch}.{name} ({max(values)}; at most {limit})")
+    if (nextn := get("nextn_predict_layers")) and any(v > n_layer for v in nextn):
+        raise r.fail(f"{arch}.nextn_predict_layers exceeds the {n_layer} layers")
+    experts = (get("expert_count") or [0])[0]
+    used = max(get("expert_used_count") or [0])
+    groups = (get("expert_group_count") or [0])[0]
+    group_used = (get("expert_group_used_count") or [0])[0]
+    bad_experts = (
+        not 0 <= experts <= LLAMA_MAX_EXPERTS
+        or used > experts
+        or (experts > 0 and (used <= 0 or groups >= experts))
+        or (experts > 0 and groups > 1 and (experts % groups or not 0 < group_used < groups))
+        or (experts == 0 and (used or groups))
+    )
+    if bad_experts:
+        raise r.fail(
+            f"inconsistent expert counts (experts {experts}, used {used}, groups {groups}); llama.cpp allows up to {LLAMA_MAX_EXPERTS}"
+        )
+    scaling = md.get(f"{arch}.rope.scaling.type")
+    if scaling is not None and scaling not in ROPE_SCALING_TYPES:
+        raise r.fail(f"unknown {arch}.rope.scaling.type {scaling!r} (llama.cpp knows {', '.join(ROPE_SCALING_TYPES)})")
+
+
 def read_gguf(path: str | Path, *, tensors: bool = True) -> GGUFInfo:
     """Parse and sanity-check a GGUF header. Raises ``ModelError`` with a clear reason."""
     path = Path(path)
@@ -252,13 +325,14 @@ def read_gguf(path: str | Path, *, tensors: bool = True) -> GGUFInfo:
         version = r.unpack("<I")
         if version not in (2, 3):
             raise r.fail(f"unsupported GGUF version {version}")
-        n_tensors = r.count("tensor count")
-        n_kv = r.count("metadata count")
+        n_tensors = r.count("tensor count", TENSOR_INFO_MIN_BYTES)
+        n_kv = r.count("metadata count", METADATA_MIN_BYTES)
         info = GGUFInfo(path=path, version=version, file_size=size)
         for _ in range(n_kv):
             key = r.string()
             vtype = r.unpack("<I")
             info.metadata[key] = r.value(vtype)
+        _check_hyperparameters(info, r)
         if not tensors:
             return info
         for _ in range(n_tensors):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -14,6 +15,8 @@ from typing import IO, Any
 from urllib.parse import urlsplit
 
 from gptcli.errors import GptcliError, Interrupted, ModelError, UsageError
+
+log = logging.getLogger("gptcli.hub")
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_REVISION = "main"
@@ -30,6 +33,9 @@ SPLIT_NAME = re.compile(r"^(?P<base>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gg
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# an ETag names a blob file in the cache: git object ids, SHA-256 sums and the like, nothing that
+# could be a path (no '/', '\\', '..' or leading dot) and nothing that is not plain ASCII
+_ETAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 
 
 # ---------------------------------------------------------------- environment, read at call time
@@ -256,10 +262,13 @@ def _scrub(text: str) -> str:
         from huggingface_hub import get_token
 
         secrets.append(get_token())
+    from gptcli.textio import sanitize_terminal
+
     for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    return re.sub(r"(?i)(bearer\s+)[A-Za-z0-9_\-.]{6,}", r"\1***", text)
+        if secret and len(secret) >= 4:  # in any letter case: a server may echo it upper-cased
+            text = re.sub(re.escape(secret), "***", text, flags=re.IGNORECASE)
+    text = re.sub(r"(?i)(bearer\s+)[A-Za-z0-9_\-.]{6,}", r"\1***", text)
+    return sanitize_terminal(text)  # the server's words: no escape sequences reach a terminal
 
 
 def _first_line(exc: BaseException) -> str:
@@ -331,11 +340,16 @@ def list_repo(repo_id: str, revision: str = DEFAULT_REVISION) -> RepoListing:
     api = hf.HfApi(endpoint=endpoint(), library_name="gptcli")
     try:
         info = api.model_info(repo_id, revision=revision)
-        commit = info.sha or revision
+        commit = check_server_name("commit", str(info.sha or revision), repo_id)
         files: list[RemoteFile] = []
         for entry in api.list_repo_tree(repo_id, revision=commit, recursive=True):
             if not hasattr(entry, "size"):
                 continue  # a folder
+            try:
+                check_server_name("file", str(entry.path), repo_id)
+            except ModelError:
+                log.warning("skipped a file with an unsafe name in %s: %r", repo_id, entry.path)
+                continue  # never offered, never a path
             lfs = getattr(entry, "lfs", None)
             files.append(RemoteFile(entry.path, int(entry.size or 0), getattr(lfs, "sha256", None)))
     except GptcliError:
@@ -401,6 +415,35 @@ def _same_origin(a: str, b: str) -> bool:
     return (pa.scheme, pa.hostname, pa.port or ports.get(pa.scheme)) == (pb.scheme, pb.hostname, pb.port or ports.get(pb.scheme))
 
 
+def _unsafe(what: str, value: str, repo_id: str) -> ModelError:
+    shown = value if len(value) <= 80 else value[:77] + "..."
+    return ModelError(
+        f"the Hub sent an unsafe {what} {shown!r} for '{repo_id}'; nothing was downloaded (is HF_ENDPOINT a Hub you trust?)"
+    )
+
+
+def check_server_name(kind: str, value: str, repo_id: str) -> str:
+    """A name the server chose (``etag``, ``commit``, ``file``), checked before it becomes part of a path."""
+    if kind == "etag":
+        ok = bool(_ETAG.match(value))
+    elif kind == "commit":
+        ok = bool(_COMMIT.match(value))
+    else:
+        parts = value.split("/")
+        ok = "\\" not in value and all(p not in ("", ".", "..") and p.isprintable() for p in parts)
+    if not ok:
+        raise _unsafe({"etag": "ETag", "commit": "commit id", "file": "file name"}.get(kind, kind), value, repo_id)
+    return value
+
+
+def _inside(path: Path, root: Path, repo_id: str) -> Path:
+    """``path``, after checking that it resolves inside ``root`` (links and '..' followed)."""
+    resolved, base = path.resolve(), root.resolve()
+    if resolved != base and base not in resolved.parents:
+        raise _unsafe("path", str(path), repo_id)
+    return path
+
+
 def _sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -432,7 +475,8 @@ def download_file(
 
     huggingface_hub's own ``hf_hub_download`` throws away a partial file when a download fails, so the
     blob is fetched here into ``blobs/<etag>.incomplete`` (kept on failure, continued next time), then
-    ``hf_hub_download`` links it into ``snapshots/<commit>/`` exactly as it would its own download.
+    linked into ``snapshots/<commit>/`` exactly as huggingface_hub links its own downloads. Every
+    name the server chose is checked before it becomes part of a path.
     """
     hf = _hf()
     from huggingface_hub.file_download import get_hf_file_metadata, hf_hub_url, http_get
@@ -443,6 +487,8 @@ def download_file(
     ep = endpoint()
     cache = cache_dir()
     folder = repo_folder(repo_id, cache)
+    check_server_name("commit", commit, repo_id)
+    check_server_name("file", filename, repo_id)
     try:
         url = hf_hub_url(repo_id, filename, revision=commit, endpoint=ep)
         meta = get_hf_file_metadata(url, endpoint=ep, library_name="gptcli", library_version=__version__)
@@ -450,16 +496,17 @@ def download_file(
         raise hub_error(exc, repo_id, filename=filename, revision=revision) from None
     if not meta.etag:
         raise ModelError(f"the Hub sent no ETag for '{filename}' in '{repo_id}'; cannot cache it safely")
-    blob = folder / "blobs" / meta.etag
-    pointer = folder / "snapshots" / commit / Path(*PurePosixPath(filename).parts)
+    check_server_name("etag", meta.etag, repo_id)
+    blob = _inside(folder / "blobs" / meta.etag, cache, repo_id)
+    pointer = _inside(folder / "snapshots" / commit / Path(*PurePosixPath(filename).parts), cache, repo_id)
     result = DownloadedFile(filename, pointer, blob, meta.size or 0)
     if pointer.exists() and (meta.size is None or pointer.stat().st_size == meta.size):
         result.already_cached = True
         _write_ref(folder, revision, commit)
         return result
 
-    incomplete = blob.with_name(blob.name + ".incomplete")
-    lock = cache / ".locks" / folder.name / f"{meta.etag}.lock"
+    incomplete = _inside(blob.with_name(blob.name + ".incomplete"), cache, repo_id)
+    lock = _inside(cache / ".locks" / folder.name / f"{meta.etag}.lock", cache, repo_id)
     with _file_lock(lock):
         if blob.exists() and (meta.size is None or blob.stat().st_size == meta.size):
             result.already_cached = True
@@ -513,23 +560,39 @@ def download_file(
                         "it was deleted and nothing was registered: pull again"
                     )
             os.replace(incomplete, blob)
-    try:
-        linked = hf.hf_hub_download(
-            repo_id, filename, revision=commit, cache_dir=str(cache), endpoint=ep, library_name="gptcli",
-            library_version=__version__,
-        )
-    except Exception as exc:
-        raise hub_error(exc, repo_id, filename=filename, revision=revision) from None
-    result.local_path = Path(linked)
+    _link_snapshot(blob, pointer)
+    result.local_path = _inside(pointer, cache, repo_id)
     _write_ref(folder, revision, commit)
     return result
+
+
+def _link_snapshot(blob: Path, pointer: Path) -> None:
+    """``snapshots/<commit>/<file>`` -> ``../../blobs/<etag>``, the relative link huggingface_hub makes.
+
+    Made here rather than by ``hf_hub_download``, which would ask the server again and build its
+    paths from the second answer's ETag and commit: a server could name a checked blob first and
+    ``../`` the second time. Where links are not allowed, the blob is copied (as huggingface_hub does).
+    """
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    if os.path.lexists(pointer):
+        if pointer.exists():
+            return
+        pointer.unlink()  # a dangling link from an earlier, deleted blob
+    try:
+        os.symlink(os.path.relpath(blob, pointer.parent), pointer)
+    except OSError:
+        shutil.copyfile(blob, pointer)
 
 
 def _write_ref(folder: Path, revision: str, commit: str) -> None:
     """``refs/<revision>`` names the commit, as huggingface_hub records it, so offline lookups find it."""
     if revision == commit or _COMMIT.match(revision):
         return
-    ref = folder / "refs" / revision
+    try:
+        check_server_name("file", revision, folder.name)
+        ref = _inside(folder / "refs" / revision, folder, folder.name)
+    except ModelError:
+        return  # a revision name that would leave the folder is not recorded
     with contextlib.suppress(OSError):
         if ref.is_file() and ref.read_text().strip() == commit:
             return

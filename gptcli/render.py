@@ -29,6 +29,7 @@ class Env:
     stderr: IO[str] = field(default_factory=lambda: sys.stderr)
     color: str = "auto"  # auto | always | never
     quiet: bool = False
+    raw: bool = False  # --raw: model and server text reach a terminal as they are, escape codes included
 
     @staticmethod
     def _isatty(stream: IO[str]) -> bool:
@@ -137,6 +138,14 @@ class OutputClosed(Exception):
     """stdout went away (a closed pipe such as ``| head``): stop quietly."""
 
 
+class OutputFailed(GptcliError):
+    """stdout cannot be written (a full disk, ``> /dev/full``): one error line; a reply is still saved."""
+
+
+def _output_error(exc: OSError) -> OutputFailed:
+    return OutputFailed(f"cannot write to standard output: {exc.strerror or exc}")
+
+
 class Renderer(Protocol):
     def feed(self, text: str) -> None: ...
 
@@ -158,6 +167,8 @@ class PlainRenderer:
             self.stream.flush()
         except BrokenPipeError:
             raise OutputClosed from None
+        except OSError as exc:
+            raise _output_error(exc) from None
         self.last = text[-1]
 
     def finish(self, usage: Usage | None) -> None:
@@ -383,6 +394,8 @@ class JsonRenderer:
             self.stream.flush()
         except BrokenPipeError:
             raise OutputClosed from None
+        except OSError as exc:
+            raise _output_error(exc) from None
 
     def feed(self, text: str) -> None:
         if text:
@@ -394,6 +407,21 @@ class JsonRenderer:
         event.update(self.extra)
         event["usage"] = usage.as_dict() if usage else None
         self.emit(event)
+
+
+class SanitizedRenderer:
+    """On a terminal: control characters in model or server text are shown (``␛[2J``), never executed."""
+
+    def __init__(self, inner: Renderer) -> None:
+        self.inner = inner
+
+    def feed(self, text: str) -> None:
+        from gptcli.textio import sanitize_terminal
+
+        self.inner.feed(sanitize_terminal(text))
+
+    def finish(self, usage: Usage | None) -> None:
+        self.inner.finish(usage)
 
 
 class BufferedRenderer:
@@ -420,6 +448,8 @@ def make_renderer(env: Env, *, plain: bool = False, json_lines: bool = False, st
         renderer = MarkdownRenderer(env.console())
     else:
         renderer = PlainRenderer(env.stdout)
+    if env.stdout_isatty and not env.raw:
+        renderer = SanitizedRenderer(renderer)
     return renderer if stream else BufferedRenderer(renderer)
 
 
@@ -532,18 +562,23 @@ def render_stream(chunks: Iterable[Chunk], renderer: Renderer, activity: Activit
     started = time.perf_counter()
     interrupted = False
     failure: GptcliError | None = None
+    output_lost: OutputClosed | OutputFailed | None = None
     iterator: Iterator[Chunk] = iter(chunks)
     if activity is not None:
         activity.start()
     try:
         for chunk in iterator:
+            if chunk.usage is not None:
+                usage = chunk.usage
             if chunk.text:
                 if activity is not None:
                     activity.stop()
                 parts.append(chunk.text)
-                renderer.feed(chunk.text)
-            if chunk.usage is not None:
-                usage = chunk.usage
+                try:
+                    renderer.feed(chunk.text)
+                except (OutputClosed, OutputFailed) as exc:  # `| head -c 5`, `> /dev/full`: stop, keep the reply
+                    output_lost = exc
+                    break
     except KeyboardInterrupt:
         interrupted = True
     except GptcliError as exc:  # the engine failed mid-reply (a server went away): keep what came
@@ -561,8 +596,11 @@ def render_stream(chunks: Iterable[Chunk], renderer: Renderer, activity: Activit
                 interrupted = True
     if usage is None:
         usage = Usage(total_time=time.perf_counter() - started)
-    if interrupted:
+    if interrupted or output_lost is not None:
         usage.finish_reason = "interrupted"
+    if output_lost is not None:  # nothing more can be shown; callers that save history find the reply on it
+        output_lost.partial_reply = Reply("".join(parts), usage, interrupted=True)  # type: ignore[union-attr]
+        raise output_lost
     if failure is not None:
         usage.finish_reason = "error"
     try:

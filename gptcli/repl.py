@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import math
 import os
@@ -18,7 +19,7 @@ from gptcli.conversation import POLICIES, Conversation, Turn, turns_from_message
 from gptcli.engines import Engine, Message, Sampling, choose, sampling_from
 from gptcli.errors import ContextOverflowError, GptcliError, StoreError, Terminated, UsageError
 from gptcli.flow import OutputMode, generate
-from gptcli.render import Env, Reply, wrap_words
+from gptcli.render import Env, OutputClosed, OutputFailed, Reply, wrap_words
 
 PROMPT = "› "
 CONTINUATION = "· "
@@ -319,10 +320,18 @@ class ChatSession:
             self._gauge = f" {self.engine.model_name} · context {used} · reply ≤ {self.sampling().max_tokens}{files} "
         return self._gauge
 
-    def handle(self, line: str) -> bool:
-        """Act on one line: send it, or run its slash command. ``False``: the user leaves."""
+    def handle(self, line: str, *, commands: bool = True) -> bool:
+        """Act on one line: send it, or run its slash command. ``False``: the user leaves.
+
+        ``commands=False`` (piped input without ``--commands``): every line is a message, so text
+        from elsewhere cannot run ``/export PATH`` or any other command.
+        """
         self._gauge = None  # recounted for the next prompt
         self.last_interrupted = False
+        if not commands:
+            if line.strip():
+                self.send(line.strip("\n"))
+            return True
         try:
             command = parse_command(line)
         except UnknownCommand as exc:
@@ -383,12 +392,22 @@ class ChatSession:
         try:
             waiting = f"reading {fitted.prompt_tokens} tokens" if fitted.prompt_tokens else "thinking"
             reply = generate(self.engine, fitted.messages, sampling, self.env, self._output_mode(), waiting=waiting)
-        except GptcliError as exc:
-            self.env.error(str(exc))
+        except (GptcliError, OutputClosed) as exc:
+            # stdout closed or full: the turn is kept, then the chat ends (the command reports it once)
+            output_lost = isinstance(exc, (OutputClosed, OutputFailed))
+            if not output_lost:
+                self.env.error(str(exc))
             partial: Reply | None = getattr(exc, "partial_reply", None)  # a remote server died mid-reply
             if partial is None or not partial.text:
+                if output_lost:
+                    raise
                 return None
             reply, failed = Reply(partial.text, partial.usage, interrupted=True), True
+            if output_lost:
+                self.conversation.add_turn(text, reply.text, reply.interrupted)
+                if save:
+                    self._save_turn(text, reply)
+                raise
         if reply.interrupted and not failed and not reply.text.strip():  # Ctrl-C before the first token
             self.last_interrupted = True
             self.notice("cancelled: nothing was sent or saved")
@@ -467,6 +486,9 @@ class ChatSession:
             )
             if info is not None:
                 self.session_id = info.id
+                from gptcli import sessionlock
+
+                sessionlock.claim(info.id)  # a `chat -c` started now must not write into this one
         return self.session_id
 
     def _save_turn(self, user: str, reply: Reply) -> None:
@@ -485,6 +507,10 @@ class ChatSession:
     def resume(self, info: Any, *, show: bool = True) -> None:
         """Make the stored session ``info`` the current conversation, and show its last exchanges."""
         store = self._need_store("resuming a chat")
+        if self.saving:
+            from gptcli import sessionlock
+
+            sessionlock.claim(info.id)  # another chat adding turns to it: refused, not interleaved
         stored = self._store_call(lambda: store.messages(info.id))
         if stored is None:
             return
@@ -511,6 +537,10 @@ class ChatSession:
         """Print exchanges as they looked: the user's line, then the reply (Markdown on a terminal)."""
         styled = not self.mode.plain and self.env.styled_output()
         console = self.env.console()
+        if self.env.stdout_isatty and not self.env.raw:  # stored replies may hold a model's escape sequences
+            from gptcli.textio import sanitize_terminal
+
+            turns = [dataclasses.replace(t, user=sanitize_terminal(t.user), reply=sanitize_terminal(t.reply)) for t in turns]
         for turn in turns:
             if styled:
                 from rich.text import Text
@@ -907,13 +937,16 @@ def export_text(chat: ChatSession, as_json: bool) -> str:
 # ---------------------------------------------------------------- input: lines from a pipe
 
 
-def run_lines(chat: ChatSession, stream: IO[str]) -> int:
-    """Scripts: one turn (or command) per input line, replies as plain text. Returns the exit code."""
+def run_lines(chat: ChatSession, stream: IO[str], *, commands: bool = False) -> int:
+    """Scripts: one turn per input line (a slash command only with ``commands``), replies as plain text.
+
+    Returns the exit code.
+    """
     for raw in _lines(stream):
         line = raw.rstrip("\r\n")
         if not line.strip():
             continue
-        if not chat.handle(line):
+        if not chat.handle(line, commands=commands):
             return 0
         if chat.last_interrupted:
             return 130
@@ -1173,6 +1206,7 @@ class ChatRequest:
     template: str | None = None
     template_vars: tuple[str, ...] = ()  # key=value pairs for the template's variables
     system: str | None = None
+    commands: bool = False  # piped input: lines starting with / run as slash commands
 
 
 def open_store(settings: Settings, env: Env) -> Any:
@@ -1203,6 +1237,10 @@ def run_chat(settings: Settings, env: Env, request: ChatRequest, mode: OutputMod
             resume_info = store.latest_session()
             if resume_info is None:
                 env.notice("no saved conversation to continue: starting a new one")
+    if resume_info is not None and saving:
+        from gptcli import sessionlock
+
+        sessionlock.claim(resume_info.id)  # refused before the model loads when another chat has it
     chat: ChatSession | None = None
     try:
         chat = ChatSession(settings, env, store=store, saving=saving, mode=mode, interactive=interactive)
@@ -1215,7 +1253,7 @@ def run_chat(settings: Settings, env: Env, request: ChatRequest, mode: OutputMod
         if request.system:
             chat.set_system(request.system)
         if not interactive:
-            return run_lines(chat, env.stdin)
+            return run_lines(chat, env.stdin, commands=request.commands)
         output = None
         if not env.stdout_isatty:  # `gptcli chat > log`: the prompt goes to the terminal on stderr
             from prompt_toolkit.output import create_output

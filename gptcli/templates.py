@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,6 +22,10 @@ _TEMPLATE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 BUILTIN = "built-in"
 USER = "user"
+
+# a template is a few kB; a larger file is refused without being read, so a 100 MB file in the
+# templates folder cannot slow every command down
+MAX_TEMPLATE_BYTES = 1_000_000
 
 KNOWN_KEYS = ("name", "description", "system", "user", "input", "variables", "examples", "temperature", "max_tokens")
 
@@ -279,21 +285,20 @@ class TemplateLibrary:
     entries: dict[str, TemplateEntry] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, folders: list[tuple[Path, str]] | None = None) -> TemplateLibrary:
+    def load(cls, folders: list[tuple[Path, str]] | None = None, *, only: str | None = None) -> TemplateLibrary:
+        """Every template of ``folders`` (the shipped ones, then the user's); ``only`` reads just that name's files."""
         library = cls()
         for folder, source in folders or [(builtin_dir(), BUILTIN), (user_dir(), USER)]:
             if not folder.is_dir():
                 continue
-            for path in sorted(folder.glob("*.toml")):
+            paths = [folder / f"{only}.toml"] if only is not None else sorted(folder.glob("*.toml"))
+            for path in paths:
+                if only is not None and not os.path.lexists(path):
+                    continue
                 name = path.stem
                 overrides = name in library.entries
                 try:
-                    try:
-                        text = path.read_text(encoding="utf-8")
-                    except UnicodeDecodeError:
-                        raise TemplateError(f"{path}: not UTF-8 text") from None
-                    except OSError as exc:
-                        raise TemplateError(f"{path}: cannot read it: {exc.strerror}") from None
+                    text = read_template_file(path)
                     if not valid_template_name(name):
                         raise TemplateError(f"{path}: a template name uses only letters, digits, - and _")
                     template = parse_template(name, text, source=source, path=path)
@@ -319,8 +324,43 @@ class TemplateLibrary:
         raise TemplateError(f"unknown template '{name}' (templates: {known}; see `gptcli templates list`)")
 
 
+def read_template_file(path: Path) -> str:
+    """A template file's text: a regular file of at most ``MAX_TEMPLATE_BYTES``, else a ``TemplateError``.
+
+    The type and size are checked before the file is opened: a FIFO named ``x.toml`` would block
+    for ever, a device never ends, and a huge file would be read by every command.
+    """
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise TemplateError(f"{path}: cannot read it: {exc.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise TemplateError(f"{path}: not a regular file (a FIFO, device or folder), so it is not read")
+    if info.st_size > MAX_TEMPLATE_BYTES:
+        raise TemplateError(
+            f"{path}: {info.st_size // 1_000_000} MB is too large for a template (at most {MAX_TEMPLATE_BYTES // 1_000_000} MB)"
+        )
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # replaced by a FIFO since: still no wait
+        with os.fdopen(fd, "rb") as f:
+            data = f.read(MAX_TEMPLATE_BYTES + 1)
+    except OSError as exc:
+        raise TemplateError(f"{path}: cannot read it: {exc.strerror}") from None
+    if len(data) > MAX_TEMPLATE_BYTES:
+        raise TemplateError(f"{path}: too large for a template (at most {MAX_TEMPLATE_BYTES // 1_000_000} MB)")
+    try:
+        return data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")  # as a text-mode read would
+    except UnicodeDecodeError:
+        raise TemplateError(f"{path}: not UTF-8 text") from None
+
+
 def load_template(name: str) -> Template:
-    return TemplateLibrary.load().get(name)
+    """The template called ``name``, reading only its own files (the others' errors are not its concern)."""
+    if valid_template_name(name):
+        library = TemplateLibrary.load(only=name)
+        if name in library.entries:
+            return library.get(name)
+    return TemplateLibrary.load().get(name)  # unknown: the full library names what exists
 
 
 def parse_vars(pairs: list[str] | None) -> dict[str, str]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import stat
 import tempfile
 from pathlib import Path
 from typing import IO
@@ -15,6 +17,27 @@ BOMS = (
     (b"\xff\xfe", "utf-16-le"),
     (b"\xfe\xff", "utf-16-be"),
 )
+
+
+# C0 controls but tab and newline, DEL, and the C1 controls (U+009B is a one-character CSI)
+_TERMINAL_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _visible(match: re.Match[str]) -> str:
+    code = ord(match.group(0))
+    if code < 0x20:
+        return chr(0x2400 + code)  # Unicode's control pictures: ESC shows as ␛, BEL as ␇
+    return "\u2421" if code == 0x7F else f"<{code:02X}>"
+
+
+def sanitize_terminal(text: str) -> str:
+    """Text from a model or a server made safe for a terminal: escape sequences shown, not executed.
+
+    ``\x1b[2J`` (clear the screen) prints as ``␛[2J``, an OSC title change as ``␛]0;...␇``; a
+    CRLF becomes a newline; tabs and newlines are kept. Used on a terminal only (``--raw`` turns
+    it off); a pipe or a file gets the text as it came.
+    """
+    return _TERMINAL_CONTROL.sub(_visible, text.replace("\r\n", "\n"))
 
 
 ENCODING_OPTION_ADVICE = "pass --encoding (for example --encoding latin-1)"
@@ -71,11 +94,45 @@ def bom_codec(data: bytes) -> str | None:
     return None
 
 
+DEFAULT_MAX_INPUT_MB = 64
+_max_input_bytes = DEFAULT_MAX_INPUT_MB * 1_000_000
+
+
+def set_input_limit(megabytes: int) -> None:
+    """The ``max_input_mb`` setting: the most any input file or standard input may hold.
+
+    Set once, when the settings are resolved; every reader here checks it, so ``-f /dev/zero``
+    or a 10 GB log is one error line instead of a process reading until memory runs out.
+    """
+    global _max_input_bytes
+    _max_input_bytes = megabytes * 1_000_000
+
+
+def input_limit() -> int:
+    """The most bytes an input may hold (``max_input_mb``)."""
+    return _max_input_bytes
+
+
+def _too_large(name: str) -> InputError:
+    return InputError(
+        f"{name} is larger than {_max_input_bytes // 1_000_000} MB, the input limit"
+        " (raise it with `gptcli config set max_input_mb N` or GPTCLI_MAX_INPUT_MB)"
+    )
+
+
+_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISSOCK, "a socket"))
+
+
 def read_bytes(path: str | Path) -> bytes:
-    """A user's file as bytes, with clear errors for missing, directory and unreadable files."""
+    """A user's file as bytes, with clear errors for missing, directory, unreadable, device and oversized files.
+
+    Only regular files are read: a FIFO would block for a writer that never comes, a device such
+    as ``/dev/zero`` never ends. The file is opened without blocking, so even a FIFO is refused at once.
+    """
     p = Path(path)
     try:
-        return p.read_bytes()
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         raise InputError(f"no such file: {p}") from None
     except IsADirectoryError:
@@ -84,6 +141,28 @@ def read_bytes(path: str | Path) -> bytes:
         raise InputError(f"cannot read {p}: permission denied") from None
     except OSError as exc:
         raise InputError(f"cannot read {p}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise InputError(f"{p} is a directory, not a file")
+        kind = next((label for test, label in _KINDS if test(info.st_mode)), "not a regular file")
+        raise InputError(f"{p} is {kind}, not a regular file: pipe it into standard input instead")
+    if info.st_size > _max_input_bytes:
+        os.close(fd)
+        raise _too_large(str(p))
+    with os.fdopen(fd, "rb") as f:
+        try:
+            data = f.read(_max_input_bytes + 1)
+        except OSError as exc:
+            raise InputError(f"cannot read {p}: {exc.strerror}") from None
+    if len(data) > _max_input_bytes:
+        raise _too_large(str(p))
+    return data
 
 
 def read_text(path: str | Path, encoding: str | None = None) -> str:
@@ -91,15 +170,24 @@ def read_text(path: str | Path, encoding: str | None = None) -> str:
     return decode_text(read_bytes(path), str(path), encoding, advice=CONVERT_ADVICE)
 
 
-def read_stream(stream: IO[str], name: str = "standard input", encoding: str | None = None) -> str:
-    """Read all of a text stream as bytes when possible, so encoding errors are ours to report."""
+def read_stream_bytes(stream: IO[str], name: str = "standard input") -> bytes:
+    """All of a stream's bytes, up to the input limit (``< /dev/zero`` ends with an error, not a MemoryError)."""
     buffer = getattr(stream, "buffer", None)
     if buffer is not None:
-        return decode_text(buffer.read(), name, encoding, advice=CONVERT_ADVICE)
-    try:
-        return stream.read()
-    except UnicodeDecodeError:
-        raise InputError(f"{name} is not valid UTF-8") from None
+        data = buffer.read(_max_input_bytes + 1)
+    else:
+        try:
+            data = stream.read(_max_input_bytes + 1).encode("utf-8")
+        except UnicodeDecodeError:
+            raise InputError(f"{name} is not valid UTF-8") from None
+    if len(data) > _max_input_bytes:
+        raise _too_large(name)
+    return data
+
+
+def read_stream(stream: IO[str], name: str = "standard input", encoding: str | None = None) -> str:
+    """Read all of a text stream as bytes when possible, so encoding errors are ours to report."""
+    return decode_text(read_stream_bytes(stream, name), name, encoding, advice=CONVERT_ADVICE)
 
 
 def _lock(fd: int) -> bool:

@@ -977,12 +977,21 @@ class TranslationCache:
         except OSError as exc:
             raise InputError(f"cannot read the translation cache {self.path}: {exc.strerror}") from None
         self.fd: int | None = None
+        self.write_error: str | None = None
 
     def get(self, key: str, atoms: int) -> list[str] | None:
         found = self.entries.get(key)
         return found if found is not None and len(found) == atoms else None
 
     def put(self, key: str, translations: Sequence[str]) -> None:
+        """Keep a finished chunk; a cache that cannot be written (a full disk) is only a warning.
+
+        The translation itself goes elsewhere, so it goes on: the first failure is kept in
+        ``write_error`` for the command to report, and the cache stops trying.
+        """
+        self.entries[key] = list(translations)
+        if self.write_error is not None:
+            return
         line = json.dumps({"k": key, "t": list(translations)}, ensure_ascii=False) + "\n"
         try:
             if self.fd is None:
@@ -990,12 +999,13 @@ class TranslationCache:
             os.write(self.fd, line.encode("utf-8"))
             os.fsync(self.fd)
         except OSError as exc:
-            raise InputError(f"cannot write the translation cache {self.path}: {exc.strerror}") from None
-        self.entries[key] = list(translations)
+            self.write_error = f"cannot write the translation cache {self.path}: {exc.strerror or exc}"
+            self.close()
 
     def close(self) -> None:
         if self.fd is not None:
-            os.close(self.fd)
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
             self.fd = None
 
 

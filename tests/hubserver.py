@@ -95,6 +95,9 @@ class FakeHub:
     cut_at: int | None = None  # CDN: drop the connection once this byte offset of a file has been sent
     echo_auth_in_errors: bool = False  # a misbehaving server that repeats the Authorization header
     throttle: float = 0.0  # CDN: seconds to pause after each MiB sent (a slow connection)
+    etag: str | None = None  # a hostile Hub: this ETag (say '../../x') for every file it resolves
+    etag_later: str | None = None  # ... or only from the second resolve on (a valid ETag first)
+    resolves: int = 0
     repos: dict[str, HubRepo] = field(default_factory=dict)
     requests: list[Recorded] = field(default_factory=list)
     _servers: list[ThreadingHTTPServer] = field(default_factory=list)
@@ -299,6 +302,9 @@ def _handler(hub: FakeHub, role: str) -> type[BaseHTTPRequestHandler]:
                         f"Access to model {repo_id} is restricted and you are not in the authorized list. Visit {hub.url}/{repo_id} to ask for access.",
                     )
             f = repo.files.get(filename)
+            hub.resolves += 1
+            if hub.etag_later and hub.resolves > 1:
+                hub.etag = hub.etag_later
             common = {"X-Repo-Commit": repo.commit, "Accept-Ranges": "bytes"}
             if f is None:
                 return self._error(404, "EntryNotFound", "Entry not found", common)
@@ -309,13 +315,13 @@ def _handler(hub: FakeHub, role: str) -> type[BaseHTTPRequestHandler]:
                     b"",
                     {
                         **common,
-                        "ETag": f'"{f.git_oid}"',
-                        "X-Linked-Etag": f'"{f.sha256}"',
+                        "ETag": f'"{hub.etag or f.git_oid}"',
+                        "X-Linked-Etag": f'"{hub.etag or f.sha256}"',
                         "X-Linked-Size": str(f.size),
                         "Location": location,
                     },
                 )
-            self._stream(f, {**common, "ETag": f'"{f.git_oid}"'})
+            self._stream(f, {**common, "ETag": f'"{hub.etag or f.git_oid}"'})
 
         def _blob(self, sha: str) -> None:
             f = hub.find_blob(sha)

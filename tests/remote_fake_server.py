@@ -40,6 +40,9 @@ class FakeOpenAIServer:
     retry_after: str | None = None
     stall: float = 0.0  # wait this long before the response headers
     send_usage: bool = True
+    # a hostile or failing server: after `hostile_after` words, send these raw `data:` payloads and end
+    hostile_events: list[str] | None = None
+    hostile_after: int = 2
     reply_fn: Callable[[dict[str, Any]], str] | None = None  # the reply from the request body
     delay_fn: Callable[[dict[str, Any]], float] | None = None  # per-request delay between words
     in_flight: int = 0
@@ -184,6 +187,12 @@ class FakeOpenAIServer:
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             for i, piece in enumerate(pieces):
+                if self.hostile_events is not None and i >= self.hostile_after:
+                    for raw in self.hostile_events:
+                        event(raw)
+                    h.wfile.write(b"0\r\n\r\n")
+                    h.wfile.flush()
+                    return
                 if self.cut_after is not None and i >= self.cut_after:
                     h.close_connection = True
                     h.connection.shutdown(socket.SHUT_RDWR)  # a crash: no final chunk, no [DONE]

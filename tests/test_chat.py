@@ -69,7 +69,7 @@ def test_continue_resumes_the_latest_chat_and_appends_to_it(cli, fake_engine):
 
 
 def test_save_names_a_chat_and_session_resumes_it_by_name(cli, fake_engine):
-    cli(["chat"], stdin="about the garden\n/save garden\n")
+    cli(["chat", "--commands"], stdin="about the garden\n/save garden\n")
     cli(["chat"], stdin="something else\n")
     result = cli(["chat", "-s", "garden"], stdin="more please\n")
     assert result.exit_code == 0, result.stderr
@@ -125,7 +125,7 @@ def test_continue_with_no_history_reads_but_does_not_write(cli, fake_engine):
 
 def test_undo_and_retry_change_the_stored_history_too(cli, fake_engine):
     fake_engine.replies = ["r1", "r2", "r3", "r4"]
-    result = cli(["chat"], stdin="one\ntwo\n/undo\nthree\n/retry\n")
+    result = cli(["chat", "--commands"], stdin="one\ntwo\n/undo\nthree\n/retry\n")
     assert result.exit_code == 0, result.stderr
     assert stored() == [("user", "one", False), ("assistant", "r1", False), ("user", "three", False), ("assistant", "r4", False)]
 
@@ -135,7 +135,7 @@ def test_system_and_template_reach_the_model_and_the_store(cli, fake_engine):
 
     cli(["chat", "-t", "ask"], stdin="hi\n")
     assert fake_engine.calls[-1][0] == {"role": "system", "content": load_template("ask").system.strip()}
-    cli(["chat", "--system", "Talk like a pirate."], stdin="hi\n/system Talk like a poet.\nagain\n")
+    cli(["chat", "--commands", "--system", "Talk like a pirate."], stdin="hi\n/system Talk like a poet.\nagain\n")
     assert fake_engine.calls[-1][0] == {"role": "system", "content": "Talk like a poet."}
     with ConversationStore.open() as store:
         assert store.latest_session().system == "Talk like a poet."
@@ -151,9 +151,9 @@ def test_an_unknown_template_fails_before_the_model_loads(cli, monkeypatch):
 
 
 def test_sessions_lists_and_load_switches(cli, fake_engine):
-    cli(["chat"], stdin="first chat\n/save alpha\n")
+    cli(["chat", "--commands"], stdin="first chat\n/save alpha\n")
     fake_engine.calls.clear()
-    result = cli(["chat"], stdin="second chat\n/sessions\n/load alpha\ncontinue alpha\n")
+    result = cli(["chat", "--commands"], stdin="second chat\n/sessions\n/load alpha\ncontinue alpha\n")
     assert result.exit_code == 0, result.stderr
     listing = result.stdout
     assert "alpha" in listing and "second chat" in listing
@@ -212,7 +212,7 @@ def test_an_engine_failing_mid_reply_keeps_the_partial_reply_and_the_chat_goes_o
 def test_json_lines_per_turn_for_scripts(cli, fake_engine):
     import json
 
-    result = cli(["chat", "--json"], stdin="a\n/tokens\nb\n")
+    result = cli(["chat", "--commands", "--json"], stdin="a\n/tokens\nb\n")
     events = [json.loads(line) for line in result.stdout.splitlines()]  # every line is JSON
     assert [e["text"] for e in events if e["type"] == "done"] == ["Hello from the fake engine."] * 2
     info = [e["text"] for e in events if e["type"] == "info"]
@@ -240,7 +240,7 @@ def test_overflow_keeps_every_turn_in_the_store(cli, fake_engine, policy):
     fake_engine.context_size = 100
     fake_engine.replies = ["a reply of several words " * 2]
     lines = "".join(f"question {i} " + "word " * 10 + "\n" for i in range(6))
-    result = cli(["chat"], stdin=f"/set overflow {policy}\n" + lines)
+    result = cli(["chat", "--commands"], stdin=f"/set overflow {policy}\n" + lines)
     assert result.exit_code == 0, result.stderr
     assert "context full" in result.stderr
     assert len([r for r in stored() if r[0] == "user"]) == 6

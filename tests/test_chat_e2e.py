@@ -150,7 +150,7 @@ def test_ctrl_c_mid_reply_returns_to_the_prompt_and_keeps_the_partial_reply(gptc
 
 def test_a_chat_outgrowing_a_tiny_window_is_summarized_and_goes_on(run_gptcli):
     questions = ["Tell me about cats.", "Tell me about dogs.", "Tell me about birds.", "Tell me about fish.", "Which animals?"]
-    proc = run_gptcli("chat", "--ctx", "256", "-n", "32", "--seed", "1", input="\n".join([*questions, "/tokens"]) + "\n")
+    proc = run_gptcli("chat", "--commands", "--ctx", "256", "-n", "32", "--seed", "1", input="\n".join([*questions, "/tokens"]) + "\n")
     assert proc.returncode == 0, proc.stderr
     assert "context full" in proc.stderr  # said, never silent
     assert "error" not in proc.stderr

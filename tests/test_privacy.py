@@ -167,7 +167,7 @@ def test_every_command_but_pull_and_the_remote_engine_stays_off_the_network(cli,
         (["support", "How long do refunds take?", "--kb", str(kb), "--show-sources"], None),
         (["translate", str(doc), "--to", "fr", "-o", str(tmp_path / "doc.fr.md")], None),
         (["translate", "--to", "de"], "Hello.\n"),
-        (["chat"], "hello\n/tokens\n/set temperature 0.2\n/sessions\n/help\n/exit\n"),
+        (["chat", "--commands"], "hello\n/tokens\n/set temperature 0.2\n/sessions\n/help\n/exit\n"),
         (["chat", "--continue"], "once more\n"),
         (["history", "list"], None),
         (["history", "list", "--json"], None),
@@ -308,7 +308,7 @@ def test_secrets_in_the_environment_never_reach_output_history_or_files(cli, fak
     for argv, stdin in [
         (["--verbose", "ask", "hi", "--json"], None),
         (["ask", "hi", "--model", "no-such-model", "--json"], None),  # an error, as a JSON event too
-        (["chat", "--json"], "hello\n/sessions\n"),
+        (["chat", "--commands", "--json"], "hello\n/sessions\n"),
         (["config", "show"], None),
         (["config", "show", "--json"], None),
         (["doctor"], None),

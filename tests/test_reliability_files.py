@@ -87,14 +87,14 @@ def test_permission_denied_is_named(cli, fake_engine, tmp_path, monkeypatch):
     path.write_text("top secret\n")
     path.chmod(0)
     if os.geteuid() == 0:  # root bypasses the mode bits: refuse the read the way the kernel would
-        real = Path.read_bytes
+        real = os.open
 
-        def refuse(self: Path) -> bytes:
-            if self == path:
-                raise PermissionError(13, "Permission denied", str(self))
-            return real(self)
+        def refuse(file: object, *args: object, **kwargs: object) -> int:
+            if Path(os.fsdecode(file)) == path:  # type: ignore[arg-type]
+                raise PermissionError(13, "Permission denied", str(file))
+            return real(file, *args, **kwargs)  # type: ignore[arg-type]
 
-        monkeypatch.setattr(Path, "read_bytes", refuse)
+        monkeypatch.setattr("gptcli.textio.os.open", refuse)
     for command in COMMANDS:
         result = cli(COMMANDS[command](str(path)))
         assert_one_error_line(result, f"cannot read {path}: permission denied")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import stat
 import signal
 import sys
 
@@ -25,7 +28,7 @@ from gptcli.cli import (  # noqa: F401
 from gptcli.cli.app import AppState, app
 from gptcli.cli.completion import use_first_tab_zsh_script
 from gptcli.errors import GptcliError, Terminated
-from gptcli.render import Env, OutputClosed
+from gptcli.render import Env, OutputClosed, OutputFailed
 
 __all__ = ["app", "main", "run"]
 
@@ -72,10 +75,22 @@ def run(argv: list[str] | None = None, env: Env | None = None) -> int:
 
     try:
         result = command.main(args=args, prog_name="gptcli", standalone_mode=False, obj=st)
+        with contextlib.suppress(ValueError):  # a closed stream: nothing to flush
+            env.stdout.flush()  # a full disk under `> /dev/full` shows here at the latest
         return result if isinstance(result, int) else 0
+    except OutputFailed as exc:
+        env.error(str(exc))
+        _silence_stdout()
+        return exc.exit_code
     except GptcliError as exc:
         env.error(str(exc))
         return fail(str(exc), exc.exit_code)
+    except OSError as exc:
+        if isinstance(exc, BrokenPipeError) or not _stdout_fails(env, exc):
+            raise
+        env.error(f"cannot write to standard output: {exc.strerror or exc}")  # `> /dev/full`
+        _silence_stdout()
+        return 1
     except typer.Exit as exc:
         return exc.exit_code
     except click_exceptions.NoArgsIsHelpError as exc:
@@ -92,12 +107,37 @@ def run(argv: list[str] | None = None, env: Env | None = None) -> int:
         return fail("interrupted", 130)
     except (OutputClosed, BrokenPipeError):
         # the reader went away (`| head`): stop quietly, and keep Python from complaining at exit
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-        except (OSError, ValueError):
-            pass
+        _silence_stdout()
         return 0
+
+
+def _stdout_fails(env: Env, exc: OSError) -> bool:
+    """Whether standard output is what failed (a full device), not some file a command wrote.
+
+    Files gptcli writes report their own errors (``InputError``), so a disk-full error reaching
+    here with stdout on a device, or on a file system with no room left, is stdout's.
+    """
+    try:
+        env.stdout.flush()
+    except (OSError, ValueError):
+        return True
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO):
+        return False
+    try:
+        fd = env.stdout.fileno()
+        mode = os.fstat(fd).st_mode
+        return stat.S_ISCHR(mode) or (stat.S_ISREG(mode) and os.fstatvfs(fd).f_bavail == 0)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _silence_stdout() -> None:
+    """Point the process's stdout at /dev/null, so Python's flush at exit has nothing to complain about."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 TERMINATED_EXIT_CODE = 143  # 128 + SIGTERM, as a shell reports a process the signal ended

@@ -68,6 +68,9 @@ class AppState:
             settings = load_settings()
             if self.color_flag is not None:
                 settings = settings.with_flags(color=self.color_flag)
+            from gptcli.textio import set_input_limit
+
+            set_input_limit(settings.max_input_mb)
             self._settings = settings
         return self._settings
 
@@ -115,6 +118,9 @@ def root(
         ),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but the answer.")] = False,
+    raw: Annotated[
+        bool, typer.Option("--raw", help="On a terminal, print model and server text as it is (escape sequences run).")
+    ] = False,
 ) -> None:
     st = state(ctx)
     st.verbose = verbose
@@ -128,4 +134,5 @@ def root(
         except ConfigError:
             pass
     st.env.quiet = st.env.quiet or quiet
+    st.env.raw = st.env.raw or raw
     setup_logging(verbose, st.env)

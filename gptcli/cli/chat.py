@@ -19,11 +19,15 @@ def chat(
     template: Annotated[Optional[str], typer.Option("--template", "-t", help="Start with this template's system prompt.", autocompletion=complete_template)] = None,
     var: Annotated[Optional[list[str]], typer.Option("--var", "-v", help="Template variable key=value (repeatable).", metavar="KEY=VALUE")] = None,
     system: Annotated[Optional[str], typer.Option("--system", help="Start with this system prompt.")] = None,
+    commands: Annotated[
+        bool, typer.Option("--commands", help="Piped input: run lines starting with / as slash commands (off: every line is a message).")
+    ] = False,
     gen: GenOptions = GenOptions(),
 ) -> None:
     """Chat with the model: a REPL with history, slash commands (/help) and Markdown replies.
 
-    Piped input is read one turn per line and answered in plain text.
+    Piped input is read one turn per line and answered in plain text; a line starting with /
+    is a message too, unless --commands is given.
 
     Example: gptcli chat -t translate -v target=German
     """
@@ -35,6 +39,7 @@ def chat(
     if var and not template:
         raise typer.BadParameter("-v sets a template's variables: use it with -t TEMPLATE", param_hint="--var")
     request = ChatRequest(
-        continue_last=continue_last, session=session, template=template, template_vars=tuple(var or ()), system=system
+        continue_last=continue_last, session=session, template=template, template_vars=tuple(var or ()), system=system,
+        commands=commands,
     )
     raise typer.Exit(run_chat(gen.settings(st.settings), st.env, request, output_mode(gen)))

@@ -110,11 +110,11 @@ def complete_language(incomplete: str) -> Suggestions:
 
 def engine_pairs() -> list[tuple[str, str]]:
     """``local``, ``remote`` and the ``[engines.NAME]`` profiles of the config file."""
-    from gptcli.config import load_settings
+    from gptcli.config import hide_credentials, load_settings
 
     profiles = load_settings().profiles
     return [("local", "llama.cpp in this process"), ("remote", "an OpenAI-compatible server")] + [
-        (name, str(profile.get("base_url", "profile"))) for name, profile in profiles.items()
+        (name, hide_credentials(str(profile.get("base_url", "profile")))) for name, profile in profiles.items()
     ]
 
 

@@ -12,7 +12,7 @@ import typer
 
 from gptcli.cli.app import AppState, app, state
 from gptcli.cli.completion import complete_config_key, complete_config_value
-from gptcli.config import KEYS, Settings, config_path, known_key
+from gptcli.config import KEYS, Settings, config_path, hide_credentials, known_key
 from gptcli.errors import ConfigError, GptcliError, UsageError
 
 config_app = typer.Typer(
@@ -26,8 +26,14 @@ KeyArgument = Annotated[str, typer.Argument(help="The setting, e.g. temperature.
 
 
 def _shown(name: str, value: Any) -> Any:
-    """A value as the user writes it (``gpu_layers`` -1 is ``all``)."""
+    """A value as the user writes it (``gpu_layers`` -1 is ``all``); a URL's ``user:password@`` hidden."""
+    if name == "base_url" and isinstance(value, str):
+        return hide_credentials(value)
     return "all" if name == "gpu_layers" and value == -1 else value
+
+
+def _profile_shown(profile: Any) -> dict[str, Any]:
+    return {k: _shown(k, v) for k, v in dict(profile).items()}
 
 
 def _text(value: Any) -> str:
@@ -84,7 +90,7 @@ def show(
             "path": str(path),
             "exists": path.is_file(),
             "settings": _records(settings),
-            "profiles": {name: dict(profile) for name, profile in settings.profiles.items()},
+            "profiles": {name: _profile_shown(profile) for name, profile in settings.profiles.items()},
         }
         _write(st, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
         return
@@ -113,7 +119,7 @@ def _print_table(st: AppState, settings: Settings, path: Path) -> None:
         lines += [f"{name:<{width}}  {value:<{value_width}}  {source}" for name, value, source in rows]
         _write(st, "\n".join(lines) + "\n")
     for name, profile in settings.profiles.items():
-        fields = ", ".join(f"{k}={v}" for k, v in profile.items())
+        fields = ", ".join(f"{k}={v}" for k, v in _profile_shown(profile).items())
         _write(st, f"[engines.{name}] {fields}\n")
 
 

@@ -1,6 +1,7 @@
 """``gptcli history``: list, show, search, export, rename and delete saved conversations."""
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -9,7 +10,7 @@ import typer
 
 from gptcli.cli.app import app, state
 from gptcli.cli.completion import complete_session
-from gptcli.errors import UsageError
+from gptcli.errors import InputError, UsageError
 from gptcli.render import Env
 
 if TYPE_CHECKING:
@@ -98,6 +99,10 @@ def show(ctx: typer.Context, session: IdArgument, as_json: JsonOption = False) -
         _write(env, export_json(info, messages))
         return
     text = export_markdown(info, messages)
+    if env.stdout_isatty and not env.raw:  # stored replies may hold a model's escape sequences
+        from gptcli.textio import sanitize_terminal
+
+        text = sanitize_terminal(text)
     if env.styled_output():
         from rich.markdown import Markdown
 
@@ -152,9 +157,10 @@ def export(
     ctx: typer.Context,
     session: IdArgument,
     fmt: Annotated[str, typer.Option("--format", "-F", help="md (Markdown) or json.", metavar="md|json")] = "md",
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write to this file (atomically) instead of stdout.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write to this file (atomically, mode 0600) instead of stdout.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --output file.")] = False,
 ) -> None:
-    """Export a conversation as Markdown or JSON, to stdout or a file.
+    """Export a conversation as Markdown or JSON, to stdout or a file (private: mode 0600).
 
     Example: gptcli history export 01ngqc30 --format json -o chat.json
     """
@@ -164,6 +170,9 @@ def export(
     if fmt not in ("md", "json"):
         raise UsageError(f"--format must be md or json, not '{fmt}'")
     env = state(ctx).env
+    writing = output is not None and str(output) != "-"
+    if writing and os.path.lexists(output) and not force:  # type: ignore[arg-type]
+        raise InputError(f"{output} already exists: use --force to replace it")
     with _open() as store:
         info = store.find_session(session)
         messages = store.messages(info.id)
@@ -171,7 +180,7 @@ def export(
     if output is None or str(output) == "-":
         _write(env, text)
         return
-    atomic_write(output, text)
+    atomic_write(output, text, mode=0o600)  # a conversation is as private as the history it comes from
     env.notice(f"wrote {output}")
 
 

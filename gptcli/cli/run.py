@@ -12,7 +12,7 @@ from gptcli.config import Settings
 from gptcli.engines import Engine, Message, Sampling, choose, sampling_from
 from gptcli.errors import GptcliError, InputError, StoreError, UsageError
 from gptcli.flow import OutputMode, generate
-from gptcli.render import Env, Reply
+from gptcli.render import Env, OutputClosed, Reply
 from gptcli.templates import Template, load_template, parse_vars
 from gptcli.textio import read_stream, read_text
 
@@ -107,7 +107,7 @@ def run_template(
     title = (basis if template_name == "ask" else f"{template_name}: {basis}") if basis else None
     try:
         reply = generate(engine, messages, sampling, st.env, output_mode(gen))
-    except GptcliError as exc:  # a remote server died mid-reply: keep the part that came
+    except (GptcliError, OutputClosed) as exc:  # a server died mid-reply, stdout closed or full: keep what came
         partial = getattr(exc, "partial_reply", None)
         if partial is not None:
             history.save(messages, partial, model=engine.model_name, template=template_name, title=title)

@@ -93,13 +93,13 @@ def show(
 
     Example: gptcli templates show support
     """
-    from gptcli.templates import TemplateLibrary
+    from gptcli.templates import TemplateLibrary, read_template_file
 
     st = state(ctx)
     library = TemplateLibrary.load()
     entry = library.entries.get(name)
     if raw and entry is not None:
-        st.env.stdout.write(entry.path.read_text(encoding="utf-8", errors="replace"))
+        st.env.stdout.write(read_template_file(entry.path))  # a FIFO or a huge file is an error, not a hang
         return
     template = library.get(name)
     out: list[str] = [f"{template.name} ({_source_label(library.entries[name])}): {template.path}"]

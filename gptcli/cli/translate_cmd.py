@@ -34,11 +34,10 @@ class Source:
 
 
 def _read_source(st: AppState, name: str, encoding: Optional[str]) -> Source:
-    from gptcli.textio import bom_codec, decode_text, read_bytes
+    from gptcli.textio import bom_codec, decode_text, read_bytes, read_stream_bytes
 
     if name == STDIN:
-        buffer = getattr(st.env.stdin, "buffer", None)
-        data = buffer.read() if buffer is not None else st.env.stdin.read().encode("utf-8")
+        data = read_stream_bytes(st.env.stdin)  # bounded by max_input_mb
         label, path = "standard input", None
     else:
         path = Path(name)
@@ -422,6 +421,8 @@ def translate(
             code = _translate_one(st, gen, translator, src, dest, markdown, chunk_tokens, target.spaceless)
             if code:
                 raise typer.Exit(code)
+        if cache is not None and cache.write_error:  # a full data folder: translated all the same
+            env.notice(f"warning: {cache.write_error}; finished chunks were not all kept for resuming")
     finally:
         if cache is not None:
             cache.close()

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from gptcli.config import hide_credentials
 from gptcli.engines import Chunk, Message, Sampling, Usage
 from gptcli.errors import ConfigError, ContextOverflowError, EngineError
 
@@ -33,6 +34,10 @@ RETRY_DELAYS = (0.3, 1.0)
 NO_KEY = "no-key"  # sent when no key is set: servers without authentication ignore it
 MESSAGE_OVERHEAD = 6  # template tokens around one message (role markers), when counted piecewise
 PROMPT_OVERHEAD = 4  # the assistant header the template appends
+# a reply is cut past this many characters per token asked for: no tokenizer has pieces this long,
+# so only a server ignoring max_tokens (or a hostile one sending 100 MB) reaches it
+CHARS_PER_TOKEN_BOUND = 64
+UNBOUNDED_REPLY_TOKENS = 32_768  # the bound's token count when no max_tokens is set
 
 
 def normalize_base_url(url: str) -> str:
@@ -42,13 +47,16 @@ def normalize_base_url(url: str) -> str:
         raise ConfigError("the base URL is empty (give --base-url http://HOST:PORT/v1)")
     if "://" not in text:
         text = "http://" + text
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+    except ValueError:  # an unclosed '[' (IPv6) and the like
+        raise ConfigError(f"base URL '{hide_credentials(url)}' is not a valid URL (example: http://127.0.0.1:8080/v1)") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"base URL '{url}' is not an http(s) URL (example: http://127.0.0.1:8080/v1)")
+        raise ConfigError(f"base URL '{hide_credentials(url)}' is not an http(s) URL (example: http://127.0.0.1:8080/v1)")
     try:
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError:
-        raise ConfigError(f"base URL '{url}' has an invalid port") from None
+        raise ConfigError(f"base URL '{hide_credentials(url)}' has an invalid port") from None
     path = parts.path.rstrip("/") or "/v1"
     return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
@@ -91,7 +99,9 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
 
 
 def _one_line(text: str, limit: int = 200) -> str:
-    line = " ".join(str(text).split())
+    from gptcli.textio import sanitize_terminal
+
+    line = sanitize_terminal(" ".join(str(text).split()))  # a server's words: never escape codes on a terminal
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
@@ -111,6 +121,7 @@ class RemoteEngine:
         self.config = config
         self.base_url = normalize_base_url(config.base_url)
         self.root_url = server_root(self.base_url)
+        self.shown_url = hide_credentials(self.base_url)  # what messages print: no user:password@
         key = os.environ.get(config.api_key_env, "")
         self._key_set = bool(key)
         self._secret = key
@@ -226,7 +237,7 @@ class RemoteEngine:
                     self._model = served[0]
                 elif served:
                     raise EngineError(
-                        f"the server at {self.base_url} serves several models ({', '.join(served[:10])}):"
+                        f"the server at {self.shown_url} serves several models ({', '.join(served[:10])}):"
                         " choose one with --model NAME"
                     )
             elif served and not _model_matches(self._model, served):
@@ -235,7 +246,7 @@ class RemoteEngine:
 
     def _unknown_model_message(self, served: Sequence[str] | None) -> str:
         listed = f"; it serves: {', '.join(served[:10])}" if served else ""
-        return f"model '{self.model_name}' is not served at {self.base_url}{listed} (use --model NAME)"
+        return f"model '{self.model_name}' is not served at {self.shown_url}{listed} (use --model NAME)"
 
     # ------------------------------------------------------------ token counts
 
@@ -375,7 +386,9 @@ class RemoteEngine:
                 options["stream_options"] = {"include_usage": True}
             return self._client.chat.completions.create(model=self.model_name, messages=payload, stream=stream, **options)
 
-        return self._generate(request, chat=True, prompt_tokens=lambda: self.count_tokens(messages))
+        return self._generate(
+            request, chat=True, prompt_tokens=lambda: self.count_tokens(messages), max_tokens=sampling.max_tokens
+        )
 
     def complete(self, prompt: str, sampling: Sampling) -> Iterator[Chunk]:
         self._ensure_model()
@@ -387,7 +400,9 @@ class RemoteEngine:
                 options["stream_options"] = {"include_usage": True}
             return self._client.completions.create(model=self.model_name, prompt=prompt, stream=stream, **options)
 
-        return self._generate(request, chat=False, prompt_tokens=lambda: self.tokenize_count(prompt))
+        return self._generate(
+            request, chat=False, prompt_tokens=lambda: self.tokenize_count(prompt), max_tokens=sampling.max_tokens
+        )
 
     def _with_retries(self, request: Callable[..., Any], statuses: tuple[int, ...] | None = None) -> Any:
         """Send the request; connection failures are retried a bounded number of times.
@@ -405,15 +420,19 @@ class RemoteEngine:
             except self._openai.APIConnectionError as exc:
                 if attempt >= CONNECT_RETRIES or not _retryable(exc):
                     raise self._connection_error(exc) from None
-                log.debug("connection to %s failed (%s); retrying", self.base_url, _reason(exc))
+                log.debug("connection to %s failed (%s); retrying", self.shown_url, _reason(exc))
                 time.sleep(RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)])
         raise AssertionError("unreachable")
 
-    def _generate(self, request: Callable[..., Any], *, chat: bool, prompt_tokens: Callable[[], int]) -> Iterator[Chunk]:
+    def _generate(
+        self, request: Callable[..., Any], *, chat: bool, prompt_tokens: Callable[[], int], max_tokens: int | None = None
+    ) -> Iterator[Chunk]:
         started = time.perf_counter()
         usage = Usage()
         response = self._with_retries(request)  # errors before any output are raised here, by stream()
-        return self._chunks(request, response, usage, started, chat=chat, prompt_tokens=prompt_tokens)
+        return self._chunks(
+            request, response, usage, started, chat=chat, prompt_tokens=prompt_tokens, sampling_tokens=max_tokens
+        )
 
     def _chunks(
         self,
@@ -424,42 +443,49 @@ class RemoteEngine:
         *,
         chat: bool,
         prompt_tokens: Callable[[], int],
+        sampling_tokens: int | None = None,
     ) -> Iterator[Chunk]:
         got_text = False
         finish: str | None = None
         server_usage = False
         retries = CONNECT_RETRIES
+        room = (sampling_tokens or UNBOUNDED_REPLY_TOKENS) * CHARS_PER_TOKEN_BOUND  # characters left
         try:
             while True:
                 try:
                     for event in response:
-                        if getattr(event, "usage", None):
-                            usage.prompt_tokens = event.usage.prompt_tokens or usage.prompt_tokens
-                            usage.completion_tokens = event.usage.completion_tokens or usage.completion_tokens
-                            details = getattr(event.usage, "prompt_tokens_details", None)
-                            usage.cached_tokens = getattr(details, "cached_tokens", None) or 0
+                        text, reason, counts = _event_parts(event, chat=chat)
+                        if counts is not None:
+                            usage.prompt_tokens = counts[0] or usage.prompt_tokens
+                            usage.completion_tokens = counts[1] or usage.completion_tokens
+                            usage.cached_tokens = counts[2]
                             server_usage = True
-                        for choice in event.choices or ():
-                            text = (choice.delta.content if chat else choice.text) or ""
-                            if choice.finish_reason:
-                                finish = choice.finish_reason
-                            if not text:
-                                continue
-                            now = time.perf_counter()
-                            if not got_text:
-                                usage.time_to_first_token = now - started
-                                got_text = True
-                            if not server_usage:
-                                usage.completion_tokens += 1  # one event per token on llama.cpp-style servers
-                            usage.total_time = now - started
+                        if reason:
+                            finish = reason
+                        if not text:
+                            continue
+                        if len(text) > room:  # a server ignoring max_tokens: the reply is cut, not stored whole
+                            text, finish = text[:room], "length"
+                        room -= len(text)
+                        now = time.perf_counter()
+                        if not got_text:
+                            usage.time_to_first_token = now - started
+                            got_text = True
+                        if not server_usage:
+                            usage.completion_tokens += 1  # one event per token on llama.cpp-style servers
+                        usage.total_time = now - started
+                        if text:
                             yield Chunk(text, usage)
+                        if room <= 0:
+                            log.debug("the server at %s sent more than max_tokens allows: cut", self.shown_url)
+                            break
                     break
                 except self._openai.APIStatusError as exc:
                     raise self._status_error(exc) from None
                 except self._openai.APIConnectionError as exc:
                     if got_text:
                         raise EngineError(
-                            f"the server at {self.base_url} went away in the middle of the reply"
+                            f"the server at {self.shown_url} went away in the middle of the reply"
                             f" ({_reason(exc)}); the reply is incomplete"
                         ) from None
                     if retries <= 0 or not _retryable(exc):
@@ -468,11 +494,22 @@ class RemoteEngine:
                     _close(response)
                     time.sleep(RETRY_DELAYS[0])
                     response = self._with_retries(request)
+                except self._openai.APIError as exc:  # a `data: {"error": ...}` event: the server failed mid-stream
+                    detail = _one_line(getattr(exc, "message", "") or str(exc))
+                    raise EngineError(self._scrub(
+                        f"the server at {self.shown_url} reported an error in the middle of the reply"
+                        f"{': ' + detail if detail else ''}; the reply is incomplete"
+                    )) from None
+                except (ValueError, _Malformed) as exc:  # JSONDecodeError is a ValueError
+                    raise EngineError(self._scrub(
+                        f"the server at {self.shown_url} sent a malformed stream event ({_one_line(str(exc), 80)});"
+                        " the reply is incomplete"
+                    )) from None
             if finish is None and not got_text:
                 raise self._explain_empty(request)
             if finish is None:
                 raise EngineError(
-                    f"the server at {self.base_url} ended the reply early without saying why; the reply is incomplete"
+                    f"the server at {self.shown_url} ended the reply early without saying why; the reply is incomplete"
                 )
         finally:
             _close(response)
@@ -497,12 +534,15 @@ class RemoteEngine:
             self._with_retries(lambda: request(stream=False, max_tokens=1))
         except EngineError as exc:
             return exc
-        return EngineError(f"the server at {self.base_url} ended the stream without a reply")
+        return EngineError(f"the server at {self.shown_url} ended the stream without a reply")
 
     # ------------------------------------------------------------ errors
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._secret, "***") if self._secret else text
+        """No key (in any letter case: servers echo it upper-cased) and no URL password in a message."""
+        if self._secret:
+            text = re.sub(re.escape(self._secret), "***", text, flags=re.IGNORECASE)
+        return hide_credentials(text)
 
     def _connection_error(self, exc: BaseException) -> EngineError:
         reason = _reason(exc)
@@ -511,12 +551,12 @@ class RemoteEngine:
             hint = ": is the server running? (`gptcli serve` starts one)"
         elif reason == "timed out":
             hint = f" (read timeout {self.config.timeout:g} s; set `timeout` in the engine profile)"
-        return EngineError(self._scrub(f"cannot reach the server at {self.base_url}: {reason}{hint}"))
+        return EngineError(self._scrub(f"cannot reach the server at {self.shown_url}: {reason}{hint}"))
 
     def _status_error(self, exc: Any) -> EngineError:
         status = exc.status_code
         detail = _server_message(exc)
-        where = f"the server at {self.base_url}"
+        where = f"the server at {self.shown_url}"
         if status in (401, 403):
             word = "401 Unauthorized" if status == 401 else "403 Forbidden"
             if self._key_set:
@@ -554,6 +594,43 @@ class RemoteEngine:
 
 class _StatusIgnored(Exception):
     """An HTTP error the caller treats as 'the server does not offer this'."""
+
+
+class _Malformed(Exception):
+    """A stream event of the wrong shape (the openai client does not validate streamed chunks)."""
+
+
+def _event_parts(event: Any, *, chat: bool) -> tuple[str, str | None, tuple[int, int, int] | None]:
+    """(text, finish reason, (prompt, completion, cached) token counts) of one streamed event.
+
+    Every field is checked: a server may send ``choices`` as a string, a ``delta`` without
+    ``content``, or numbers where text belongs, and the client hands those on unvalidated.
+    """
+    counts: tuple[int, int, int] | None = None
+    raw_usage = getattr(event, "usage", None)
+    if raw_usage:
+        prompt = getattr(raw_usage, "prompt_tokens", None)
+        completion = getattr(raw_usage, "completion_tokens", None)
+        details = getattr(raw_usage, "prompt_tokens_details", None)
+        cached = getattr(details, "cached_tokens", None)
+        if not all(v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0) for v in (prompt, completion, cached)):
+            raise _Malformed("usage holds something other than token counts")
+        counts = (prompt or 0, completion or 0, cached or 0)
+    choices = getattr(event, "choices", None) or ()
+    if not isinstance(choices, (list, tuple)):
+        raise _Malformed("'choices' is not a list")
+    texts: list[str] = []
+    finish: str | None = None
+    for choice in choices:
+        holder = getattr(choice, "delta", None) if chat else choice
+        text = getattr(holder, "content" if chat else "text", None) if holder is not None else None
+        reason = getattr(choice, "finish_reason", None)
+        if (chat and holder is None) or not isinstance(text, (str, type(None))) or not isinstance(reason, (str, type(None))):
+            raise _Malformed("a choice without text")
+        if text:
+            texts.append(text)
+        finish = reason or finish
+    return "".join(texts), finish, counts
 
 
 def _close(response: Any) -> None:
