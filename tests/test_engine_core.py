@@ -223,3 +223,28 @@ def test_no_module_test_or_benchmark_uses_another_modules_private_names():
                 if module.startswith(("gptcli", "tests")) and module != "gptcli.translate":  # translate: being split up
                     offenders += [f"{path.name}: from {module} import {n}" for n in names if n.startswith("_") and not n.startswith("__")]
     assert offenders == []
+
+
+def test_a_looping_chat_template_is_stopped_on_any_thread(monkeypatch):
+    # translation renders prompts in worker threads, where SIGALRM cannot reach: the time limit
+    # must hold there too (issue 26: a template that loops hung parallel translation)
+    from gptcli.engines import chat_template
+    from gptcli.errors import ModelError
+
+    monkeypatch.setattr(chat_template, "TEMPLATE_SECONDS", 0.5)
+    looping = chat_template.ChatTemplate(
+        "{% for i in range(100000) %}{% for j in range(100000) %}{{ '' }}{% endfor %}{% endfor %}", eos_token="", bos_token=""
+    )
+    outcome: list[BaseException] = []
+
+    def render() -> None:
+        try:
+            looping.render([{"role": "user", "content": "hi"}])
+        except BaseException as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=render)
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive()
+    assert isinstance(outcome[0], ModelError) and "more than 0.5 s" in str(outcome[0])

@@ -612,7 +612,7 @@ def test_a_remote_reply_with_escape_sequences_is_sanitised_on_a_terminal(cli, se
 def test_a_chat_template_asking_for_unbounded_memory_is_refused_with_a_reason(template, says):
     import time
 
-    from gptcli.templatesandbox import BoundedSandboxedEnvironment, TemplateTooLarge, failure_reason
+    from gptcli.engines.chat_template import BoundedSandboxedEnvironment, TemplateTooLarge, failure_reason
 
     started = time.perf_counter()
     with pytest.raises(TemplateTooLarge, match=says) as caught:
@@ -627,7 +627,7 @@ def test_the_bounded_sandbox_renders_a_real_chat_template_as_before():
 
     from gptcli.ggufinfo import read_gguf
     from gptcli.models import embedded_model_path
-    from gptcli.templatesandbox import BoundedSandboxedEnvironment
+    from gptcli.engines.chat_template import BoundedSandboxedEnvironment
 
     template = read_gguf(embedded_model_path(), tensors=False).chat_template
     assert template
@@ -643,9 +643,9 @@ def test_a_resumed_chat_shows_stored_escape_sequences_without_running_them(fake_
     from gptcli.conversation import Turn
     from gptcli.render import Env
     from gptcli.repl import ChatSession
-    from tests.conftest import _Stream
+    from tests.conftest import TextStream
 
-    env = Env(stdin=_Stream(tty=True), stdout=_Stream(tty=True), stderr=_Stream())
+    env = Env(stdin=TextStream(tty=True), stdout=TextStream(tty=True), stderr=TextStream())
     chat = ChatSession(load_settings(), env, interactive=True)
     chat.show_turns([Turn("hi\x1b[2J", HOSTILE_REPLY)])
     shown = env.stdout.getvalue()  # type: ignore[attr-defined]
