@@ -67,7 +67,7 @@ def bindings() -> Any:
     ``Llama`` takes them from the same function); ``GPTCLI_EXTRA_BUFTS=1`` turns them back on.
     """
     global _log_callback
-    C = sys.modules.get("llama_cpp.llama_cpp")
+    C: Any = sys.modules.get("llama_cpp.llama_cpp")
     if C is None:
         if "llama_cpp" in sys.modules:
             import llama_cpp.llama_cpp as C
@@ -98,7 +98,7 @@ def bindings() -> Any:
 
         last_level = [logging.INFO]
 
-        @C.llama_log_callback
+        @C.llama_log_callback  # type: ignore[untyped-decorator]
         def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
             py_level = last_level[0] if level == 5 else _GGML_LEVELS.get(level, logging.DEBUG)
             last_level[0] = py_level
@@ -474,7 +474,7 @@ class LlamaModel:
             n = C.llama_tokenize(self._vocab, data, len(data), tokens, room, add_bos, special)
             if n < 0:
                 raise EngineError(f"llama.cpp could not tokenize a text of {len(data)} bytes")
-        return tokens[:n]
+        return list(tokens[:n])
 
     def piece(self, token: int) -> bytes:
         """The bytes ``token`` stands for in a reply (cached: the decode loop asks for every token)."""
@@ -793,7 +793,7 @@ class LlamaContext:
         if threading.current_thread() is not threading.main_thread():
             yield caught
             return
-        previous = {}
+        previous: dict[int, Any] = {}
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(ValueError, OSError):
                 previous[signum] = signal.signal(signum, lambda signum, frame: caught.append(signum))
@@ -804,8 +804,8 @@ class LlamaContext:
             # none at all while generating: a Python callback there would run signal handlers
             # (Ctrl-C's KeyboardInterrupt) inside llama.cpp, where they cannot propagate
             self._C.llama_set_abort_callback(self._ctx, self._no_abort, None)
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+            for number, handler in previous.items():
+                signal.signal(number, handler)
             if caught:
                 _deliver(caught[0], previous.get(caught[0]))
 
