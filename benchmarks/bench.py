@@ -23,7 +23,7 @@ BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT))
 
 from gptcli.engines import Sampling  # noqa: E402
-from gptcli.engines.llama import physical_cores  # noqa: E402
+from gptcli.engines.threads import physical_cores  # noqa: E402
 from gptcli.engines.local import LocalEngine  # noqa: E402
 from gptcli.models import embedded_model_path  # noqa: E402
 

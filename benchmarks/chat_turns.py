@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from gptcli.config import load_settings  # noqa: E402
 from gptcli.engines import Sampling  # noqa: E402
-from gptcli.engines.llama import physical_cores  # noqa: E402
+from gptcli.engines.threads import physical_cores  # noqa: E402
 from gptcli.engines.local import LocalEngine, release_engines  # noqa: E402
 from gptcli.flow import OutputMode  # noqa: E402
 from gptcli.models import embedded_model_path  # noqa: E402

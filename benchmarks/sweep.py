@@ -25,7 +25,7 @@ from bench import engine_pp, engine_tg  # noqa: E402
 
 from gptcli.engines import Sampling  # noqa: E402
 
-from gptcli.engines.llama import physical_cores  # noqa: E402
+from gptcli.engines.threads import physical_cores  # noqa: E402
 from gptcli.engines.local import LocalEngine, release_engines  # noqa: E402
 from gptcli.models import embedded_model_path  # noqa: E402
 

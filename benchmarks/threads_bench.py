@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gptcli.engines.llama import default_threads, physical_cores  # noqa: E402
+from gptcli.engines.threads import default_threads, physical_cores  # noqa: E402
 
 CHILD = r"""
 import json, sys, time

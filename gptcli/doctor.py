@@ -112,7 +112,7 @@ def run_checks(
 ) -> list[Check]:
     """Every check, in report order. ``settings`` is ``None`` when they could not be read."""
     from gptcli import __version__, hub, models
-    from gptcli.engines.llama import default_threads, physical_cores
+    from gptcli.engines.threads import default_threads, physical_cores
     from gptcli.ggufinfo import read_gguf
 
     checks: list[Check] = [

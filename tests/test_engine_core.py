@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 
 from gptcli.engines import Batching, Concurrent, Embedding, Engine, Sampling, Stateful
-from gptcli.engines.llama import Embedder, ThreadGovernor, json_schema_to_grammar
+from gptcli.engines.embed import Embedder
+from gptcli.engines.llama import json_schema_to_grammar
+from gptcli.engines.threads import ThreadGovernor
 from gptcli.engines.local import LocalEngine
 from gptcli.errors import EngineError
 
@@ -162,9 +164,9 @@ def test_embeddings_are_unit_vectors_stable_across_batches(tiny_model):
 def test_the_thread_governor_gives_cores_back_while_others_use_them(monkeypatch):
     clock = {"busy": 0, "total": 0, "own": 0.0, "wall": 0.0}
     monkeypatch.setattr(ThreadGovernor, "_read_stat", staticmethod(lambda: (clock["busy"], clock["total"])))
-    monkeypatch.setattr("gptcli.engines.llama.time.process_time", lambda: clock["own"])
-    monkeypatch.setattr("gptcli.engines.llama.time.monotonic", lambda: clock["wall"])
-    monkeypatch.setattr("gptcli.engines.llama.usable_cores", lambda: 4)
+    monkeypatch.setattr("gptcli.engines.threads.time.process_time", lambda: clock["own"])
+    monkeypatch.setattr("gptcli.engines.threads.time.monotonic", lambda: clock["wall"])
+    monkeypatch.setattr("gptcli.engines.threads.usable_cores", lambda: 4)
     applied: list[int] = []
     governor = ThreadGovernor(applied.append, 4)
     governor.tick = 100.0

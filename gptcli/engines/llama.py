@@ -13,16 +13,14 @@ import importlib.util
 import io
 import json
 import logging
-import math
 import os
 import re
 import signal
 import sys
 import threading
-import time
 import types
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -278,112 +276,6 @@ def gpu_free_memory() -> int:
     return sum(d.memory_free for d in devices() if d.kind in ("gpu", "igpu"))
 
 
-# ---------------------------------------------------------------- threads
-
-
-def physical_cores() -> int:
-    """Physical CPU cores (llama.cpp runs best with one thread per core)."""
-    try:
-        cores = set()
-        base = Path("/sys/devices/system/cpu")
-        for topo in base.glob("cpu[0-9]*/topology"):
-            pkg = (topo / "physical_package_id").read_text().strip()
-            core = (topo / "core_id").read_text().strip()
-            cores.add((pkg, core))
-        if cores:
-            return len(cores)
-    except OSError:
-        pass
-    return max(1, (os.cpu_count() or 2) // 2 if (os.cpu_count() or 1) > 4 else os.cpu_count() or 1)
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity, a container's limit)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
-def default_threads() -> int:
-    """Threads for generation when the user names none: one per physical core this process may use.
-
-    See ``ThreadGovernor`` for what keeps this from collapsing on a busy machine.
-    """
-    return max(1, min(physical_cores(), usable_cores()))
-
-
-class ThreadGovernor:
-    """Fewer threads while other processes hold cores, so generation never collapses on a busy machine.
-
-    llama.cpp's threads meet at a barrier many times a token (OpenMP's, which spins before it
-    sleeps). When another process takes a core, a thread of ours waits for a time slice at every
-    barrier: measured on 2 cores with two busy processes beside it, 2 threads fell to 2-3
-    tokens/s (17 s to the first token, and runs that never finished a minute), where 1 thread kept
-    7 tokens/s. So the count follows what the others leave free: from ``/proc/stat``'s busy time
-    less this process's own CPU time, measured over the last interval, ``threads = usable cores -
-    ceil(others - 0.25)``, at least 1 and at most the default. On an idle machine the others use
-    next to nothing and the default stands. Checked before each prompt and every ``EVERY`` steps;
-    reading ``/proc/stat`` costs about 20 microseconds. Off Linux it changes nothing. A count the
-    user chose (``--threads``) is never governed.
-    """
-
-    EVERY = 32
-    MIN_SECONDS = 0.2  # shorter intervals measure noise
-
-    def __init__(self, apply: Callable[[int], None], full: int) -> None:
-        self.apply, self.full, self.current = apply, full, full
-        self.usable = usable_cores()
-        self.tick = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
-        self.steps = 0
-        self._last = self._sample()
-
-    @staticmethod
-    def _read_stat() -> tuple[int, int] | None:
-        try:
-            with open("/proc/stat", "rb") as f:
-                fields = f.readline().split()
-        except OSError:
-            return None
-        if not fields or fields[0] != b"cpu":
-            return None
-        values = [int(x) for x in fields[1:9]]  # user nice system idle iowait irq softirq steal
-        busy = values[0] + values[1] + values[2] + values[5] + values[6] + values[7]
-        return busy, busy + values[3] + values[4]
-
-    def _sample(self) -> tuple[tuple[int, int] | None, float, float]:
-        return self._read_stat(), time.process_time(), time.monotonic()
-
-    def others(self) -> float | None:
-        """Cores used by other processes since the last call (None where it cannot be known yet)."""
-        now = self._sample()
-        (stat0, own0, wall0), (stat1, own1, wall1) = self._last, now
-        wall = wall1 - wall0
-        if stat0 is None or stat1 is None or wall < self.MIN_SECONDS:
-            return None
-        self._last = now
-        busy = (stat1[0] - stat0[0]) / self.tick
-        return max(0.0, (busy - (own1 - own0)) / wall)
-
-    def check(self) -> None:
-        """Set the thread count from what other processes use now (before a prompt, or every few steps)."""
-        if self.full <= 1:
-            return
-        others = self.others()
-        if others is None:
-            return
-        n = max(1, min(self.full, self.usable - math.ceil(others - 0.25)))
-        if n != self.current:
-            self.current = n
-            self.apply(n)
-
-    def step(self) -> None:
-        """Count one generated token; checks every ``EVERY`` steps."""
-        self.steps += 1
-        if self.steps % self.EVERY == 0:
-            self.check()
-
-
 # ---------------------------------------------------------------- the model
 
 
@@ -458,6 +350,12 @@ class LlamaModel:
                 f"the input takes at least {at_least} tokens but the context window holds {n_ctx}"
                 " (use a larger --ctx or a shorter input)"
             )
+
+    @property
+    def n_embd(self) -> int:
+        """The size of the model's output vectors (its embeddings)."""
+        C = self._C
+        return int(C.llama_model_n_embd_out(self._model) if hasattr(C, "llama_model_n_embd_out") else C.llama_model_n_embd(self._model))
 
     # vocabulary
 
@@ -851,82 +749,3 @@ def check_grammar(vocab: Any, grammar: str) -> Any:
         why = f": {recent_errors[-1]}" if recent_errors else ""
         raise EngineError(f"llama.cpp cannot parse the grammar{why}")
     return sampler
-
-
-def _pooling_from(path: Path) -> int:
-    """The GGUF's own pooling (embedding models declare one), else mean pooling (a chat model)."""
-    from gptcli.ggufinfo import read_gguf
-
-    info = read_gguf(path)
-    value = info.metadata.get(f"{info.architecture}.pooling_type") if info.metadata else None
-    if isinstance(value, int) and value > 0:
-        return value
-    return 1  # LLAMA_POOLING_TYPE_MEAN
-
-
-class Embedder:
-    """Sentence vectors from a GGUF model through llama.cpp: one pooled, unit-length vector per text.
-
-    An embedding model's GGUF names its pooling (mean, CLS, last); a chat model has none and gets
-    the mean of its last hidden states. Texts longer than ``n_ctx`` tokens are cut there. Up to
-    ``n_seq`` texts go in one ``llama_decode``, each as a sequence of its own.
-    """
-
-    def __init__(self, path: Path, *, threads: int | None = None, gpu_layers: int = 0, n_ctx: int = 512, n_seq: int = 16) -> None:
-        self.path = Path(path)
-        self.model_name = self.path.name
-        self.n_ctx, self.n_seq = n_ctx, n_seq
-        self.model = LlamaModel(self.path, gpu_layers=gpu_layers)
-        try:
-            self.context = LlamaContext(
-                self.model,
-                n_ctx=n_ctx * n_seq,
-                n_batch=n_ctx * n_seq,
-                n_seq=n_seq,
-                threads=threads or default_threads(),
-                flash_attn=False,
-                unified=True,  # one cache for all: a batch is never split by sequence, so each pools whole
-                pooling=_pooling_from(self.path),
-            )
-        except BaseException:
-            self.model.close()
-            raise
-        C = self.model._C
-        model = self.model._model
-        self.dimensions = int(C.llama_model_n_embd_out(model)) if hasattr(C, "llama_model_n_embd_out") else int(C.llama_model_n_embd(model))
-
-    def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        """One unit-length vector per text, in order."""
-        vectors: list[list[float]] = []
-        group: list[list[int]] = []
-        for text in texts:
-            tokens = self.model.tokenize(text, add_bos=True, special=False)[: self.n_ctx]
-            group.append(tokens or [self.model.bos if self.model.bos >= 0 else 0])
-            if len(group) == self.n_seq:
-                vectors += self._embed_group(group)
-                group = []
-        if group:
-            vectors += self._embed_group(group)
-        return vectors
-
-    def _embed_group(self, group: list[list[int]]) -> list[list[float]]:
-        context = self.context
-        context.clear()
-        n = 0
-        for seq, tokens in enumerate(group):
-            for pos, token in enumerate(tokens):
-                context.put(n, token, pos, seq, True)
-                n += 1
-        rc = context.submit(n)
-        if rc != 0:
-            raise EngineError(f"llama.cpp could not embed {len(group)} texts (llama_decode returned {rc})")
-        out = []
-        for seq in range(len(group)):
-            vector = context.pooled(seq, self.dimensions)
-            norm = math.sqrt(sum(x * x for x in vector)) or 1.0
-            out.append([x / norm for x in vector])
-        return out
-
-    def close(self) -> None:
-        self.context.close()
-        self.model.close()
