@@ -61,42 +61,34 @@ def matching_part(passage: Passage, question: str, limit: int, engine: Engine, n
     words, pieces = set(terms(question)), set(grams(question))
 
     def match(sentence: str) -> float:
-        overlap = len(words & set(terms(sentence)))
-        return overlap + len(pieces & set(grams(sentence))) / (len(pieces) or 1)
+        return len(words & set(terms(sentence))) + len(pieces & set(grams(sentence))) / (len(pieces) or 1)
+
+    def part(lo: int, hi: int) -> Passage:
+        text = " ".join(sentences[lo:hi])
+        # dots where sentences were left out, so the model does not take a part for the whole
+        return dataclasses.replace(passage, text=("… " if lo > 0 else "") + text + (" …" if hi < len(sentences) else ""))
+
+    def fits(candidate: Passage) -> bool:
+        return engine.tokenize_count(format_passage(number, candidate)) <= limit
 
     best = max(range(len(sentences)), key=lambda i: match(sentences[i]))
-
-    def cost(lo: int, hi: int) -> int:
-        text = " ".join(sentences[lo:hi])
-        return engine.tokenize_count(format_passage(number, dataclasses.replace(passage, text=_dots(text, lo, hi, len(sentences)))))
-
     lo, hi = best, best + 1
-    if cost(lo, hi) > limit:
-        words_of = sentences[best].split()
-        keep = len(words_of)
-        while keep > 1 and cost_text(engine, passage, number, " ".join(words_of[:keep]) + " …") > limit:
-            keep = max(1, keep * 3 // 4)
-        text = " ".join(words_of[:keep]) + " …"
-        if cost_text(engine, passage, number, text) > limit:
-            return None
-        return dataclasses.replace(passage, text=("… " if best else "") + text)
+    if not fits(part(lo, hi)):
+        head = sentences[best].split()
+        while head:
+            candidate = dataclasses.replace(passage, text=("… " if best else "") + " ".join(head) + " …")
+            if fits(candidate):
+                return candidate
+            head = head[: len(head) * 3 // 4]
+        return None
     grew = True
     while grew:
         grew = False
-        if hi < len(sentences) and cost(lo, hi + 1) <= limit:
+        if hi < len(sentences) and fits(part(lo, hi + 1)):
             hi, grew = hi + 1, True
-        if lo > 0 and cost(lo - 1, hi) <= limit:
+        if lo > 0 and fits(part(lo - 1, hi)):
             lo, grew = lo - 1, True
-    return dataclasses.replace(passage, text=_dots(" ".join(sentences[lo:hi]), lo, hi, len(sentences)))
-
-
-def cost_text(engine: Engine, passage: Passage, number: int, text: str) -> int:
-    return engine.tokenize_count(format_passage(number, dataclasses.replace(passage, text=text)))
-
-
-def _dots(text: str, lo: int, hi: int, n: int) -> str:
-    """Mark where sentences were left out, so the model does not take a part for the whole."""
-    return ("… " if lo > 0 else "") + text + (" …" if hi < n else "")
+    return part(lo, hi)
 
 
 def ground(

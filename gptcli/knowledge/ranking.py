@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import unicodedata
@@ -43,37 +44,46 @@ def terms(text: str) -> list[str]:
     """Search terms: lower-cased words without stop words, lightly stemmed; CJK as character bigrams."""
     out: list[str] = []
     for word in _WORD.findall(text.lower()):
-        if _CJK.search(word):
-            for part in re.split(f"({_CJK.pattern})", word):
-                if not part:
-                    continue
-                if _CJK.fullmatch(part):
-                    out.extend(part if len(part) == 1 else [part[i : i + 2] for i in range(len(part) - 1)])
-                elif part not in _STOPWORDS:
-                    out.append(_stem(part))
-        elif word not in _STOPWORDS:
-            out.append(_stem(word))
+        out.extend(_word_terms(word))
     return out
 
 
-def _fold(word: str) -> str:
-    """Lower case without accents, so 'détartrer' and 'detartrer' share their n-grams."""
-    return "".join(c for c in unicodedata.normalize("NFKD", word.lower()) if not unicodedata.combining(c))
+@functools.lru_cache(maxsize=65536)
+def _word_terms(word: str) -> tuple[str, ...]:
+    """The terms of one lower-cased word (cached: a knowledge base repeats its words a lot)."""
+    if _CJK.search(word):
+        out: list[str] = []
+        for part in re.split(f"({_CJK.pattern})", word):
+            if not part:
+                continue
+            if _CJK.fullmatch(part):
+                out.extend(part if len(part) == 1 else [part[i : i + 2] for i in range(len(part) - 1)])
+            elif part not in _STOPWORDS:
+                out.append(_stem(part))
+        return tuple(out)
+    return () if word in _STOPWORDS else (_stem(word),)
 
 
 def grams(text: str) -> list[str]:
     """Character n-grams of each word, with its edges marked: a misspelt word still shares most of them."""
     out: list[str] = []
     for word in _WORD.findall(text):
-        word = _fold(word)
-        if word in _STOPWORDS or _CJK.search(word):
-            continue  # CJK is already indexed by character pairs in terms()
-        padded = f"<{word}>"
-        if len(padded) <= GRAM:
-            out.append(padded)
-        else:
-            out.extend(padded[i : i + GRAM] for i in range(len(padded) - GRAM + 1))
+        out.extend(_word_grams(word))
     return out
+
+
+@functools.lru_cache(maxsize=65536)
+def _word_grams(word: str) -> tuple[str, ...]:
+    # lower case without accents, so 'détartrer' and 'detartrer' share their n-grams
+    word = word.lower()
+    if not word.isascii():
+        word = "".join(c for c in unicodedata.normalize("NFKD", word) if not unicodedata.combining(c))
+    if word in _STOPWORDS or _CJK.search(word):
+        return ()  # CJK is already indexed by character pairs in terms()
+    padded = f"<{word}>"
+    if len(padded) <= GRAM:
+        return (padded,)
+    return tuple(padded[i : i + GRAM] for i in range(len(padded) - GRAM + 1))
 
 
 class BM25:
