@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gptcli import knowledge  # noqa: E402
-from gptcli.knowledge.dense import StaticEmbedder, embed_array, open_embedder  # noqa: E402
+from gptcli.knowledge.dense import StaticEmbedder, embed_array, open_embedder, query_embedder  # noqa: E402
 from gptcli.knowledge.index import VectorIndex  # noqa: E402
-from gptcli.knowledge.ranking import Ranker  # noqa: E402
+from gptcli.knowledge.ranking import DENSE_WEIGHTS, Ranker  # noqa: E402
 
 DATA = ROOT / "benchmarks" / "data"
 KB = DATA / "support_kb.md"
@@ -115,7 +115,7 @@ def timings(embedder, folder: Path) -> dict[str, float]:
         files = knowledge.load_files(paths)
         vectors = VectorIndex(embedder, root=cache).vectors(files)
         passages = [p for f in files for p in f.passages]
-        ranker = Ranker(passages, vectors, lambda q: embed_array(embedder, [q])[0])
+        ranker = Ranker(passages, vectors, query_embedder(embedder, passages), weights=DENSE_WEIGHTS)
         ranker.rank("I ordered a blender online last week and I want to send it back. How?")
         out[label] = time.perf_counter() - start
         out["passages"] = len(passages)
@@ -160,8 +160,14 @@ def main() -> None:
         lookup = {t: qv[i] for i, t in enumerate(texts)}
         query = (lambda e, lk: lambda q: lk[q] if q in lk else embed_array(e, [q])[0])(embedder, lookup)
         rows[f"dense {name}"] = evaluate(Ranker(passages, vectors, query, signals=("dense",)), questions)
+        if embedder is static:
+            query = query_embedder(static, passages)
+            rows[f"dense {name}, IDF-weighted question"] = evaluate(Ranker(passages, vectors, query, signals=("dense",)), questions)
         rows[f"fusion BM25 + dense {name}"] = evaluate(Ranker(passages, vectors, query, signals=("bm25", "dense")), questions)
-        rows[f"fusion BM25 + 4-grams + dense {name}"] = evaluate(Ranker(passages, vectors, query), questions)
+        rows[f"fusion BM25 + 4-grams + dense {name}, equal weights"] = evaluate(Ranker(passages, vectors, query), questions)
+        rows[f"fusion BM25 + 4-grams + dense {name}, dense x3"] = evaluate(
+            Ranker(passages, vectors, query, weights=DENSE_WEIGHTS), questions
+        )
         rows[f"embed {name}: seconds for {len(passages)} passages"] = {"seconds": seconds}
 
     if args.expand:
@@ -169,8 +175,8 @@ def main() -> None:
         rows["BM25 on expanded query"] = evaluate(Ranker(passages, signals=("bm25",)), questions, texts)
         rows["BM25 + 4-grams on expanded query"] = evaluate(Ranker(passages, signals=("bm25", "grams")), questions, texts)
         _, vectors, _ = dense["static (wordllama)"]
-        rows["fusion all + static on expanded query"] = evaluate(
-            Ranker(passages, vectors, lambda q: embed_array(static, [q])[0]), questions, texts
+        rows["default fusion on expanded query"] = evaluate(
+            Ranker(passages, vectors, query_embedder(static, passages), weights=DENSE_WEIGHTS), questions, texts
         )
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -182,7 +188,7 @@ def main() -> None:
             print(f"{name:52} top-1 {row['top1']:4.0%}  top-3 {row['top3']:4.0%}  top-4 {row['top4']:4.0%}   [{kinds}]")
         else:
             print(f"{name:52} {row}")
-    default = rows["fusion BM25 + 4-grams + dense static (wordllama)"]
+    default = rows["fusion BM25 + 4-grams + dense static (wordllama), dense x3"]
     print("default recall at k:", " ".join(f"{k}:{v:.0%}" for k, v in default["recall"].items()))
     print("default misses (top 3):", *default["misses_top3"], sep="\n  ")
     if args.json:

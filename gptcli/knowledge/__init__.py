@@ -16,7 +16,7 @@ from gptcli.knowledge.grounding import (
     sources_report,
 )
 from gptcli.knowledge.passages import KbFile, Passage, kb_files, load_files, load_passages, split_passages
-from gptcli.knowledge.ranking import BM25, SIGNALS, Ranker, ScoredPassage, grams, rank, terms
+from gptcli.knowledge.ranking import BM25, DENSE_WEIGHTS, SIGNALS, Ranker, ScoredPassage, grams, rank, terms
 
 if TYPE_CHECKING:
     from gptcli.config import Settings
@@ -35,11 +35,11 @@ def build_ranker(
     passages = [p for f in files for p in f.passages]
     if embedder is None:
         return Ranker(passages)
-    from gptcli.knowledge.dense import embed_array
+    from gptcli.knowledge.dense import query_embedder
     from gptcli.knowledge.index import VectorIndex
 
     vectors = VectorIndex(embedder, notice=notice).vectors(files)
-    return Ranker(passages, vectors, lambda q: embed_array(embedder, [q])[0])
+    return Ranker(passages, vectors, query_embedder(embedder, passages), weights=DENSE_WEIGHTS)
 
 
 def close_embedder(embedder: Embedding | None) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -12,6 +12,7 @@ import numpy as np
 
 from gptcli.engines import Embedding
 from gptcli.errors import ModelError
+from gptcli.knowledge.passages import Passage
 
 if TYPE_CHECKING:
     from gptcli.config import Settings
@@ -57,6 +58,34 @@ class StaticEmbedder:
     def embed_array(self, texts: Sequence[str]) -> np.ndarray:
         return np.asarray(self._model.embed(list(texts), norm=True), dtype=np.float32)
 
+    def _ids(self, texts: Sequence[str]) -> list[list[int]]:
+        encoded = self._model.tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        return [[t for t, keep in zip(e.ids, e.attention_mask) if keep] for e in encoded]
+
+    def query_weights(self, texts: Sequence[str]) -> np.ndarray:
+        """A weight per token for questions about ``texts``: its inverse document frequency among them.
+
+        A plain average of word vectors is dominated by the words every passage of a product shares
+        ("blender" in the question pulls all six blender passages up, whatever is asked about it);
+        weighting the question's tokens by how rare they are in the knowledge base lets "send it
+        back" count. Only the question is weighted, so passage vectors stay per file and cacheable.
+        benchmarks/retrieval.py: top-3 of the vectors alone 62% -> 71%.
+        """
+        df = np.zeros(self._model.embedding.shape[0], dtype=np.float32)
+        for ids in self._ids(texts):
+            df[list(set(ids))] += 1
+        n = max(1, len(texts))
+        return np.maximum(np.log((n + 1) / (df + 0.5)), 0.05).astype(np.float32)
+
+    def embed_query(self, text: str, weights: np.ndarray) -> np.ndarray:
+        """The question's vector: its token vectors averaged with ``weights`` (see :meth:`query_weights`), unit length."""
+        ids = self._ids([text])[0]
+        if not ids:
+            return self.embed_array([text])[0]
+        vector = (self._model.embedding[ids] * weights[ids][:, None]).sum(axis=0)
+        norm = float(np.linalg.norm(vector))
+        return (vector / norm if norm else vector).astype(np.float32)
+
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """One unit-length vector per text, in order."""
         return self.embed_array(texts).tolist()
@@ -94,6 +123,16 @@ def embed_array(embedder: Embedding, texts: Sequence[str]) -> np.ndarray:
     rows = np.asarray(embedder.embed(list(texts)), dtype=np.float32)
     norms = np.linalg.norm(rows, axis=1, keepdims=True) if rows.size else rows
     return rows / np.where(norms == 0, 1, norms) if rows.size else rows.reshape(0, 0)
+
+
+def query_embedder(embedder: Embedding, passages: Sequence[Passage]) -> Callable[[str], np.ndarray]:
+    """question -> vector: IDF-weighted over the knowledge base for the static vectors, the model's own otherwise."""
+    if isinstance(embedder, StaticEmbedder):
+        from gptcli.knowledge.index import embedded_text
+
+        weights = embedder.query_weights([embedded_text(p.title, p.text) for p in passages])
+        return lambda question: embedder.embed_query(question, weights)
+    return lambda question: embed_array(embedder, [question])[0]
 
 
 def model_key(embedder: Embedding) -> str:
