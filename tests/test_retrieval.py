@@ -129,14 +129,14 @@ def test_a_changed_file_is_embedded_again_and_its_old_entry_removed(tmp_path, st
     path = write_kb(tmp_path / "kb")
     index = VectorIndex(Counting(static))
     index.vectors(knowledge.load_files([str(path)]))
-    old_entries = set(index.folder.glob("*.npy"))
+    old_entries = set(index.folder.glob("*.npz"))
     path.write_text(KB + "\n## Gift cards\n\nGift cards are valid for 2 years.\n", encoding="utf-8")
     files = knowledge.load_files([str(path)])
     counting = Counting(static)
     changed = VectorIndex(counting)
     vectors = changed.vectors(files)
     assert counting.texts == len(files[0].passages) and vectors.shape[0] == len(files[0].passages)
-    assert not old_entries & set(changed.folder.glob("*.npy"))  # the stale entry is gone
+    assert not old_entries & set(changed.folder.glob("*.npz"))  # the stale entry is gone
 
 
 def test_a_deleted_file_leaves_the_index_and_the_ranking(tmp_path, static):
@@ -145,12 +145,12 @@ def test_a_deleted_file_leaves_the_index_and_the_ranking(tmp_path, static):
     extra = write_kb(folder, "# Gift cards\n\nGift cards are valid for 2 years.\n", "gifts.md")
     index = VectorIndex(static)
     index.vectors(knowledge.load_files([str(folder)]))
-    assert len(list(index.folder.glob("*.npy"))) == 2
+    assert len(list(index.folder.glob("*.npz"))) == 2
     extra.unlink()
     files = knowledge.load_files([str(folder)])
     ranker = knowledge.build_ranker(files, static)
     assert not any("Gift" in sp.passage.title for sp in ranker.rank("gift card"))
-    assert len(list(index.folder.glob("*.npy"))) == 1
+    assert len(list(index.folder.glob("*.npz"))) == 1
 
 
 def test_a_corrupt_entry_is_rebuilt_with_a_notice_not_an_error(tmp_path, static):
@@ -181,7 +181,7 @@ def test_a_repeated_kb_is_read_once_and_the_same_content_shares_an_entry(tmp_pat
     assert index.stats.embedded == 2  # both embedded this time (one call) ...
     again = VectorIndex(counting)
     again.vectors(files)
-    assert again.stats.cached == 2 and len(list(again.folder.glob("*.npy"))) == 1  # ... one entry on disk
+    assert again.stats.cached == 2 and len(list(again.folder.glob("*.npz"))) == 1  # ... one entry on disk
 
 
 # ---------------------------------------------------------------- fitting
@@ -239,7 +239,7 @@ def test_sources_event_in_json_and_embed_model_none(cli, fake_engine, tmp_path):
 def test_the_index_lands_in_the_cache_folder(cli, fake_engine, tmp_path, isolated_home):
     kb = write_kb(tmp_path)
     assert cli(["support", "refund?", "--kb", str(kb)]).exit_code == 0
-    assert list((isolated_home / "cache" / "kb-index").glob("*/*.npy"))
+    assert list((isolated_home / "cache" / "kb-index").glob("*/*.npz"))
 
 
 @pytest.mark.parametrize(

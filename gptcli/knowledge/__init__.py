@@ -38,8 +38,9 @@ def build_ranker(
     from gptcli.knowledge.dense import query_embedder
     from gptcli.knowledge.index import VectorIndex
 
-    vectors = VectorIndex(embedder, notice=notice).vectors(files)
-    return Ranker(passages, vectors, query_embedder(embedder, passages), weights=DENSE_WEIGHTS)
+    index = VectorIndex(embedder, notice=notice)
+    vectors = index.vectors(files)
+    return Ranker(passages, vectors, query_embedder(embedder, index.token_df, len(passages)), weights=DENSE_WEIGHTS)
 
 
 def close_embedder(embedder: Embedding | None) -> None:

@@ -12,7 +12,6 @@ import numpy as np
 
 from gptcli.engines import Embedding
 from gptcli.errors import ModelError
-from gptcli.knowledge.passages import Passage
 
 if TYPE_CHECKING:
     from gptcli.config import Settings
@@ -62,8 +61,20 @@ class StaticEmbedder:
         encoded = self._model.tokenizer.encode_batch(list(texts), add_special_tokens=False)
         return [[t for t, keep in zip(e.ids, e.attention_mask) if keep] for e in encoded]
 
-    def query_weights(self, texts: Sequence[str]) -> np.ndarray:
-        """A weight per token for questions about ``texts``: its inverse document frequency among them.
+    @property
+    def vocabulary(self) -> int:
+        return int(self._model.embedding.shape[0])
+
+    def token_df(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """In how many of ``texts`` each token occurs: (token ids, counts), for :meth:`query_weights`."""
+        df = np.zeros(self.vocabulary, dtype=np.float32)
+        for ids in self._ids(texts):
+            df[list(set(ids))] += 1
+        present = np.nonzero(df)[0]
+        return present.astype(np.int32), df[present]
+
+    def query_weights(self, df: np.ndarray, passages: int) -> np.ndarray:
+        """A weight per token for questions: its inverse document frequency in the knowledge base.
 
         A plain average of word vectors is dominated by the words every passage of a product shares
         ("blender" in the question pulls all six blender passages up, whatever is asked about it);
@@ -71,10 +82,7 @@ class StaticEmbedder:
         back" count. Only the question is weighted, so passage vectors stay per file and cacheable.
         benchmarks/retrieval.py: top-3 of the vectors alone 62% -> 71%.
         """
-        df = np.zeros(self._model.embedding.shape[0], dtype=np.float32)
-        for ids in self._ids(texts):
-            df[list(set(ids))] += 1
-        n = max(1, len(texts))
+        n = max(1, passages)
         return np.maximum(np.log((n + 1) / (df + 0.5)), 0.05).astype(np.float32)
 
     def embed_query(self, text: str, weights: np.ndarray) -> np.ndarray:
@@ -125,14 +133,17 @@ def embed_array(embedder: Embedding, texts: Sequence[str]) -> np.ndarray:
     return rows / np.where(norms == 0, 1, norms) if rows.size else rows.reshape(0, 0)
 
 
-def query_embedder(embedder: Embedding, passages: Sequence[Passage]) -> Callable[[str], np.ndarray]:
-    """question -> vector: IDF-weighted over the knowledge base for the static vectors, the model's own otherwise."""
-    if isinstance(embedder, StaticEmbedder):
-        from gptcli.knowledge.index import embedded_text
-
-        weights = embedder.query_weights([embedded_text(p.title, p.text) for p in passages])
+def query_embedder(embedder: Embedding, df: np.ndarray | None, passages: int) -> Callable[[str], np.ndarray]:
+    """question -> vector: weighted by the tokens' rarity (``df``) for the static vectors, the model's own otherwise."""
+    if isinstance(embedder, StaticEmbedder) and df is not None:
+        weights = embedder.query_weights(df, passages)
         return lambda question: embedder.embed_query(question, weights)
     return lambda question: embed_array(embedder, [question])[0]
+
+
+def embedded_text(title: str, text: str) -> str:
+    """What a passage's vector is computed from: its heading path (a strong hint of its topic) and its text."""
+    return f"{title}\n{text}" if title else text
 
 
 def model_key(embedder: Embedding) -> str:

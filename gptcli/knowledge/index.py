@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from gptcli.engines import Embedding
-from gptcli.knowledge.dense import embed_array, model_key
+from gptcli.knowledge.dense import StaticEmbedder, embed_array, embedded_text, model_key
 from gptcli.knowledge.passages import PASSAGE_CHARS, KbFile
 
 INDEX_VERSION = 1  # bump when passage splitting or what is embedded changes: old entries are then unused
@@ -25,11 +25,6 @@ def index_root() -> Path:
     from gptcli.config import cache_dir
 
     return cache_dir() / "kb-index"
-
-
-def embedded_text(title: str, text: str) -> str:
-    """What a passage's vector is computed from: its heading path (a strong hint of its topic) and its text."""
-    return f"{title}\n{text}" if title else text
 
 
 @dataclass
@@ -56,33 +51,39 @@ class VectorIndex:
         self.folder = (root or index_root()) / model_key(embedder)
         self.notice = notice
         self.stats = IndexStats()
+        self.token_df: np.ndarray | None = None  # static vectors only: in how many passages each token is
 
     def entry(self, kb_file: KbFile, max_chars: int = PASSAGE_CHARS) -> Path:
         key = hashlib.sha256(f"{INDEX_VERSION}\0{max_chars}\0{kb_file.digest}".encode()).hexdigest()[:40]
-        return self.folder / f"{key}.npy"
+        return self.folder / f"{key}.npz"
 
-    def _read(self, path: Path, rows: int) -> np.ndarray | None:
+    def _read(self, path: Path, rows: int) -> dict[str, np.ndarray] | None:
+        data: dict[str, np.ndarray] | None
         try:
-            with open(path, "rb") as f:
-                vectors = np.load(f, allow_pickle=False)
+            with open(path, "rb") as f, np.load(f, allow_pickle=False) as archive:
+                data = {name: archive[name] for name in archive.files}
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, EOFError):
-            vectors = None
-        if vectors is not None and vectors.ndim == 2 and vectors.shape[0] == rows and np.isfinite(vectors).all():
-            return vectors.astype(np.float32, copy=False)
+        except Exception:  # noqa: BLE001 - whatever a damaged file raises (zip, numpy, OS), it is rebuilt
+            data = None
+        vectors = data.get("vectors") if data else None
+        valid = vectors is not None and vectors.ndim == 2 and vectors.shape[0] == rows and bool(np.isfinite(vectors).all())
+        if valid and isinstance(self.embedder, StaticEmbedder):
+            valid = "token_ids" in data and "token_df" in data  # type: ignore[operator]
+        if valid:
+            return data
         self.stats.corrupt += 1
         if self.notice:
             self.notice(f"the knowledge-base index entry {path.name} was unreadable: rebuilding it")
         return None
 
-    def _write(self, path: Path, vectors: np.ndarray) -> None:
+    def _write(self, path: Path, arrays: dict[str, np.ndarray]) -> None:
         try:
             self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".tmp-", suffix=".npy")
+            fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".tmp-", suffix=".npz")
             try:
                 with os.fdopen(fd, "wb") as f:
-                    np.save(f, vectors, allow_pickle=False)
+                    np.savez(f, **arrays)
                 os.replace(tmp, path)
             except BaseException:
                 with contextlib.suppress(OSError):
@@ -93,12 +94,15 @@ class VectorIndex:
                 self.notice(f"knowledge-base index not saved: {exc.strerror or exc}")
 
     def vectors(self, files: Sequence[KbFile], max_chars: int = PASSAGE_CHARS) -> np.ndarray:
-        """One unit-length row per passage of ``files``, in order: from the cache, or embedded and cached."""
-        found: dict[int, np.ndarray] = {}
+        """One unit-length row per passage of ``files``, in order: from the cache, or embedded and cached.
+
+        For the static vectors each entry also keeps its file's token document frequencies, summed
+        into ``token_df`` (what weights a question's tokens), so a cached file is not even tokenized.
+        """
+        found: dict[int, dict[str, np.ndarray]] = {}
         missing: list[int] = []
         for i, kb_file in enumerate(files):
             if not kb_file.passages:
-                found[i] = np.zeros((0, 0), dtype=np.float32)
                 continue
             cached = self._read(self.entry(kb_file, max_chars), len(kb_file.passages))
             if cached is None:
@@ -112,14 +116,21 @@ class VectorIndex:
             start = 0
             for i in missing:
                 n = len(files[i].passages)
-                found[i] = rows[start : start + n]
+                found[i] = {"vectors": rows[start : start + n]}
+                if isinstance(self.embedder, StaticEmbedder):
+                    ids, df = self.embedder.token_df(texts[start : start + n])
+                    found[i].update(token_ids=ids, token_df=df)
                 start += n
                 self._write(self.entry(files[i], max_chars), found[i])
             self.stats.embedded += len(missing)
             self.stats.passages_embedded += len(texts)
         self._update_manifest(files, max_chars)
-        parts = [found[i] for i in range(len(files)) if files[i].passages]
-        return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
+        if isinstance(self.embedder, StaticEmbedder):
+            self.token_df = np.zeros(self.embedder.vocabulary, dtype=np.float32)
+            for data in found.values():
+                np.add.at(self.token_df, data["token_ids"].astype(np.int64), data["token_df"])
+        parts = [found[i]["vectors"] for i in range(len(files)) if i in found]
+        return np.concatenate(parts).astype(np.float32, copy=False) if parts else np.zeros((0, 0), dtype=np.float32)
 
     def _update_manifest(self, files: Sequence[KbFile], max_chars: int) -> None:
         """Remember each path's entry; drop the entries of files that changed or no longer exist."""
@@ -139,7 +150,7 @@ class VectorIndex:
                 del manifest[name]
         live = set(manifest.values())
         for name, entry in before.items():
-            if entry not in live and isinstance(entry, str) and entry.endswith(".npy") and "/" not in entry:
+            if entry not in live and isinstance(entry, str) and entry.endswith(".npz") and "/" not in entry:
                 with contextlib.suppress(OSError):
                     (self.folder / entry).unlink()
                     self.stats.removed.append(name)
