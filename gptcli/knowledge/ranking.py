@@ -21,8 +21,8 @@ _STOPWORDS = frozenset(
     into is it its me my of on or our so than that the their them then there these they this to us was
     we were what when where which who why will with would you your yours""".split()
 )
-GRAM = 4  # character n-gram length: measured on benchmarks/data (3 matched too much, 5 too little of a typo)
-RRF_K = 60  # reciprocal-rank fusion constant (Cormack et al.); 20 to 100 ranked the same on the benchmark
+GRAM = 4  # character n-gram length; on benchmarks/retrieval.py 3, 4 and 5 were within a question of each other
+RRF_K = 60  # reciprocal-rank fusion constant (Cormack et al. 2009); 20 and 100 were within a question of it
 
 
 def _stem(word: str) -> str:
@@ -140,9 +140,10 @@ def _ranks(scores: Sequence[float], positive_only: bool) -> list[int | None]:
 
 SIGNALS = ("bm25", "grams", "dense")
 # Each signal's weight in the fusion. The vectors count three times each lexical signal: on
-# benchmarks/retrieval.py's 48 questions this gave top-3 67% against 62% for equal weights (the
-# vectors alone: 71%, but they lose French questions the character n-grams catch). Measured on
-# the same questions it is reported on, and a few questions apart: see benchmarks/README.md.
+# benchmarks/retrieval.py's 48 questions this gave top-3 67% against 62% with equal weights (the
+# vectors alone: 71%, but they miss the French questions that the character n-grams catch).
+# Chosen on the same questions it is reported on, and 5 points is 2 or 3 questions: see
+# benchmarks/README.md.
 DENSE_WEIGHTS = {"bm25": 1.0, "grams": 1.0, "dense": 3.0}
 
 
