@@ -26,10 +26,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gptcli import knowledge  # noqa: E402
-from gptcli.knowledge.dense import StaticEmbedder, embed_array, open_embedder, query_embedder  # noqa: E402
-from gptcli.knowledge.index import VectorIndex  # noqa: E402
-from gptcli.knowledge.ranking import DENSE_WEIGHTS, Ranker  # noqa: E402
+from gptcli import knowledge
+from gptcli.knowledge.dense import (
+    StaticEmbedder,
+    embed_array,
+    open_embedder,
+    query_embedder,
+)
+from gptcli.knowledge.index import VectorIndex
+from gptcli.knowledge.ranking import DENSE_WEIGHTS, Ranker
 
 DATA = ROOT / "benchmarks" / "data"
 KB = DATA / "support_kb.md"
@@ -39,6 +44,10 @@ EXPAND_PROMPT = (
     "Fix spelling, translate it to English if needed, and add two or three synonyms of its key words. "
     "Write only the query.\n\nMessage: {q}\n\nQuery:"
 )
+
+
+def _cached_query(embedder, lookup: dict[str, np.ndarray]):
+    return lambda q: lookup[q] if q in lookup else embed_array(embedder, [q])[0]
 
 
 def load_questions() -> list[dict[str, str]]:
@@ -164,7 +173,7 @@ def main() -> None:
             qv = embed_array(embedder, texts)
             np.save(saved, qv)
         lookup = {t: qv[i] for i, t in enumerate(texts)}
-        query = (lambda e, lk: lambda q: lk[q] if q in lk else embed_array(e, [q])[0])(embedder, lookup)
+        query = _cached_query(embedder, lookup)
         rows[f"dense {name}"] = evaluate(Ranker(passages, vectors, query, signals=("dense",)), questions)
         if embedder is static:
             query = static_query = query_embedder(static, index.token_df, len(passages))

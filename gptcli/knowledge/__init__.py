@@ -15,8 +15,24 @@ from gptcli.knowledge.grounding import (
     reply_reserve,
     sources_report,
 )
-from gptcli.knowledge.passages import KbFile, Passage, kb_files, load_files, load_passages, split_passages
-from gptcli.knowledge.ranking import BM25, DENSE_WEIGHTS, SIGNALS, Ranker, ScoredPassage, grams, rank, terms
+from gptcli.knowledge.passages import (
+    KbFile,
+    Passage,
+    kb_files,
+    load_files,
+    load_passages,
+    split_passages,
+)
+from gptcli.knowledge.ranking import (
+    BM25,
+    DENSE_WEIGHTS,
+    SIGNALS,
+    Ranker,
+    ScoredPassage,
+    grams,
+    rank,
+    terms,
+)
 
 if TYPE_CHECKING:
     from gptcli.config import Settings

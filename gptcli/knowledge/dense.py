@@ -113,17 +113,6 @@ def close_embedder(embedder: Embedding | None) -> None:
         embedder.close()
 
 
-@runtime_checkable
-class Closable(Protocol):
-    def close(self) -> None: ...
-
-
-def close_embedder(embedder: Embedding | None) -> None:
-    """Free an embedder's model (a GGUF's weights and context); nothing for one that holds none."""
-    if isinstance(embedder, Closable):
-        embedder.close()
-
-
 def embed_array(embedder: Embedding, texts: Sequence[str]) -> np.ndarray:
     """The vectors of ``texts`` as a float32 matrix (one unit-length row each)."""
     if isinstance(embedder, StaticEmbedder):

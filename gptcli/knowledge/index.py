@@ -68,9 +68,9 @@ class VectorIndex:
             data = None
         vectors = data.get("vectors") if data else None
         valid = vectors is not None and vectors.ndim == 2 and vectors.shape[0] == rows and bool(np.isfinite(vectors).all())
-        if valid and isinstance(self.embedder, StaticEmbedder):
-            valid = "token_ids" in data and "token_df" in data  # type: ignore[operator]
-        if valid:
+        if valid and data is not None and isinstance(self.embedder, StaticEmbedder):
+            valid = "token_ids" in data and "token_df" in data
+        if valid and data is not None:
             return data
         self.stats.corrupt += 1
         if self.notice:

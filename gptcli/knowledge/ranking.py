@@ -7,7 +7,7 @@ import math
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -158,7 +158,7 @@ class Ranker:
 
     passages: Sequence[Passage]
     vectors: np.ndarray | None = None
-    embed: object | None = None  # Callable[[str], np.ndarray]
+    embed: Callable[[str], np.ndarray] | None = None
     signals: tuple[str, ...] = SIGNALS
     weights: dict[str, float] = field(default_factory=dict)
 
@@ -180,9 +180,9 @@ class Ranker:
             grams_ranks = _ranks(self.chars.scores(grams(question)), positive_only=True)
         dense_ranks: list[int | None] = [None] * n
         similarity: list[float | None] = [None] * n
-        if self.dense:
-            query = np.asarray(self.embed(question), dtype=np.float32)  # type: ignore[operator]
-            sims = (self.vectors @ query).tolist()  # type: ignore[union-attr]
+        if self.dense and self.embed is not None and self.vectors is not None:
+            query = np.asarray(self.embed(question), dtype=np.float32)
+            sims = (self.vectors @ query).tolist()
             dense_ranks, similarity = _ranks(sims, positive_only=False), sims
         used = {
             "bm25": bm25_ranks if "bm25" in self.signals else None,
