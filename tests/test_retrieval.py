@@ -259,10 +259,14 @@ def test_bad_kb_inputs_give_one_clear_line(cli, fake_engine, tmp_path, make, mes
     assert "Traceback" not in result.stderr and fake_engine.calls == []
 
 
-def test_an_unknown_embed_model_is_one_clear_line(cli, fake_engine, tmp_path):
+def test_an_unknown_embed_model_is_one_clear_line_before_any_model_loads(cli, fake_engine, tmp_path, monkeypatch):
+    from gptcli.engines import choose
+
+    opened: list[object] = []
+    monkeypatch.setattr(choose, "open_engine", lambda *a, **k: opened.append(a) or fake_engine)
     result = cli(["support", "hi", "--kb", str(write_kb(tmp_path)), "--embed-model", "no-such-model"])
     assert result.exit_code == 1 and result.stderr.startswith("error: ") and "no-such-model" in result.stderr
-    assert result.stderr.count("\n") == 1
+    assert result.stderr.count("\n") == 1 and opened == []
 
 
 # ---------------------------------------------------------------- the real model

@@ -90,6 +90,9 @@ def support(
     if kb and any(pair.partition("=")[0].strip() == "knowledge" for pair in var or []):
         raise UsageError("give the knowledge with --kb or -v knowledge=..., not both")
     files = knowledge.load_files(kb) if kb else []
+    embed_spec = embed_model or gen.settings(st.settings).embed_model
+    if files:
+        knowledge.check_embed_model(embed_spec)  # a misspelt --embed-model fails before the chat model loads
 
     def build(tmpl: Template, text: str, values: dict[str, str], engine: Engine, sampling: Sampling) -> list[Message]:
         if not files:
@@ -97,7 +100,7 @@ def support(
         if tmpl.variable("knowledge") is None:
             raise TemplateError(f"template '{tmpl.name}' has no 'knowledge' variable to hold the --kb passages")
         settings = gen.settings(st.settings)
-        embedder = knowledge.open_embedder(embed_model or settings.embed_model, settings)
+        embedder = knowledge.open_embedder(embed_spec, settings)
         try:
             ranker = knowledge.build_ranker(files, embedder, notice=st.env.notice)
             reserve = knowledge.reply_reserve(engine.context_length, sampling.max_tokens)

@@ -66,6 +66,13 @@ def close_embedder(embedder: Embedding | None) -> None:
     _close(embedder)
 
 
+def check_embed_model(spec: str | None) -> None:
+    """Fail before any model loads if ``spec`` names no model."""
+    from gptcli.knowledge.dense import check_embed_model as _check
+
+    _check(spec)
+
+
 def open_embedder(spec: str | None, settings: Settings | None = None) -> Embedding | None:
     """See :func:`gptcli.knowledge.dense.open_embedder` (imported lazily: it loads numpy and wordllama)."""
     from gptcli.knowledge.dense import open_embedder as _open
@@ -84,6 +91,7 @@ __all__ = [
     "Ranker",
     "ScoredPassage",
     "build_ranker",
+    "check_embed_model",
     "close_embedder",
     "format_passage",
     "grams",

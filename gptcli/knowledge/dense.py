@@ -151,6 +151,15 @@ def model_key(embedder: Embedding) -> str:
     return f"{slug}-{hashlib.sha256(ident.encode()).hexdigest()[:12]}"
 
 
+def check_embed_model(spec: str | None) -> None:
+    """Fail before any model loads if ``spec`` names no model (a typo in ``--embed-model``)."""
+    name = (spec or STATIC).strip()
+    if name.lower() not in (STATIC, NONE):
+        from gptcli.models import resolve_model
+
+        resolve_model(name)
+
+
 def open_embedder(spec: str | None, settings: Settings | None = None) -> Embedding | None:
     """The dense signal named by ``--embed-model``/``embed_model``: None or 'static' is the default, 'none' is
     BM25 alone, anything else is a model (alias, REPO[:FILE] pulled, GGUF path) loaded in embedding mode.
