@@ -48,6 +48,17 @@ def data_dir() -> Path:
     return Path(platformdirs.user_data_dir(APP_NAME))
 
 
+def cache_dir() -> Path:
+    """The user's cache folder (knowledge-base indexes): ``GPTCLI_CACHE_DIR``, else ``cache`` under ``GPTCLI_HOME``."""
+    if env := os.environ.get("GPTCLI_CACHE_DIR"):
+        return Path(env).expanduser()
+    if env := os.environ.get("GPTCLI_HOME"):
+        return Path(env).expanduser() / "cache"
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir(APP_NAME))
+
+
 def ensure_private_dir(path: Path) -> Path:
     """Create ``path`` (mode 0700) if missing and return it."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -173,6 +184,7 @@ KEYS: dict[str, Key] = {
         Key("color", _choice("auto", "always", "never"), "auto", "Colour output: auto, always or never.", str),
         Key("flash_attn", _boolean, None, "Flash attention in llama.cpp; default: on with GPU layers, off on the CPU (slower there on long contexts).", bool),
         Key("batch_size", _positive_int, 512, "Prompt-processing batch size (tokens).", int),
+        Key("embed_model", _string, None, "Vectors for `support --kb`: 'static' (default, built in), 'none' (BM25 only), or an embedding GGUF.", str),
         Key("kv_cache_mb", _non_negative_int, 512, "Disk kept for saved model states that make resuming a chat instant (MB; 0 = off).", int),
         Key("vi_mode", _boolean, False, "Vi key bindings at the chat prompt (Esc for normal mode).", bool),
         Key("max_input_mb", _positive_int, 64, "Largest input file or standard input read (MB); a larger one is an error.", int),

@@ -32,19 +32,28 @@ def _show_sources(st: AppState, gen: GenOptions, grounding: "Grounding") -> None
     records = knowledge.sources_report(grounding)
     if gen.json:
         JsonRenderer(st.env.stdout).emit(
-            {"type": "sources", "passages": records, "total_passages": grounding.total_passages, "ranked": grounding.ranked}
+            {
+                "type": "sources",
+                "passages": records,
+                "total_passages": grounding.total_passages,
+                "ranked": grounding.ranked,
+                "signals": list(grounding.signals),
+            }
         )
         return
-    if grounding.ranked:
-        head = f"sources: {len(records)} of {grounding.total_passages} passages, the most relevant that fit the context"
-    else:
-        head = f"sources: all {grounding.total_passages} passages (the knowledge base fits the context)"
-    lines = [head]
+    signals = " + ".join("BM25" if s == "bm25" else "4-grams" if s == "grams" else "dense" for s in grounding.signals)
+    lines = [f"sources: {len(records)} of {grounding.total_passages} passages, the most relevant by {signals}"]
     for record in records:
         title = f" ({record['title']})" if record["title"] else ""
-        lines.append(f"  [{record['number']}] {record['source']}:{record['line']}{title}  score {record['score']:.2f}")
+        ranks = "  ".join(
+            f"{label} " + (f"#{record[key]}" if record[key] is not None else "-")
+            for label, key, signal in (("bm25", "bm25_rank", "bm25"), ("dense", "dense_rank", "dense"))
+            if signal in grounding.signals
+        )
+        cut = "  (cut to the part that matches)" if record["cut"] else ""
+        lines.append(f"  [{record['number']}] {record['source']}:{record['line']}{title}  {ranks}{cut}")
     if not records:
-        lines.append("  (no passage shares a word with the question)")
+        lines.append("  (no passage matches the question)")
     st.env.stderr.write("\n".join(lines) + "\n")
     st.env.stderr.flush()
 
@@ -59,6 +68,10 @@ def support(
         typer.Option("--kb", "-k", help="Knowledge-base file or folder: FAQ, manual, notes (repeatable).", metavar="FILE"),
     ] = None,
     show_sources: Annotated[bool, typer.Option("--show-sources", help="List the knowledge-base passages used (stderr, or a JSON event with --json).")] = False,
+    embed_model: Annotated[
+        Optional[str],
+        typer.Option("--embed-model", help="Vectors for ranking: 'static' (built in), 'none' (BM25 only), or an embedding GGUF.", metavar="MODEL"),
+    ] = None,
     template: Annotated[Optional[str], typer.Option("--template", "-t", help="Template to use instead of 'support'.", autocompletion=_template_names)] = None,
     file: FileOption = None,
     var: Annotated[Optional[list[str]], typer.Option("--var", "-v", help="Template variable key=value: company, product, tone.", metavar="KEY=VALUE")] = None,
@@ -66,8 +79,8 @@ def support(
 ) -> None:
     """Reply to a customer from your knowledge base: polite, grounded, and honest when it does not know.
 
-    When the knowledge base is larger than the context window, the passages most relevant to the
-    question (BM25 ranking over sections and paragraphs) are the ones sent.
+    The knowledge base is split into sections and paragraphs, ranked against the question (BM25 and
+    word vectors, fused) and the best few that fit the context are sent; the reply cites them.
 
     Example: gptcli support "How do I get a refund?" --kb faq.md -v company=Acme --show-sources
     """
@@ -76,15 +89,24 @@ def support(
     st = state(ctx)
     if kb and any(pair.partition("=")[0].strip() == "knowledge" for pair in var or []):
         raise UsageError("give the knowledge with --kb or -v knowledge=..., not both")
-    passages = knowledge.load_passages(kb) if kb else []
+    files = knowledge.load_files(kb) if kb else []
+    embed_spec = embed_model or gen.settings(st.settings).embed_model
+    if files:
+        knowledge.check_embed_model(embed_spec)  # a misspelt --embed-model fails before the chat model loads
 
     def build(tmpl: Template, text: str, values: dict[str, str], engine: Engine, sampling: Sampling) -> list[Message]:
-        if not passages:
+        if not files:
             return tmpl.render(text, values)
         if tmpl.variable("knowledge") is None:
             raise TemplateError(f"template '{tmpl.name}' has no 'knowledge' variable to hold the --kb passages")
-        reserve = knowledge.reply_reserve(engine.context_length, sampling.max_tokens)
-        grounding = knowledge.ground(tmpl, text, values, passages, engine, reserve)
+        settings = gen.settings(st.settings)
+        embedder = knowledge.open_embedder(embed_spec, settings)
+        try:
+            ranker = knowledge.build_ranker(files, embedder, notice=st.env.notice)
+            reserve = knowledge.reply_reserve(engine.context_length, sampling.max_tokens)
+            grounding = knowledge.ground(tmpl, text, values, [], engine, reserve, ranker=ranker)
+        finally:
+            knowledge.close_embedder(embedder)  # its memory goes before the reply is generated
         if show_sources:
             _show_sources(st, gen, grounding)
         return grounding.messages

@@ -27,10 +27,11 @@ class Embedder:
 
     An embedding model's GGUF names its pooling (mean, CLS, last); a chat model has none and gets
     the mean of its last hidden states. Texts longer than ``n_ctx`` tokens are cut there. Up to
-    ``n_seq`` texts go in one ``llama_decode``, each as a sequence of its own.
+    ``n_seq`` texts go in one ``llama_decode``, each as a sequence of its own (llama.cpp's compute
+    buffer grows with ``n_ctx * n_seq``: 16 sequences of 512 reserved 1.6 GB for the 135M model).
     """
 
-    def __init__(self, path: Path, *, threads: int | None = None, gpu_layers: int = 0, n_ctx: int = 512, n_seq: int = 16) -> None:
+    def __init__(self, path: Path, *, threads: int | None = None, gpu_layers: int = 0, n_ctx: int = 512, n_seq: int = 4) -> None:
         self.path = Path(path)
         self.model_name = self.path.name
         self.n_ctx, self.n_seq = n_ctx, n_seq
