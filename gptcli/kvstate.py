@@ -124,6 +124,11 @@ def restore_session(settings: Any, session_id: Any, engine: Any, notice: Callabl
     return store.load(str(session_id), engine, notice)
 
 
+def forget_session(session_id: str) -> None:
+    """Delete the saved KV state of a conversation that was deleted (it is derived from its text)."""
+    KVStateStore().forget(str(session_id))
+
+
 def keep_session(settings: Any, session_id: Any, engine: Any, notice: Callable[[str], None]) -> None:
     """Save the engine's KV cache for ``session_id``; a failure costs only speed on the next resume."""
     store = store_for(settings, engine)

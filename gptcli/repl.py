@@ -577,8 +577,14 @@ class ChatSession:
             return
         from gptcli import kvstate
 
-        kvstate.keep_session(self.settings, self.session_id, self.engine, self.notice)
         self.state_unsaved = False
+        if self.store is not None and self.session_id is not None:
+            try:
+                self.store.find_session(str(self.session_id))
+            except GptcliError:  # deleted meanwhile (`history rm` elsewhere): nothing may stay of it
+                kvstate.forget_session(str(self.session_id))
+                return
+        kvstate.keep_session(self.settings, self.session_id, self.engine, self.notice)
 
     def cmd_new(self, command: Command) -> None:
         self.keep_state()

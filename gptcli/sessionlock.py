@@ -69,3 +69,26 @@ def release_all() -> None:
         _, handle = _held.popitem()
         with contextlib.suppress(OSError):
             handle.close()
+
+
+def forget(session_id: object) -> None:
+    """Remove the lock file of a deleted conversation (unless a chat still holds it)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        return
+    key = str(session_id)
+    held = _held.pop(key, None)
+    path = lock_folder() / f"{key}.lock"
+    try:
+        handle = held or open(path, "a+", encoding="utf-8")  # noqa: SIM115
+    except OSError:
+        return
+    try:
+        if held is None:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass  # another chat has it open: it stays until that chat ends
+    finally:
+        handle.close()

@@ -326,3 +326,17 @@ def test_saved_rows_are_plain_sqlite_anyone_can_read(cli, fake_engine):
     cli(["ask", "portable?"])
     rows = sqlite3.connect(default_store_path()).execute("SELECT role, content FROM messages ORDER BY id").fetchall()
     assert rows == [("user", "portable?"), ("assistant", "Hello from the fake engine.")]
+
+
+def test_history_rm_leaves_no_file_derived_from_the_conversation(run_gptcli, tiny_model, isolated_home):
+    # a chat on a local model saves its KV state (kv/) and holds a lock (locks/) named by the session
+    env = {"GPTCLI_MODEL": str(tiny_model)}
+    proc = run_gptcli("chat", "-n", "4", input="hello\n", env=env)
+    assert proc.returncode == 0, proc.stderr
+    listing = run_gptcli("history", "list", "--json")
+    session = json.loads(listing.stdout)[0]["id"]
+    derived = lambda: [p for p in isolated_home.rglob("*") if p.is_file() and session in p.name]  # noqa: E731
+    assert any(p.suffix == ".kv" for p in derived())  # what `chat -c` would restore
+    proc = run_gptcli("history", "rm", session, "--yes")
+    assert proc.returncode == 0, proc.stderr
+    assert derived() == []

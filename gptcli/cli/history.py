@@ -201,6 +201,10 @@ def remove(
             env.notice("kept: nothing deleted")
             raise typer.Exit(1)
         store.delete(info.id)
+    from gptcli import kvstate, sessionlock
+
+    kvstate.forget_session(info.id)  # the model state saved with it is derived from its text
+    sessionlock.forget(info.id)
     env.notice(f"deleted {info.id} ({info.title or 'untitled'})")
 
 
