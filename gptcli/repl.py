@@ -45,6 +45,7 @@ COMMANDS: dict[str, CommandSpec] = {
         CommandSpec("template", "NAME [KEY=VALUE...]", "Use a template's system prompt (with its variables)."),
         CommandSpec("model", "[NAME_OR_PATH]", "Switch to another model (no argument: show the current one)."),
         CommandSpec("set", "[KEY VALUE]", "Change a setting: temperature, top_p, top_k, min_p, repeat_penalty, max_tokens, seed, overflow."),
+        CommandSpec("schema", "[SCHEMA]", "Reply with JSON that follows SCHEMA (file, inline JSON, 'name, age int'); 'off' stops."),
         CommandSpec("tokens", "", "Show how the context window is used and the room left for the reply."),
         CommandSpec("stats", "", "Turn the status line after each reply on or off."),
         CommandSpec("save", "NAME", "Name this conversation, to resume it with `gptcli chat -s NAME`."),
@@ -189,6 +190,7 @@ class ChatSession:
         self.template_temperature: float | None = None
         self.last_interrupted = False
         self.state_unsaved = False  # a turn was added since the model state was last saved or loaded
+        self.structure: Any = None  # /schema: replies are JSON following it (a gptcli.schema.Structure)
 
     # ------------------------------------------------------------ output helpers
 
@@ -246,7 +248,10 @@ class ChatSession:
     # ------------------------------------------------------------ a turn
 
     def sampling(self) -> Sampling:
-        return sampling_from(self.settings, self.template_temperature)
+        sampling = sampling_from(self.settings, self.template_temperature)
+        if self.structure is not None:
+            sampling = self.structure.sampling(sampling, local=choose.engine_kind(self.settings) == "local")
+        return sampling
 
     def send(self, text: str, *, save: bool = True) -> Reply | None:
         """Fit the history, stream the reply, keep the turn. ``None`` when nothing was sent."""
@@ -265,7 +270,7 @@ class ChatSession:
             self.notice(fitted.notice)
         failed = False
         try:
-            reply = generate(self.engine, fitted.messages, sampling, self.env, self._output_mode())
+            reply = generate(self.engine, fitted.messages, sampling, self.env, self._output_mode(), self.structure)
         except GptcliError as exc:
             self.env.error(str(exc))
             partial: Reply | None = getattr(exc, "partial_reply", None)  # a remote server died mid-reply
@@ -516,6 +521,21 @@ class ChatSession:
             self.settings = dataclasses.replace(self.settings, values=values, sources=sources)
         shown_value = "random" if command.key == "seed" and command.value is None else command.value
         self.notice(f"{command.key} = {shown_value}")
+
+    def cmd_schema(self, command: Command) -> None:
+        from gptcli.schema import Structure, dump, parse_schema, schema_grammar
+
+        if not command.arg:
+            self.say(dump(self.structure.schema, pretty=True) if self.structure else "(no schema: replies are free text)")
+        elif command.arg.lower() in ("off", "none", "clear"):
+            self.structure = None
+            self.notice("schema off: replies are free text")
+        else:
+            structure = Structure(schema=parse_schema(command.arg))
+            if choose.engine_kind(self.settings) == "local":
+                schema_grammar(structure.schema or {})  # a schema the grammar cannot express fails now
+            self.structure = structure
+            self.notice("schema set: replies are JSON that follows it (/schema off stops)")
 
     def cmd_tokens(self, command: Command) -> None:
         budget = self.conversation.budget(self.engine, self.sampling().max_tokens)
@@ -874,6 +894,7 @@ class ChatRequest:
     template: str | None = None
     template_vars: tuple[str, ...] = ()  # key=value pairs for the template's variables
     system: str | None = None
+    schema: str | None = None  # --schema: replies are JSON following it
 
 
 def open_store(settings: Settings, env: Env) -> Any:
@@ -915,6 +936,8 @@ def run_chat(settings: Settings, env: Env, request: ChatRequest, mode: OutputMod
             chat.use_template(request.template, request.template_vars)
         if request.system:
             chat.set_system(request.system)
+        if request.schema:
+            chat.run_command(Command("schema", request.schema))
         if not interactive:
             return run_lines(chat, env.stdin)
         output = None
