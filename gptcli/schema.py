@@ -106,7 +106,7 @@ def parse_schema(spec: str, *, base: Path | None = None) -> dict[str, Any]:
     text = spec.strip()
     if not text:
         raise SchemaError("the schema is empty: give a JSON Schema, a file, or fields such as 'name, age int'")
-    if text.startswith("{"):
+    if text.startswith(("{", "[")):
         schema = _json_schema(text, "the inline schema")
     else:
         path = Path(text).expanduser()
