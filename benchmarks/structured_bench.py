@@ -10,7 +10,8 @@ Three measurements on the 50 customer messages of ``benchmarks/data/customer_mes
 2. Cost of the grammar: ``--speed`` messages generated one at a time on the plain local engine, with
    and without the grammar; generation tokens/s (first token excluded) summed over the runs, and
    the ratio. The grammar sampler is first in the chain, so it checks all 49,152 tokens of the
-   vocabulary at every step.
+   vocabulary at every step; the sampler chain alone is also timed (100 samples on one prompt's
+   logits, with and without the grammar), which load on the machine disturbs less.
 3. Batch mode: ``gptcli ask -t triage --each-line`` over all 50 messages (one process, one model
    load, the batched engine) against separate ``gptcli ask -t triage`` processes, one per message
    (``--processes`` of them, run one after another; the per-message time is scaled to 50 when
@@ -49,7 +50,7 @@ def main() -> None:
     parser.add_argument("--speed", type=int, default=10, help="messages for the tokens/s comparison")
     parser.add_argument("--processes", type=int, default=50, help="separate processes run (scaled to --messages)")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: validity,speed,batch")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: sampler,validity,speed,batch")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
 
@@ -87,6 +88,28 @@ def main() -> None:
         except Exception:
             return True, False
         return True, True
+
+    if "sampler" not in skip:
+        # the sampler chain alone, on the logits of one evaluated prompt: what the grammar adds per token
+        # (engine internals, read-only: the chain the engine builds, applied to its last logits)
+        for _ in engine.stream(prompt(messages_text[0]), Sampling(max_tokens=1, seed=1)):
+            pass
+        C = engine._llama_cpp
+        timings = {}
+        for label, sampling in (("grammar", constrained), ("free", free)):
+            calls = 0
+            spent = 0.0
+            for round_ in range(20):
+                chain = engine._make_sampler(sampling, round_)
+                started = time.perf_counter()
+                for _ in range(5):  # the grammar advances with each accepted token, as in a reply
+                    C.llama_sampler_sample(chain, engine._ctx, -1)
+                spent += time.perf_counter() - started
+                calls += 5
+                C.llama_sampler_free(chain)
+            timings[label] = spent / calls * 1000
+        results["sampler_ms"] = {k: round(v, 2) for k, v in timings.items()}
+        print(f"sampler per token: grammar {timings['grammar']:.1f} ms, free {timings['free']:.2f} ms", flush=True)
 
     if "validity" not in skip:
         for label, sampling in (("grammar", constrained), ("free", free)):
