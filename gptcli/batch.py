@@ -271,7 +271,14 @@ class _LineWriter:
 
 def _progress(env: Env, total: int) -> Any:
     """A Rich progress bar on stderr: on a terminal only (a log file gets no redraws), not with --quiet."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(
         TextColumn("{task.description}"),

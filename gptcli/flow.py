@@ -7,7 +7,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gptcli.engines import Engine, Message, Sampling
-from gptcli.render import Env, JsonValueRenderer, Renderer, Reply, make_renderer, render_stream, stats_line
+from gptcli.render import (
+    Env,
+    JsonValueRenderer,
+    Renderer,
+    Reply,
+    make_renderer,
+    render_stream,
+    stats_line,
+)
 
 if TYPE_CHECKING:
     from gptcli.schema import Structure

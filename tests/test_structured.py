@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -13,7 +12,14 @@ from pathlib import Path
 import pytest
 
 from gptcli.engines import Chunk, Message, Sampling, Usage
-from gptcli.schema import SchemaError, StructuredReplyError, check_reply, concise_schema, parse_schema, schema_grammar
+from gptcli.schema import (
+    SchemaError,
+    StructuredReplyError,
+    check_reply,
+    concise_schema,
+    parse_schema,
+    schema_grammar,
+)
 from tests.fakes import FakeEngine
 from tests.remote_fake_server import FakeOpenAIServer
 from tests.test_oneshot import terminal_screen
