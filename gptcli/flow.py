@@ -4,9 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from gptcli.engines import Engine, Message, Sampling
-from gptcli.render import Activity, Env, Reply, make_renderer, render_stream, stats_line
+from gptcli.render import (
+    Activity,
+    Env,
+    JsonValueRenderer,
+    Renderer,
+    Reply,
+    make_renderer,
+    render_stream,
+    stats_line,
+)
+
+if TYPE_CHECKING:
+    from gptcli.schema import Structure
 
 
 @dataclass(frozen=True)
@@ -20,18 +33,39 @@ class OutputMode:
 
 
 def generate(
-    engine: Engine, messages: Sequence[Message], sampling: Sampling, env: Env, mode: OutputMode, *, waiting: str | None = None
+    engine: Engine,
+    messages: Sequence[Message],
+    sampling: Sampling,
+    env: Env,
+    mode: OutputMode,
+    structure: Structure | None = None,
+    *,
+    waiting: str | None = None,
 ) -> Reply:
     """Stream one reply to the screen. Ctrl-C stops it and keeps what came (``reply.interrupted``).
 
     ``waiting`` (such as "reading 1200 tokens") is shown with a spinner until the first token, on a terminal.
+    With a ``structure`` holding a schema (``sampling`` already constrained by it), the reply is
+    checked and shown as JSON; ``reply.data`` is its value and ``reply.text`` that value on one line.
+    A reply that is not valid raises ``StructuredReplyError`` carrying it as ``partial_reply``.
     """
-    renderer = make_renderer(env, plain=mode.plain, json_lines=mode.json, stream=mode.stream)
+    checked = JsonValueRenderer(env, structure.check, json_lines=mode.json) if structure and structure.is_json else None
+    renderer: Renderer = checked or make_renderer(
+        env, plain=mode.plain or structure is not None, json_lines=mode.json, stream=mode.stream
+    )
     activity = Activity(env.stderr, waiting) if waiting and not mode.json and env.stderr_isatty and env.styled(env.stderr) else None
     reply = render_stream(engine.stream(messages, sampling), renderer, activity)
     if mode.stats and not mode.json:
         used = reply.usage.prompt_tokens + reply.usage.completion_tokens
         env.err_console.print(stats_line(reply.usage, used, engine.context_length), style="dim", markup=False, highlight=False, soft_wrap=True)
+    if checked is not None and not reply.interrupted:
+        if checked.error is not None:
+            checked.error.partial_reply = Reply(reply.text, reply.usage, interrupted=True)  # type: ignore[attr-defined]
+            raise checked.error
+        from gptcli.schema import dump
+
+        reply.data = checked.value
+        reply.text = dump(checked.value, pretty=False)  # what history keeps: JSON that parses
     return reply
 
 

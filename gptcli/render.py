@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
@@ -422,6 +422,65 @@ class SanitizedRenderer:
 
     def finish(self, usage: Usage | None) -> None:
         self.inner.finish(usage)
+class JsonValueRenderer:
+    """A reply that must be JSON: checked when complete, then printed as JSON.
+
+    On a terminal the raw text shows while it streams (a transient preview) and is replaced by the
+    value, indented and highlighted; on a pipe the value is one line; with ``--json`` the usual
+    chunk events stream and the ``done`` event carries the value parsed (``data``) or why it is not
+    one (``error``). A reply that fails ``check`` prints nothing but that event: the caller reports it.
+    """
+
+    def __init__(self, env: Env, check: Callable[[str, Usage | None], Any], *, json_lines: bool = False) -> None:
+        self.env = env
+        self.check = check
+        self.events = JsonRenderer(env.stdout) if json_lines else None
+        self.pretty = not json_lines and env.styled_output()
+        self.parts: list[str] = []
+        self.value: Any = None
+        self.error: GptcliError | None = None
+        self.live: Any = None
+
+    def feed(self, text: str) -> None:
+        if not text:
+            return
+        self.parts.append(text)
+        if self.events is not None:
+            self.events.feed(text)
+        elif self.pretty:
+            from rich.text import Text
+
+            if self.live is None:
+                from rich.live import Live
+
+                self.live = Live(console=self.env.console(), transient=True, refresh_per_second=15, vertical_overflow="crop")
+                self.live.start()
+            self.live.update(Text("".join(self.parts), style="dim"))
+
+    def finish(self, usage: Usage | None) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+        try:
+            self.value = self.check("".join(self.parts), usage)
+        except GptcliError as exc:
+            self.error = exc
+        if self.events is not None:
+            self.events.extra = {"data": self.value} if self.error is None else {"error": str(self.error)}
+            self.events.finish(usage)
+            return
+        if self.error is not None:
+            return
+        if self.pretty:
+            from rich.json import JSON
+
+            self.env.console().print(JSON(json.dumps(self.value, ensure_ascii=False), indent=2, ensure_ascii=False), soft_wrap=True)
+            return
+        try:
+            self.env.stdout.write(json.dumps(self.value, ensure_ascii=False) + "\n")
+            self.env.stdout.flush()
+        except BrokenPipeError:
+            raise OutputClosed from None
 
 
 class BufferedRenderer:
@@ -460,6 +519,7 @@ class Reply:
     text: str
     usage: Usage
     interrupted: bool = False
+    data: Any = None  # the checked JSON value of a reply made to a schema (``--schema``)
 
 
 class Activity:

@@ -47,6 +47,7 @@ COMMANDS: dict[str, CommandSpec] = {
         CommandSpec("template", "[NAME KEY=VALUE...]", "Use a template's system prompt (with its variables); no NAME lists them."),
         CommandSpec("model", "[NAME_OR_PATH]", "Switch to another model (no argument: show the current one)."),
         CommandSpec("set", "[KEY VALUE]", "Change a setting: temperature, top_p, top_k, min_p, repeat_penalty, max_tokens, seed, overflow."),
+        CommandSpec("schema", "[SCHEMA]", "Reply with JSON that follows SCHEMA (file, inline JSON, 'name, age int'); 'off' stops."),
         CommandSpec("tokens", "", "Show how the context window is used and the room left for the reply."),
         CommandSpec("stats", "[on|off]", "Turn the status line after each reply on or off (no argument: switch)."),
         CommandSpec("save", "NAME", "Name this conversation, to resume it with `gptcli chat -s NAME`."),
@@ -270,6 +271,7 @@ class ChatSession:
         self.attachments: list[tuple[str, str]] = []  # files that go with the next message
         self.state_unsaved = False  # a turn was added since the model state was last saved or loaded
         self._gauge: str | None = None
+        self.structure: Any = None  # /schema: replies are JSON following it (a gptcli.schema.Structure)
 
     # ------------------------------------------------------------ output helpers
 
@@ -362,7 +364,10 @@ class ChatSession:
     # ------------------------------------------------------------ a turn
 
     def sampling(self) -> Sampling:
-        return sampling_from(self.settings, self.template_temperature)
+        sampling = sampling_from(self.settings, self.template_temperature)
+        if self.structure is not None:
+            sampling = self.structure.sampling(sampling, local=choose.engine_kind(self.settings) == "local")
+        return sampling
 
     def _mentioned_files(self, text: str) -> list[tuple[str, str]]:
         """The files attached with /file, then each ``@path`` in the message that names a file."""
@@ -391,7 +396,7 @@ class ChatSession:
         failed = False
         try:
             waiting = f"reading {fitted.prompt_tokens} tokens" if fitted.prompt_tokens else "thinking"
-            reply = generate(self.engine, fitted.messages, sampling, self.env, self._output_mode(), waiting=waiting)
+            reply = generate(self.engine, fitted.messages, sampling, self.env, self._output_mode(), self.structure, waiting=waiting)
         except (GptcliError, OutputClosed) as exc:
             # stdout closed or full: the turn is kept, then the chat ends (the command reports it once)
             output_lost = isinstance(exc, (OutputClosed, OutputFailed))
@@ -708,6 +713,21 @@ class ChatSession:
             self.settings = dataclasses.replace(self.settings, values=values, sources=sources)
         shown_value = "random" if command.key == "seed" and command.value is None else command.value
         self.notice(f"{command.key} = {shown_value}")
+
+    def cmd_schema(self, command: Command) -> None:
+        from gptcli.schema import Structure, dump, parse_schema, schema_grammar
+
+        if not command.arg:
+            self.say(dump(self.structure.schema, pretty=True) if self.structure else "(no schema: replies are free text)")
+        elif command.arg.lower() in ("off", "none", "clear"):
+            self.structure = None
+            self.notice("schema off: replies are free text")
+        else:
+            structure = Structure(schema=parse_schema(command.arg))
+            if choose.engine_kind(self.settings) == "local":
+                schema_grammar(structure.schema or {})  # a schema the grammar cannot express fails now
+            self.structure = structure
+            self.notice("schema set: replies are JSON that follows it (/schema off stops)")
 
     def cmd_tokens(self, command: Command) -> None:
         self.say(budget_line(self.conversation.budget(self.engine, self.sampling().max_tokens), self.sampling().max_tokens))
@@ -1213,6 +1233,7 @@ class ChatRequest:
     template_vars: tuple[str, ...] = ()  # key=value pairs for the template's variables
     system: str | None = None
     commands: bool = False  # piped input: lines starting with / run as slash commands
+    schema: str | None = None  # --schema: replies are JSON following it
 
 
 def open_store(settings: Settings, env: Env) -> Any:
@@ -1258,6 +1279,8 @@ def run_chat(settings: Settings, env: Env, request: ChatRequest, mode: OutputMod
             chat.use_template(request.template, request.template_vars)
         if request.system:
             chat.set_system(request.system)
+        if request.schema:
+            chat.run_command(Command("schema", request.schema))
         if not interactive:
             return run_lines(chat, env.stdin, commands=request.commands)
         output = None

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from gptcli.config import config_dir
 from gptcli.engines import Message
@@ -27,7 +28,7 @@ USER = "user"
 # templates folder cannot slow every command down
 MAX_TEMPLATE_BYTES = 1_000_000
 
-KNOWN_KEYS = ("name", "description", "system", "user", "input", "variables", "examples", "temperature", "max_tokens")
+KNOWN_KEYS = ("name", "description", "system", "user", "input", "variables", "examples", "temperature", "max_tokens", "schema")
 
 
 def render_text(text: str, values: Mapping[str, str]) -> str:
@@ -107,6 +108,7 @@ class Template:
     source: str = BUILTIN
     path: Path | None = None
     input_required: bool = True
+    schema: dict[str, Any] | None = None  # the JSON Schema replies follow (a ``schema`` table or string)
 
     def variable(self, name: str) -> Variable | None:
         return next((v for v in self.variables if v.name == name), None)
@@ -204,6 +206,21 @@ def parse_template(name: str, text: str, *, source: str, path: Path | None = Non
     if "input" in data and not isinstance(data["input"], bool):
         raise TemplateError(f"{where}: 'input' must be true or false")
 
+    schema: dict[str, Any] | None = None
+    if "schema" in data:
+        raw_schema = data["schema"]
+        if isinstance(raw_schema, dict):
+            schema = raw_schema
+        elif isinstance(raw_schema, str):
+            from gptcli.schema import SchemaError, schema_from_text
+
+            try:
+                schema = schema_from_text(raw_schema, f"{where}: schema")
+            except SchemaError as exc:
+                raise TemplateError(f"{where}: {exc}" if not str(exc).startswith(where) else str(exc)) from None
+        else:
+            raise TemplateError(f"{where}: 'schema' must be a table (a JSON Schema) or a string ('name, age int, bio: a short bio')")
+
     template = Template(
         name=name,
         description=text_field("description", ""),
@@ -216,6 +233,7 @@ def parse_template(name: str, text: str, *, source: str, path: Path | None = Non
         source=source,
         path=path,
         input_required=bool(data.get("input", True)),
+        schema=schema,
     )
     declared = {v.name for v in variables} | {"input"}
     parts = [("system", template.system), ("user", template.user)]

@@ -78,12 +78,12 @@ def test_save_names_a_chat_and_session_resumes_it_by_name(cli, fake_engine):
 
 
 def test_save_refuses_a_name_another_conversation_has(cli, fake_engine):
-    cli(["chat"], stdin="about the garden\n/save garden\n")
-    result = cli(["chat"], stdin="about the kitchen\n/save garden\n/save kitchen\n")
+    cli(["chat", "--commands"], stdin="about the garden\n/save garden\n")
+    result = cli(["chat", "--commands"], stdin="about the kitchen\n/save garden\n/save kitchen\n")
     assert "error: 'garden' already names another conversation" in result.stderr
     assert stored("garden")[0][1] == "about the garden"
     assert stored("kitchen")[0][1] == "about the kitchen"
-    again = cli(["chat", "-s", "garden"], stdin="/save garden\n")  # its own name again is fine
+    again = cli(["chat", "--commands", "-s", "garden"], stdin="/save garden\n")  # its own name again is fine
     assert again.exit_code == 0 and "error" not in again.stderr
 
 

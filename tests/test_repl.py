@@ -395,7 +395,7 @@ def completions(text: str, **sources) -> list[str]:
 
 def test_tab_completes_commands_templates_models_and_settings():
     assert completions("/te") == ["/template"]
-    assert set(completions("/s")) == {"/system", "/set", "/stats", "/save", "/sessions"}
+    assert set(completions("/s")) == {"/system", "/set", "/stats", "/save", "/sessions", "/schema"}
     assert completions("/template pr") == ["proofread"]
     assert completions("/model sm") == ["smollm2-135m"]
     assert completions("/set ov") == ["overflow"]

@@ -8,6 +8,7 @@ from gptcli.cli.app import app, state
 from gptcli.cli.completion import complete_session, complete_template
 from gptcli.cli.options import GenOptions, generation_options
 from gptcli.cli.run import output_mode
+from gptcli.cli.structured import SchemaOption
 
 
 @app.command()
@@ -22,6 +23,7 @@ def chat(
     commands: Annotated[
         bool, typer.Option("--commands", help="Piped input: run lines starting with / as slash commands (off: every line is a message).")
     ] = False,
+    schema: SchemaOption = None,
     gen: GenOptions = GenOptions(),
 ) -> None:
     """Chat with the model: a REPL with history, slash commands (/help) and Markdown replies.
@@ -36,10 +38,15 @@ def chat(
     if continue_last and session:
         raise typer.BadParameter("use either --continue or --session, not both", param_hint="--continue")
     st = state(ctx)
+    if schema is not None:  # a bad schema fails before the model loads
+        from gptcli.schema import parse_schema
+
+        parse_schema(schema)
     if var and not template:
         raise typer.BadParameter("-v sets a template's variables: use it with -t TEMPLATE", param_hint="--var")
     request = ChatRequest(
         continue_last=continue_last, session=session, template=template, template_vars=tuple(var or ()), system=system,
         commands=commands,
+        schema=schema,
     )
     raise typer.Exit(run_chat(gen.settings(st.settings), st.env, request, output_mode(gen)))

@@ -8,10 +8,12 @@ from gptcli.cli.app import app, state
 from gptcli.cli.completion import complete_template
 from gptcli.cli.options import ContinueOption, GenOptions, SessionOption, generation_options
 from gptcli.cli.run import run_template
+from gptcli.cli.structured import StructOptions, structured_options
 
 
 @app.command()
 @generation_options
+@structured_options
 def ask(
     ctx: typer.Context,
     prompt: Annotated[Optional[str], typer.Argument(help="The question. Piped text becomes the material it is about.")] = None,
@@ -21,20 +23,25 @@ def ask(
     continue_: ContinueOption = False,
     session: SessionOption = None,
     gen: GenOptions = GenOptions(),
+    structured: StructOptions = StructOptions(),
 ) -> None:
     """Ask a question and stream the answer.
 
     Example: cat notes.txt | gptcli ask "summarize this"
+
+    JSON that follows a schema: gptcli ask "a haiku" --schema 'title, lines: the three lines'
     """
     raise typer.Exit(
         run_template(
-            state(ctx), template or "ask", gen, prompt=prompt, file=file, var=var, continue_=continue_, session=session
+            state(ctx), template or "ask", gen, prompt=prompt, file=file, var=var, continue_=continue_, session=session,
+            structured=structured,
         )
     )
 
 
 @app.command()
 @generation_options
+@structured_options
 def draft(
     ctx: typer.Context,
     instructions: Annotated[Optional[str], typer.Argument(help="Optional instructions (\"an email to the team\").")] = None,
@@ -43,6 +50,7 @@ def draft(
     continue_: ContinueOption = False,
     session: SessionOption = None,
     gen: GenOptions = GenOptions(),
+    structured: StructOptions = StructOptions(),
 ) -> None:
     """Turn rough notes (stdin or --file) into a finished draft.
 
@@ -59,5 +67,6 @@ def draft(
             input_from_prompt=False,
             continue_=continue_,
             session=session,
+            structured=structured,
         )
     )

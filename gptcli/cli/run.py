@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from gptcli.cli.app import AppState
 from gptcli.cli.options import GenOptions
+from gptcli.cli.structured import StructOptions
 from gptcli.config import Settings
 from gptcli.engines import Engine, Message, Sampling, choose, sampling_from
 from gptcli.errors import GptcliError, InputError, StoreError, UsageError
@@ -17,6 +18,7 @@ from gptcli.templates import Template, load_template, parse_vars
 from gptcli.textio import read_stream, read_text
 
 if TYPE_CHECKING:
+    from gptcli.schema import Structure
     from gptcli.store import ConversationStore, SessionInfo
 
 MessageBuilder = Callable[[Template, str, dict[str, str], Engine, Sampling], list[Message]]
@@ -55,6 +57,7 @@ def run_template(
     build_messages: MessageBuilder | None = None,
     continue_: bool = False,
     session: str | None = None,
+    structured: StructOptions = StructOptions(),
 ) -> int:
     """Render ``template_name`` with the input and stream the reply. Returns the exit code.
 
@@ -64,6 +67,9 @@ def run_template(
 
     ``build_messages(template, text, values, engine, sampling)`` replaces the plain render (``support``
     uses it to fit knowledge-base passages into the context window).
+
+    ``structured`` (``--schema``, ``--grammar``, or the template's ``schema``) constrains the reply
+    and shows it as JSON; with ``--each-line`` each input line is a request of its own (``run_each_line``).
     """
     settings = gen.settings(st.settings)
     template = load_template(template_name)
@@ -71,26 +77,41 @@ def run_template(
     if instructions is not None and any(v.name == "instructions" for v in template.variables):
         values["instructions"] = instructions
     template.values(values)  # unknown or missing variables fail before any reading or loading
+    structure = structured.structure(template)  # a bad schema fails before the model loads
 
-    material = read_material(st, file)
-    if material is not None:
-        material = material.replace("\r\n", "\n")  # a CRLF file reads like any other
-    if material is not None and not material.strip():
-        material = None if prompt else ""
-    if input_from_prompt:
-        parts = [p for p in (prompt, material) if p and p.strip()]
-        text = "\n\n".join(parts)
-        if not text and template.input_required:
-            raise InputError("nothing to ask: give a prompt, or pipe text into gptcli")
-    else:
+    def compose(material: str | None) -> str:
+        """The user's text: the prompt and the material, or the instructions and the material."""
+        if material is not None and not material.strip():
+            material = None if prompt else ""
+        if input_from_prompt:
+            parts = [p for p in (prompt, material) if p and p.strip()]
+            text = "\n\n".join(parts)
+            if not text and template.input_required:
+                raise InputError("nothing to ask: give a prompt, or pipe text into gptcli")
+            return text
         if instructions and "instructions" not in values:
             material = f"{instructions}\n\n{material}" if material else instructions
         text = material or ""
         if not text.strip() and template.input_required:
             raise InputError(f"no input for '{template_name}': pipe text into it or use --file")
+        return text
+
+    material = read_material(st, file)
+    if material is not None:
+        material = material.replace("\r\n", "\n")  # a CRLF file reads like any other
+    if structured.each_line:
+        if continue_ or session:
+            raise UsageError("--each-line makes one request per line: it cannot --continue a conversation")
+        if material is None:
+            raise InputError("--each-line reads its lines from stdin or --file: pipe them in")
+        return run_each_line(st, settings, template, values, material, compose, structure, gen, structured, build_messages)
+    text = compose(material)
 
     history = OneShotHistory.open(settings, st.env, continue_=continue_, session=session)
     sampling = sampling_from(settings, template.temperature, template.max_tokens)
+    local = choose.engine_kind(settings) == "local"
+    if structure is not None:
+        sampling = structure.sampling(sampling, local=local)
     if build_messages is None:
         messages = template.render(text, values)
         engine = _engine_for(settings, messages, sampling, resuming=history.resumed is not None)
@@ -106,7 +127,7 @@ def run_template(
     basis = (prompt or instructions or text).strip()
     title = (basis if template_name == "ask" else f"{template_name}: {basis}") if basis else None
     try:
-        reply = generate(engine, messages, sampling, st.env, output_mode(gen))
+        reply = generate(engine, messages, sampling, st.env, output_mode(gen), structure)
     except (GptcliError, OutputClosed) as exc:  # a server died mid-reply, stdout closed or full: keep what came
         partial = getattr(exc, "partial_reply", None)
         if partial is not None:
@@ -118,6 +139,56 @@ def run_template(
 
         kvstate.keep_session(settings, history.resumed.id, engine, st.env.notice)
     return 130 if reply.interrupted else 0
+
+
+def run_each_line(
+    st: AppState,
+    settings: Settings,
+    template: Template,
+    values: dict[str, str],
+    material: str,
+    compose: Callable[[str], str],
+    structure: Structure | None,
+    gen: GenOptions,
+    structured: StructOptions,
+    build_messages: MessageBuilder | None,
+) -> int:
+    """``--each-line``: the template once per input line (or JSON Lines record), one JSON value per output line.
+
+    Replies are not saved in the history (they are the output); a failed line is reported with its
+    number and the exit code is 1; Ctrl-C stops the batch with the finished lines written (130).
+    """
+    from gptcli.batch import read_records, run_batch
+
+    records = read_records(material)
+    sampling = sampling_from(settings, template.temperature, template.max_tokens)
+    local = choose.engine_kind(settings) == "local"
+    if structure is not None:
+        sampling = structure.sampling(sampling, local=local)
+    engine = choose.open_engine(settings)
+    jobs = []
+    for record in records:
+        given = {**values, **{k: v for k, v in record.values.items() if template.variable(k) is not None}}
+        text = compose(record.text)
+        if build_messages is None:
+            messages = template.render(text, given)
+        else:
+            messages = build_messages(template, text, given, engine, sampling)
+        jobs.append((record, messages))
+    summary = run_batch(engine, jobs, sampling, structure, st.env, json_events=gen.json, parallel=structured.parallel)
+    if gen.stats:
+        rate = summary.completion_tokens / summary.seconds if summary.seconds else 0.0
+        st.env.notice(
+            f"{summary.written + summary.failed} of {len(records)} lines in {summary.seconds:.1f} s"
+            f" · {summary.completion_tokens} reply tokens · {rate:.1f} tok/s"
+        )
+    if summary.interrupted:
+        st.env.notice(f"interrupted: {summary.written} of {len(records)} lines written")
+        return 130
+    if summary.failed:
+        st.env.error(f"{summary.failed} of {len(records)} lines failed (reported above with their line numbers)")
+        return 1
+    return 0
 
 
 def _engine_for(settings: Settings, messages: list[Message], sampling: Sampling, *, resuming: bool) -> Engine:

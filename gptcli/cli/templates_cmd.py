@@ -127,6 +127,10 @@ def show(
     if template.system.strip():
         out += ["", "System prompt:", _indent(template.system)]
     out += ["", "User prompt:", _indent(template.user)]
+    if template.schema is not None:  # replies are JSON following it (see `--schema`)
+        import json
+
+        out += ["", "Reply schema (JSON):", _indent(json.dumps(template.schema, indent=2, ensure_ascii=False))]
     for i, example in enumerate(template.examples, 1):
         out += ["", f"Example {i} ({example['role']}):", _indent(example["content"])]
     st.env.stdout.write("\n".join(out) + "\n")

@@ -8,6 +8,7 @@ import typer
 from gptcli.cli.app import AppState, app, state
 from gptcli.cli.options import GenOptions, generation_options
 from gptcli.cli.run import output_mode, read_material, run_template
+from gptcli.cli.structured import StructOptions, structured_options
 from gptcli.engines import Engine, Message, Sampling, choose, sampling_from
 from gptcli.errors import InputError, TemplateError, UsageError
 from gptcli.templates import Template
@@ -60,6 +61,7 @@ def _show_sources(st: AppState, gen: GenOptions, grounding: "Grounding") -> None
 
 @app.command()
 @generation_options
+@structured_options
 def support(
     ctx: typer.Context,
     question: Annotated[Optional[str], typer.Argument(help="The customer's message (or pipe it in / use --file).")] = None,
@@ -76,6 +78,7 @@ def support(
     file: FileOption = None,
     var: Annotated[Optional[list[str]], typer.Option("--var", "-v", help="Template variable key=value: company, product, tone.", metavar="KEY=VALUE")] = None,
     gen: GenOptions = GenOptions(),
+    structured: StructOptions = StructOptions(),
 ) -> None:
     """Reply to a customer from your knowledge base: polite, grounded, and honest when it does not know.
 
@@ -111,75 +114,87 @@ def support(
             _show_sources(st, gen, grounding)
         return grounding.messages
 
-    raise typer.Exit(run_template(st, template or "support", gen, prompt=question, file=file, var=var, build_messages=build))
+    raise typer.Exit(
+        run_template(st, template or "support", gen, prompt=question, file=file, var=var, build_messages=build, structured=structured)
+    )
 
 
-def _writing_command(st: AppState, name: str, gen: GenOptions, instructions: str | None, file: str | None, var: list[str] | None) -> int:
-    return run_template(st, name, gen, file=file, var=var, instructions=instructions, input_from_prompt=False)
+def _writing_command(
+    st: AppState, name: str, gen: GenOptions, instructions: str | None, file: str | None, var: list[str] | None, structured: StructOptions
+) -> int:
+    return run_template(st, name, gen, file=file, var=var, instructions=instructions, input_from_prompt=False, structured=structured)
 
 
 @app.command()
 @generation_options
+@structured_options
 def summarize(
     ctx: typer.Context,
     instructions: Annotated[Optional[str], typer.Argument(help="What to focus on (\"the decisions and who does what\").")] = None,
     file: FileOption = None,
     var: Annotated[Optional[list[str]], typer.Option("--var", "-v", help="Template variable key=value: length, format.", metavar="KEY=VALUE")] = None,
     gen: GenOptions = GenOptions(),
+    structured: StructOptions = StructOptions(),
 ) -> None:
     """Summarize text from stdin or --file: main points, decisions, names and numbers.
 
     Example: cat meeting.txt | gptcli summarize -v format="bullet points"
     """
-    raise typer.Exit(_writing_command(state(ctx), "summarize", gen, instructions, file, var))
+    raise typer.Exit(_writing_command(state(ctx), "summarize", gen, instructions, file, var, structured))
 
 
 @app.command()
 @generation_options
+@structured_options
 def rewrite(
     ctx: typer.Context,
     instructions: Annotated[Optional[str], typer.Argument(help="Extra instructions (\"make it friendlier\").")] = None,
     file: FileOption = None,
     var: Annotated[Optional[list[str]], typer.Option("--var", "-v", help="Template variable key=value: goal, tone.", metavar="KEY=VALUE")] = None,
     gen: GenOptions = GenOptions(),
+    structured: StructOptions = StructOptions(),
 ) -> None:
     """Rewrite text from stdin or --file: clearer, shorter, or in another tone, same meaning.
 
     Example: cat paragraph.txt | gptcli rewrite -v goal=shorter -v tone=formal
     """
-    raise typer.Exit(_writing_command(state(ctx), "rewrite", gen, instructions, file, var))
+    raise typer.Exit(_writing_command(state(ctx), "rewrite", gen, instructions, file, var, structured))
 
 
 @app.command()
 @generation_options
+@structured_options
 def proofread(
     ctx: typer.Context,
     instructions: Annotated[Optional[str], typer.Argument(help="Extra instructions (\"keep the Oxford comma\").")] = None,
     file: FileOption = None,
     var: Annotated[Optional[list[str]], typer.Option("--var", "-v", help="Template variable key=value: variety (e.g. British).", metavar="KEY=VALUE")] = None,
     gen: GenOptions = GenOptions(),
+    structured: StructOptions = StructOptions(),
 ) -> None:
     """Fix spelling, grammar and punctuation in text from stdin or --file, keeping its meaning.
 
     Example: gptcli proofread --file letter.txt > letter-fixed.txt
     """
-    raise typer.Exit(_writing_command(state(ctx), "proofread", gen, instructions, file, var))
+    raise typer.Exit(_writing_command(state(ctx), "proofread", gen, instructions, file, var, structured))
 
 
 @app.command()
 @generation_options
+@structured_options
 def reply(
     ctx: typer.Context,
     instructions: Annotated[Optional[str], typer.Argument(help="The gist of your answer (\"yes, but Friday is better\").")] = None,
     file: FileOption = None,
     var: Annotated[Optional[list[str]], typer.Option("--var", "-v", help="Template variable key=value: tone, length.", metavar="KEY=VALUE")] = None,
     gen: GenOptions = GenOptions(),
+    structured: StructOptions = StructOptions(),
 ) -> None:
     """Write a reply to a message you received (stdin or --file), saying what you want to say.
 
     Example: pbpaste | gptcli reply "thank them, and say yes for Friday at 10"
     """
-    raise typer.Exit(_writing_command(state(ctx), "reply", gen, instructions, file, var))
+    raise typer.Exit(_writing_command(state(ctx), "reply", gen, instructions, file, var, structured))
 
 
 @app.command()

@@ -453,9 +453,14 @@ class LlamaModel:
 class Sampler:
     """A llama.cpp sampler chain for one reply.
 
-    Order: banned media markers, the grammar (when one is given: the rest of the chain only ever
-    sees tokens it allows), top-k (so the repeat penalty scans 40 tokens, not the vocabulary),
-    penalties, then greedy, or top-p, min-p, temperature and a seeded draw.
+    Order: banned media markers, top-k (so the repeat penalty scans 40 tokens, not the
+    vocabulary), penalties, then greedy, or top-p, min-p, temperature and a seeded draw.
+
+    With a grammar, sampling is lazy, as llama.cpp's own ``common_sampler`` does: the token is
+    drawn by the chain above, then checked against the grammar alone (one candidate: microseconds);
+    only when the grammar refuses it is the token drawn again by a second chain whose first
+    sampler is the grammar, which must test all 49,152 tokens of the vocabulary (tens of
+    milliseconds a token on a CPU). Both chains are told every token chosen.
 
     ``backend``: the chain is meant for backend sampling (``LlamaContext.offload_sampler``). This
     llama.cpp's backend greedy sampler returns the position of the best candidate rather than
@@ -466,25 +471,45 @@ class Sampler:
 
     def __init__(self, model: LlamaModel, sampling: Sampling, seed: int, *, backend: bool = False) -> None:
         C = self._C = model._C
-        self.chain = chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
         self.has_grammar = bool(sampling.grammar)
+        self.chain: Any = None
+        self.guarded: Any = None  # the chain with the grammar first (a grammar only)
+        self._grammar: Any = None  # that chain's grammar sampler, to check one token
+        try:
+            self.chain = self._build(model, sampling, seed, backend, None)
+            if sampling.grammar:
+                self.guarded = self._build(model, sampling, seed, backend, sampling.grammar)
+                self._grammar = C.llama_sampler_chain_get(self.guarded, self._grammar_at)
+                self._one = (C.llama_token_data * 1)()
+                self._candidates = C.llama_token_data_array(self._one, 1, -1, False)
+        except BaseException:
+            self.free()
+            raise
+
+    def _build(self, model: LlamaModel, sampling: Sampling, seed: int, backend: bool, grammar: str | None) -> Any:
+        C = self._C
+        chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
+        count = 0
 
         def add(sampler: Any) -> None:
+            nonlocal count
             C.llama_sampler_chain_add(chain, sampler)
+            count += 1
 
         try:
             if markers := model.marker_tokens():
                 biases = (C.llama_logit_bias * len(markers))(*(C.llama_logit_bias(token, float("-inf")) for token in markers))
                 add(C.llama_sampler_init_logit_bias(model.n_vocab, len(markers), biases))
-            if sampling.grammar:
-                add(check_grammar(model._vocab, sampling.grammar))
+            if grammar:
+                self._grammar_at = count
+                add(check_grammar(model._vocab, grammar))
             if sampling.top_k > 0 and not (backend and sampling.temperature <= 0):
                 add(C.llama_sampler_init_top_k(sampling.top_k))
             if sampling.repeat_penalty != 1.0:
                 add(C.llama_sampler_init_penalties(model.n_vocab, 64, sampling.repeat_penalty, 0.0, 0.0))
             if sampling.temperature <= 0:
                 add(C.llama_sampler_init_greedy())
-                return
+                return chain
             if sampling.top_p < 1.0:
                 add(C.llama_sampler_init_top_p(sampling.top_p, 1))
             if sampling.min_p > 0:
@@ -492,28 +517,54 @@ class Sampler:
             add(C.llama_sampler_init_temp(sampling.temperature))
             add(C.llama_sampler_init_dist(seed))
         except BaseException:
-            self.free()
+            C.llama_sampler_free(chain)
             raise
+        return chain
 
     def sample(self, ctx: LlamaContext, index: int = -1) -> int:
         """Draw a token from the logits at ``index`` of the last batch (and accept it)."""
-        return int(self._C.llama_sampler_sample(self.chain, ctx._ctx, index))
+        C = self._C
+        token = int(C.llama_sampler_sample(self.chain, ctx._ctx, index))
+        if self.guarded is None:
+            return token
+        one = self._one[0]
+        one.id, one.logit, one.p = token, 1.0, 0.0
+        self._candidates.size, self._candidates.selected, self._candidates.sorted = 1, -1, False
+        C.llama_sampler_apply(self._grammar, ctypes.byref(self._candidates))
+        if one.logit != float("-inf"):  # the grammar allows it
+            C.llama_sampler_accept(self.guarded, token)
+            return token
+        allowed = int(C.llama_sampler_sample(self.guarded, ctx._ctx, index))  # accepts it too
+        C.llama_sampler_accept(self.chain, allowed)
+        return allowed
 
     def accept(self, token: int) -> None:
         """Tell the chain ``token`` was chosen (penalties, grammar) without drawing it."""
         self._C.llama_sampler_accept(self.chain, token)
+        if self.guarded is not None:
+            self._C.llama_sampler_accept(self.guarded, token)
 
     def clone(self) -> Sampler:
         """A copy in the same state (speculative decoding tries a draft on a copy)."""
+        C = self._C
         copy = object.__new__(Sampler)
-        copy._C, copy.has_grammar = self._C, self.has_grammar
-        copy.chain = self._C.llama_sampler_clone(self.chain)
+        copy._C, copy.has_grammar = C, self.has_grammar
+        copy.chain = C.llama_sampler_clone(self.chain)
+        copy.guarded = copy._grammar = None
+        if self.guarded is not None:
+            copy.guarded = C.llama_sampler_clone(self.guarded)
+            copy._grammar_at = self._grammar_at
+            copy._grammar = C.llama_sampler_chain_get(copy.guarded, self._grammar_at)
+            copy._one = (C.llama_token_data * 1)()
+            copy._candidates = C.llama_token_data_array(copy._one, 1, -1, False)
         return copy
 
     def free(self) -> None:
-        if self.chain is not None:
-            self._C.llama_sampler_free(self.chain)
-            self.chain = None
+        for name in ("chain", "guarded"):
+            if getattr(self, name, None) is not None:
+                self._C.llama_sampler_free(getattr(self, name))
+                setattr(self, name, None)
+        self._grammar = None
 
 
 class LlamaContext:
@@ -732,13 +783,33 @@ def _deliver(signum: int, handler: Any) -> None:
 def json_schema_to_grammar(schema: dict[str, Any]) -> str:
     """GBNF for JSON that validates against ``schema``, by llama-cpp-python's converter (a port of
     llama.cpp's ``json_schema_to_grammar``). Raises ``ValueError`` for what it cannot express."""
-    bindings()  # the converter is a submodule: loaded under the same stand-in as the bindings
-    from llama_cpp import llama_grammar
-
     try:
-        return str(llama_grammar.json_schema_to_gbnf(json.dumps(schema)))
-    except (KeyError, TypeError, RecursionError, NotImplementedError) as exc:
-        raise ValueError(f"the schema cannot be turned into a grammar: {exc}") from None
+        return str(_grammar_module().json_schema_to_gbnf(json.dumps(schema)))
+    except (AssertionError, KeyError, TypeError, RecursionError, NotImplementedError) as exc:
+        raise ValueError(f"the schema cannot be turned into a grammar: {exc or type(exc).__name__}") from None
+
+
+_grammar_converter: Any = None
+
+
+def _grammar_module() -> Any:
+    """llama-cpp-python's ``llama_grammar`` (pure Python, standard library only), loaded from its
+    file: ``from llama_cpp import llama_grammar`` would run the package's ``__init__`` (numpy,
+    ``Llama``, 75 ms) and its logger would take llama.cpp's log callback from ours."""
+    global _grammar_converter
+    if _grammar_converter is None:
+        module = sys.modules.get("llama_cpp.llama_grammar")
+        if module is None:
+            spec = importlib.util.find_spec("llama_cpp")
+            if spec is None or not spec.submodule_search_locations:
+                raise ModelError("llama-cpp-python is not installed: pip install llama-cpp-python")
+            path = Path(list(spec.submodule_search_locations)[0]) / "llama_grammar.py"
+            file_spec = importlib.util.spec_from_file_location("gptcli_llama_grammar", path)
+            assert file_spec is not None and file_spec.loader is not None
+            module = importlib.util.module_from_spec(file_spec)
+            file_spec.loader.exec_module(module)
+        _grammar_converter = module
+    return _grammar_converter
 
 
 def check_grammar(vocab: Any, grammar: str) -> Any:

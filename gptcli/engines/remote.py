@@ -379,6 +379,11 @@ class RemoteEngine:
         self._ensure_model()
         payload = [{"role": m["role"], "content": m["content"]} for m in messages]
         args = self._sampling_args(sampling)
+        if sampling.json_schema is not None:  # the server constrains the reply (llama.cpp, vLLM, Ollama, OpenAI)
+            args["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "reply", "schema": sampling.json_schema},
+            }
 
         def request(stream: bool = True, **override: Any) -> Any:
             options = {**args, **override}
