@@ -156,6 +156,7 @@ KEYS: dict[str, Key] = {
         Key("max_tokens", _positive_int, 1024, "Most tokens in one reply.", int),
         Key("seed", _seed, None, "Random seed: the same seed and input give the same reply.", int),
         Key("history", _boolean, True, "Save conversations in the history database.", bool),
+        Key("loop_guard", _boolean, True, "Stop a reply that starts repeating itself (a loop) and keep what came before it.", bool),
         Key("overflow", _choice("summarize", "drop", "stop"), "summarize", "When a chat outgrows the context: summarize, drop or stop.", str),
         Key("color", _choice("auto", "always", "never"), "auto", "Colour output: auto, always or never.", str),
         Key("flash_attn", _boolean, None, "Flash attention in llama.cpp; default: on with GPU layers, off on the CPU (slower there on long contexts).", bool),

@@ -281,7 +281,7 @@ class ChatSession:
         return reply
 
     def _output_mode(self) -> OutputMode:
-        return OutputMode(plain=self.mode.plain, json=self.mode.json, stream=self.mode.stream, stats=self.stats)
+        return OutputMode(plain=self.mode.plain, json=self.mode.json, stream=self.mode.stream, stats=self.stats, loop_guard=self.mode.loop_guard)
 
     def _summarize(self, request: Sequence[Message], sampling: Sampling) -> str:
         """Ask the model for the note that replaces the oldest turns (not shown, not stored)."""

@@ -37,4 +37,5 @@ def chat(
     request = ChatRequest(
         continue_last=continue_last, session=session, template=template, template_vars=tuple(var or ()), system=system
     )
-    raise typer.Exit(run_chat(gen.settings(st.settings), st.env, request, output_mode(gen)))
+    settings = gen.settings(st.settings)
+    raise typer.Exit(run_chat(settings, st.env, request, output_mode(gen, settings)))

@@ -53,6 +53,7 @@ class GenOptions:
     plain: bool = False
     json: bool = False
     no_history: bool = False
+    no_loop_guard: bool = False
 
     def settings(self, base: Settings) -> Settings:
         """The settings with these flags applied on top."""
@@ -71,6 +72,7 @@ class GenOptions:
             max_tokens=self.max_tokens,
             seed=self.seed,
             history=False if self.no_history else None,
+            loop_guard=False if self.no_loop_guard else None,
         )
 
 
@@ -93,6 +95,7 @@ _OPTIONS: dict[str, Any] = {
     "plain": Annotated[bool, typer.Option("--plain", help="Raw text, no Markdown rendering.", rich_help_panel=OUT)],
     "json": Annotated[bool, typer.Option("--json", help="JSON lines: chunk events, then a final event with usage.", rich_help_panel=OUT)],
     "no_history": Annotated[bool, typer.Option("--no-history", help="Do not save this conversation.", rich_help_panel=OUT)],
+    "no_loop_guard": Annotated[bool, typer.Option("--no-loop-guard", help="Let a reply that repeats itself run on to the token limit.", rich_help_panel=OUT)],
 }
 
 

@@ -38,8 +38,9 @@ def read_material(st: AppState, file: str | None) -> str | None:
     return text
 
 
-def output_mode(gen: GenOptions) -> OutputMode:
-    return OutputMode(plain=gen.plain, json=gen.json, stream=not gen.no_stream, stats=gen.stats)
+def output_mode(gen: GenOptions, settings: Settings) -> OutputMode:
+    """How replies are shown, from the output flags and the ``loop_guard`` setting (``settings``: flags applied)."""
+    return OutputMode(plain=gen.plain, json=gen.json, stream=not gen.no_stream, stats=gen.stats, loop_guard=settings.loop_guard)
 
 
 def run_template(
@@ -106,7 +107,7 @@ def run_template(
     basis = (prompt or instructions or text).strip()
     title = (basis if template_name == "ask" else f"{template_name}: {basis}") if basis else None
     try:
-        reply = generate(engine, messages, sampling, st.env, output_mode(gen))
+        reply = generate(engine, messages, sampling, st.env, output_mode(gen, settings))
     except GptcliError as exc:  # a remote server died mid-reply: keep the part that came
         partial = getattr(exc, "partial_reply", None)
         if partial is not None:
