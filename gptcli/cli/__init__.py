@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -98,6 +99,32 @@ def run(argv: list[str] | None = None, env: Env | None = None) -> int:
         except (OSError, ValueError):
             pass
         return 0
+    except Exception as exc:  # noqa: BLE001 - the last net: one line, never a traceback a user must read
+        message = unexpected_error_message(exc)
+        if st.verbose:
+            import traceback
+
+            env.stderr.write("".join(traceback.format_exception(exc)))
+        env.error(message)
+        return fail(message, 1)
+
+
+def unexpected_error_message(exc: BaseException) -> str:
+    """One line for an error no piece turned into a ``GptcliError``: what failed, on which file.
+
+    An ``OSError`` (a folder that cannot be written, a full disk) names the file and the reason as
+    the system gives it; anything else is a bug, said so, with a pointer to ``--verbose``.
+    """
+    if isinstance(exc, OSError):
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        hint = ""
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            hint = ": free some space and try again"
+        elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            hint = ": check the folder's permissions (GPTCLI_HOME moves gptcli's files elsewhere)"
+        subject = f"{exc.filename}: " if exc.filename else ""
+        return f"{subject}{reason}{hint}"
+    return f"unexpected error: {type(exc).__name__}: {exc} (run again with --verbose for the details)"
 
 
 TERMINATED_EXIT_CODE = 143  # 128 + SIGTERM, as a shell reports a process the signal ended
