@@ -139,3 +139,13 @@ def test_an_unknown_engine_fails(run_gptcli):
     proc = run_gptcli("doctor", "--no-load", env={"GPTCLI_ENGINE": "bogus"})
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: engine: unknown engine 'bogus'")
+
+
+@pytest.mark.parametrize("offline", ["0", "1"])
+def test_doctor_never_claims_the_hub_is_online(run_gptcli, offline):
+    """doctor makes no request, so its hub line says what is set, not whether the Hub answers."""
+    proc = run_gptcli("doctor", "--no-load", "--json", env={"HF_HUB_OFFLINE": offline, "HF_ENDPOINT": "http://127.0.0.1:9"})
+    hub = _checks(proc.stdout)["hub"]
+    text = json.dumps(hub)
+    assert "online" not in text
+    assert ("offline mode on" if offline == "1" else "offline mode off (network not checked)") in text

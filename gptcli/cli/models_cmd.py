@@ -278,4 +278,7 @@ def doctor(
 
         first = failed[0]
         more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
-        raise GptcliError(f"{first.label}: {first.detail or first.value}{more}")
+        said = first.detail or first.value
+        # a detail that names its subject already ("config file …: …") is not prefixed again
+        head = "" if said.startswith(first.label) else f"{first.label}: "
+        raise GptcliError(f"{head}{said}{more}")
