@@ -24,7 +24,7 @@ from gptcli.cli import (  # noqa: F401
     writing,
 )
 from gptcli.cli.app import AppState, app
-from gptcli.cli.completion import use_first_tab_zsh_script
+from gptcli.cli.completion import named_shell_completion, use_first_tab_zsh_script
 from gptcli.errors import GptcliError, Terminated
 from gptcli.render import Env, OutputClosed
 
@@ -72,6 +72,9 @@ def run(argv: list[str] | None = None, env: Env | None = None) -> int:
         return code
 
     try:
+        named = named_shell_completion(args, env.stdout)
+        if named is not None:
+            return named
         result = command.main(args=args, prog_name="gptcli", standalone_mode=False, obj=st)
         return result if isinstance(result, int) else 0
     except GptcliError as exc:
