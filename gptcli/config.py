@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gptcli.errors import ConfigError
+from gptcli.errors import ConfigError, UsageError
 
 APP_NAME = "gptcli"
 
@@ -238,8 +238,8 @@ class Settings:
                 continue
             try:
                 values[name] = KEYS[name].check(value)
-            except ValueError as exc:
-                raise ConfigError(f"--{name.replace('_', '-')} {exc}") from None
+            except ValueError as exc:  # a flag out of range is a usage error (exit 2), as click's own are
+                raise UsageError(f"--{name.replace('_', '-')} {exc}") from None
             sources[name] = "flag"
         return dataclasses.replace(self, values=values, sources=sources)
 

@@ -23,7 +23,7 @@ from gptcli.cli import (  # noqa: F401
     translate_cmd,
     writing,
 )
-from gptcli.cli.app import AppState, app
+from gptcli.cli.app import AppState, app, unwrap_help
 from gptcli.cli.completion import named_shell_completion, use_first_tab_zsh_script
 from gptcli.errors import GptcliError, Terminated
 from gptcli.render import Env, OutputClosed
@@ -65,6 +65,7 @@ def run(argv: list[str] | None = None, env: Env | None = None) -> int:
     st = AppState(env=env, json_errors=wants_json(args))
     use_first_tab_zsh_script()
     command = typer.main.get_command(app)
+    unwrap_help(command)
 
     def fail(message: str, code: int) -> int:
         if st.json_errors:
