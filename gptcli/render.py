@@ -260,8 +260,13 @@ class JsonRenderer:
     def finish(self, usage: Usage | None) -> None:
         event: dict[str, Any] = {"type": "done", "text": "".join(self.parts)}
         event.update(self.extra)
-        event["usage"] = usage.as_dict() if usage else None
+        event["usage"] = rounded_usage(usage) if usage else None
         self.emit(event)
+
+
+def rounded_usage(usage: Usage) -> dict[str, Any]:
+    """``usage.as_dict()`` with times in milliseconds' precision (0.214, not 0.21384710099999)."""
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in usage.as_dict().items()}
 
 
 class BufferedRenderer:

@@ -8,6 +8,7 @@ import typer
 from gptcli.cli.app import AppState, app, state
 from gptcli.cli.completion import complete_model
 from gptcli.errors import ConfigError, UsageError
+from gptcli.textio import plural
 
 models_app = typer.Typer(
     help="Get, list, inspect and remove GGUF models (Hugging Face Hub pulls, local files).\n\n"
@@ -75,8 +76,8 @@ def pull(
     entry = outcome.entry
     how = "already downloaded" if outcome.already_cached else f"downloaded {_size(outcome.downloaded)}"
     st.env.notice(f"{how}; checked: a valid GGUF")
-    _print(st, f"pulled {entry.repo}:{entry.file} as '{entry.name}' ({_size(entry.size)})")
-    _print(st, f"use it: gptcli ask --model {entry.name} \"...\"   (or: gptcli models default {entry.name})")
+    st.env.notice(f"pulled {entry.repo}:{entry.file} as '{entry.name}' ({_size(entry.size)})")
+    st.env.notice(f"use it: gptcli ask --model {entry.name} \"...\"   (or: gptcli models default {entry.name})")
 
 
 @models_app.command("list")
@@ -175,7 +176,7 @@ def default(
 
     st = state(ctx)
     chosen, ref = set_default(name)
-    _print(st, f"default model: {chosen} ({ref.path})")
+    st.env.notice(f"default model: {chosen} ({ref.path})")
     try:
         source = st.settings.sources.get("model")
     except ConfigError:
@@ -200,7 +201,7 @@ def add(
 
     st = state(ctx)
     entry = add_local(path, alias)
-    _print(st, f"added {entry.path} as '{entry.name}' ({_size(entry.size)})")
+    st.env.notice(f"added {entry.path} as '{entry.name}' ({_size(entry.size)})")
 
 
 @models_app.command("rm")
@@ -233,9 +234,9 @@ def rm(
             raise typer.Exit(1)
     removal = remove_model(entry.name)
     if removal.deleted:
-        _print(st, f"removed '{removal.name}' and deleted {len(removal.deleted)} file(s) from the Hub cache")
+        st.env.notice(f"removed '{removal.name}' and deleted {plural(len(removal.deleted), 'file')} from the Hub cache")
     else:
-        _print(st, f"removed '{removal.name}'" + (f" (kept {removal.kept[0]})" if removal.kept else ""))
+        st.env.notice(f"removed '{removal.name}'" + (f" (kept {removal.kept[0]})" if removal.kept else ""))
     if removal.was_default:
         st.env.notice("it was the default model: the default is now the embedded model")
 
