@@ -494,3 +494,32 @@ def test_ctrl_c_during_a_download_keeps_the_part_for_the_next_pull(hub, big_mode
     assert again.returncode == 0, again.stderr
     assert [r.headers.get("range") for r in hub.requests[before:] if r.server == "cdn"] == [f"bytes={kept}-"]
     assert (cache_folder() / "blobs" / sha).read_bytes() == data
+
+
+def test_a_recommended_model_is_pulled_by_its_short_name_and_used_by_it(cli, hub, ggufs):
+    from gptcli.models import RECOMMENDED, recommended
+
+    short = recommended("qwen2.5-1.5b")
+    assert short is not None
+    hub.add_repo(short.repo, {"qwen2.5-1.5b-instruct-q8_0.gguf": ggufs["Q8_0"], "qwen2.5-1.5b-instruct-q4_k_m.gguf": ggufs["Q4_K_M"]})
+    result = cli(["models", "pull", "qwen2.5-1.5b"])
+    assert result.exit_code == 0, result.stderr
+    assert f"pulled {short.repo}:qwen2.5-1.5b-instruct-q4_k_m.gguf as 'qwen2.5-1.5b'" in result.stderr
+    info = cli(["models", "info", "qwen2.5-1.5b", "--json"])
+    assert info.exit_code == 0 and json.loads(info.stdout)["repo"] == short.repo
+    # the help names every short name the registry knows
+    import typer
+
+    from gptcli.cli import app
+
+    pull = typer.main.get_command(app).commands["models"].commands["pull"]  # type: ignore[attr-defined]
+    text = next(p.help for p in pull.params if p.name == "repo")
+    assert all(r.name in text for r in RECOMMENDED)
+
+
+def test_a_recommended_model_not_yet_pulled_says_how_to_get_it(cli, fake_engine):
+    from gptcli.models import resolve_model
+    from gptcli.errors import ModelError
+
+    with pytest.raises(ModelError, match=r"run `gptcli models pull llama3.2-3b` first"):
+        resolve_model("llama3.2-3b")

@@ -51,7 +51,7 @@ def _columns(rows: list[list[str]]) -> list[str]:
 @models_app.command("pull")
 def pull(
     ctx: typer.Context,
-    repo: Annotated[str, typer.Argument(help="Hub repository, OWNER/NAME (a '-GGUF' repository).")],
+    repo: Annotated[str, typer.Argument(help="Hub repository, OWNER/NAME (a '-GGUF' repository), or a recommended model's short name: smollm2-360m, qwen2.5-1.5b, llama3.2-3b, qwen2.5-7b.")],
     file: Annotated[Optional[str], typer.Option("--file", "-f", help="Exact GGUF file in the repository.")] = None,
     quant: Annotated[Optional[str], typer.Option("--quant", help="Quantization to pick: Q4_K_M, Q5_K_M, Q8_0, ...")] = None,
     alias: Annotated[Optional[str], typer.Option("--alias", "-a", help="Name to use with --model.")] = None,
@@ -63,7 +63,10 @@ def pull(
     Without --file or --quant the file is chosen by quantization (Q4_K_M first); split models
     (-00001-of-0000N.gguf) download every part. A cut-off download resumes on the next pull.
 
-    Example: gptcli models pull bartowski/SmolLM2-360M-Instruct-GGUF --quant Q4_K_M --alias smol
+    A recommended model's short name pulls its repository and registers it under that name (the
+    README lists them with the memory they need).
+
+    Example: gptcli models pull qwen2.5-1.5b
     """
     from gptcli.models import pull_model
 
