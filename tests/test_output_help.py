@@ -83,3 +83,12 @@ def test_a_range_does_not_squeeze_the_descriptions(cli, capsys, monkeypatch):
     line = next(line for line in text.splitlines() if "--parallel" in line)
     assert "INTEGER" in line and "[1<=x<=64]" not in line  # the range goes on the next line
     assert "Chunks translated at once" in line
+
+
+def test_translate_shows_only_the_output_flags_that_mean_something_for_it(cli, capsys, monkeypatch):
+    text = rendered_help(cli, capsys, monkeypatch, "translate", columns=160)
+    for flag in ("--no-history", "--plain", "--no-loop-guard", "Output and history"):
+        assert flag not in text, flag
+    assert "a start event per file" in text and "summary line" in text
+    ask = rendered_help(cli, capsys, monkeypatch, "ask", columns=160)
+    assert "--no-history" in ask and "--no-loop-guard" in ask and "Output and history" in ask

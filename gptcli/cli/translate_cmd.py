@@ -304,7 +304,15 @@ def _warnings(summary: "Summary") -> list[str]:
 
 
 @app.command()
-@generation_options
+@generation_options(
+    leave_out=("plain", "no_history", "no_loop_guard"),  # no Markdown, no history; translate checks loops itself
+    help={
+        "stats": "Print a summary line with tokens/s on stderr.",
+        "no_stream": "Print the translation when it is complete.",
+        "json": "JSON lines: a start event per file, an event per finished chunk, then a summary.",
+    },
+    output_panel="Output",
+)
 def translate(
     ctx: typer.Context,
     files: Annotated[
