@@ -233,3 +233,23 @@ def test_the_quick_start_and_usage_examples_run_with_the_embedded_model(tmp_path
     assert failures(ran) == []
     answered = [proc for example, proc, _ in ran if example.command.startswith("gptcli ask")]
     assert answered and all(proc.stdout.strip() for proc in answered)
+
+
+def test_the_recommended_models_table_is_the_registrys():
+    from gptcli.models import RECOMMENDED
+
+    text = README.read_text(encoding="utf-8")
+    for model in RECOMMENDED:
+        row = f"| {model.memory} | `{model.name}` | `{model.repo}` | {model.download} | {model.note} |"
+        assert row in text, row
+
+
+def test_the_serve_banner_in_the_readme_shows_the_context_serve_uses():
+    from gptcli.engines.local import default_context
+    from gptcli.ggufinfo import read_gguf
+    from gptcli.models import embedded_model_path
+
+    n_ctx = default_context(read_gguf(embedded_model_path(), tensors=False), None)
+    text = README.read_text(encoding="utf-8")
+    assert f"Serving smollm2-135m at http://127.0.0.1:8080/v1 (context {n_ctx} tokens; Ctrl-C stops it)" in text
+    assert f"context_length = {n_ctx}" in text
