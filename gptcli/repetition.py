@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 
 from gptcli.engines import Chunk, Usage
+from gptcli.errors import GptcliError
 
 
 SENTENCE_END = re.compile(r"[.!?…]+[\"'”’»)\]]*(?=\s|$)|[。！？]+[」』”’)]*|\n")
@@ -136,6 +137,10 @@ def guard_stream(chunks: Iterable[Chunk]) -> Iterator[Chunk]:
             if hold > sent:
                 yield Chunk(text[sent:hold], chunk.usage)
                 sent = hold
+    except GptcliError:  # the engine failed mid-reply (a server went away): what came is kept
+        if len(text) > sent:
+            yield Chunk(text[sent:], usage)
+        raise
     finally:
         # a loop, or the reader stopping early (Ctrl-C): the engine stops generating the rest
         close = getattr(iterator, "close", None)

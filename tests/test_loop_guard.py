@@ -143,3 +143,19 @@ def test_the_embedded_model_is_stopped_when_it_loops(run_gptcli):
     assert loop_start(done["text"]) is not None  # it did repeat itself (a second copy is allowed) ...
     paragraphs = [p for p in done["text"].split("\n\n") if p.strip()]
     assert max(paragraphs.count(p) for p in paragraphs) <= 2  # ... but no third time
+
+
+def test_text_held_back_is_not_lost_when_the_engine_fails_mid_reply():
+    from gptcli.errors import EngineError
+
+    def failing() -> Iterator[Chunk]:
+        usage = Usage()
+        for word in ["A", "first", "sentence", "here.", "A", "first"]:  # the second "A first" is held back
+            yield Chunk(word + " ", usage)
+        raise EngineError("the server went away")
+
+    seen: list[str] = []
+    with pytest.raises(EngineError):
+        for chunk in guard_stream(failing()):
+            seen.append(chunk.text)
+    assert "".join(seen) == "A first sentence here. A first "
