@@ -138,6 +138,7 @@ def complete_config_value(ctx: typer.Context, incomplete: str) -> Suggestions:
         "gpu_layers": ["all", "0"],
         "history": ["true", "false"],
         "flash_attn": ["true", "false"],
+        "loop_guard": ["true", "false"],
     }
     if key == "model":
         return complete_model(incomplete)

@@ -73,6 +73,8 @@ def show(
     try:
         settings = st.settings
     except ConfigError as exc:  # show what the other sources say, then the error (exit 1)
+        if as_json:
+            raise  # a script gets the error event, as for every command
         broken = exc
         try:
             settings = load_settings(read_file=False)
@@ -101,7 +103,6 @@ def _show(st: AppState, settings: Settings, path: Path, setting: Optional[str], 
         data = {
             "path": str(path),
             "exists": path.is_file(),
-            "error": None if broken is None else str(broken),
             "settings": _records(settings),
             "profiles": {name: dict(profile) for name, profile in settings.profiles.items()},
         }
