@@ -58,7 +58,7 @@ def test_a_broken_config_file_fails_and_says_where(run_gptcli, tmp_path):
     checks = _checks(proc.stdout)
     assert checks["config file"]["status"] == "fail"
     assert "line 1" in checks["config file"]["detail"]
-    assert proc.stderr.startswith("error: config file: ") and "temperature" in proc.stderr
+    assert proc.stderr.startswith("error: config file ") and "temperature" in proc.stderr
 
 
 def test_gpu_layers_on_a_cpu_only_build_is_reported(run_gptcli):

@@ -198,7 +198,7 @@ def test_continue_without_saving_reads_but_does_not_append(cli, fake_engine):
 
 def test_continue_drops_the_oldest_turns_when_the_context_is_full(cli, fake_engine):
     fake_engine.context_size = 300
-    fake_engine.replies = ["word " * 40]
+    fake_engine.replies = [" ".join(f"word{i}" for i in range(40))]  # a loop would be cut short
     for n in range(6):
         args = ["ask", f"question {n} " + "filler " * 30, "-n", "32"]
         assert cli(args if n == 0 else [*args[:1], "-c", *args[1:]]).exit_code == 0
