@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 
 from gptcli.engines import Chunk, Usage
 from gptcli.errors import GptcliError
@@ -115,7 +115,7 @@ def guard_stream(chunks: Iterable[Chunk]) -> Iterator[Chunk]:
             if not chunk.text:
                 continue
             text += chunk.text
-            # finished sentences: the first one written a second time is where the loop starts
+            # finished sentences: the first one written a third time is where the loop starts
             for match in SENTENCE_END.finditer(text, scanned):
                 if match.end() == len(text) and not match.group().endswith("\n"):
                     break  # "3." or "example." may go on ("3.5", "example.com"): wait for what follows
@@ -143,9 +143,8 @@ def guard_stream(chunks: Iterable[Chunk]) -> Iterator[Chunk]:
         raise
     finally:
         # a loop, or the reader stopping early (Ctrl-C): the engine stops generating the rest
-        close = getattr(iterator, "close", None)
-        if close is not None:
-            close()
+        if isinstance(iterator, Generator):
+            iterator.close()
     if cut is None:  # the stream ended on its own: the held-back tail is the reply's end
         if len(text) > sent:
             yield Chunk(text[sent:], usage)
@@ -175,10 +174,8 @@ def _phrase_hold(text: str) -> int:
     """Where the words that copy the ones just before them start (a phrase loop in the making)."""
     base = max(0, len(text) - 1000)
     runs = list(_WORD_RUN.finditer(text, base))
-    if text[-1:].isspace() is False and runs:
-        words = [run.group().casefold() for run in runs[:-1]]  # the last word may be unfinished
-    else:
-        words = [run.group().casefold() for run in runs]
+    complete = runs if text[-1:].isspace() else runs[:-1]  # the last word may be unfinished
+    words = [run.group().casefold() for run in complete]
     best = len(words)
     for size in range(1, LOOP_GROUP_WORDS + 1):
         at = len(words)

@@ -22,7 +22,6 @@ from gptcli.store import (
     export_json,
     export_markdown,
     make_title,
-    new_session_id,
     open_history,
 )
 from tests.conftest import _Stream
