@@ -52,7 +52,7 @@ def _readable_help() -> None:
     (``--temperature,--temp``). Here: ``[PROMPT]`` / ``REPO``, ``TEXT``/``INTEGER``, the range on
     a line of its own, and ``--temperature, --temp``.
     """
-    from typer import core, rich_utils
+    from typer import core
     from typer._click import types
 
     if getattr(core.TyperArgument.make_metavar, "_gptcli", False):
@@ -75,6 +75,27 @@ def _readable_help() -> None:
         return base_metavar(self, param, ctx) or TYPE_LABELS.get(str(self.name))
 
     types.ParamType.get_metavar = get_metavar  # type: ignore[method-assign]
+
+    # Typer imports its Rich help module (35 ms) only to draw a help page: patch it then, not at
+    # every command
+    for command_class in (core.TyperCommand, core.TyperGroup):
+        command_class.format_help = _patching_rich_help(command_class.format_help)  # type: ignore[method-assign]
+
+
+def _patching_rich_help(format_help: Any) -> Any:
+    def patched(self: Any, ctx: Any, formatter: Any) -> Any:
+        _patch_rich_utils()
+        return format_help(self, ctx, formatter)
+
+    return patched
+
+
+def _patch_rich_utils() -> None:
+    from typer import rich_utils
+
+    if getattr(rich_utils, "_gptcli", False):
+        return
+    rich_utils._gptcli = True  # type: ignore[attr-defined]
     rich_utils.RANGE_STRING = "\n[{}]"
 
     class Spaced:
