@@ -40,7 +40,7 @@ NOT_HERE = {
     "smollm2-360m-instruct-q4_k_m": "a model pulled from the Hub",
     "bartowski/": "a model pulled from the Hub",
     "qwen2.5-1.5b": "a model pulled from the Hub",
-    "--install-completion": "detects the reader's shell (tests/test_completion.py installs for each shell)",
+    "--install-completion  ": "detects the reader's shell (the line below names one, and runs)",
     "pytest": "the test suite itself",
     "benchmarks/run": "development",
     ".ci/run": "development",
