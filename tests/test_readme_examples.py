@@ -253,3 +253,24 @@ def test_the_serve_banner_in_the_readme_shows_the_context_serve_uses():
     text = README.read_text(encoding="utf-8")
     assert f"Serving smollm2-135m at http://127.0.0.1:8080/v1 (context {n_ctx} tokens; Ctrl-C stops it)" in text
     assert f"context_length = {n_ctx}" in text
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces as hyphens."""
+    text = heading.strip().lower().replace("`", "")
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+def test_every_link_inside_the_readme_and_to_docs_leads_somewhere():
+    text = README.read_text(encoding="utf-8")
+    anchors = {github_anchor(h) for h in re.findall(r"^#{2,4} (.+)$", text, flags=re.M)}
+    links = re.findall(r"\]\(#([^)]+)\)", text)
+    assert len(links) > 20
+    assert sorted({link for link in links if link not in anchors}) == []
+    for path, anchor in re.findall(r"\]\(((?:docs|benchmarks)/[^)#]+)(?:#([^)]+))?\)", text):
+        target = ROOT / path
+        assert target.is_file(), path
+        if anchor:
+            headings = {github_anchor(h) for h in re.findall(r"^#{1,4} (.+)$", target.read_text(encoding="utf-8"), flags=re.M)}
+            assert anchor in headings, f"{path}#{anchor}"
