@@ -106,6 +106,7 @@ def guard_stream(chunks: Iterable[Chunk]) -> Iterator[Chunk]:
     sent = 0  # how much of it was passed on
     seen: dict[str, int] = {}  # finished sentences, normalized: how often each was written
     scanned = 0  # where the next unfinished sentence starts
+    in_code = False  # inside a fenced code block, where a line may rightly come back (`}`, `end`, `</div>`)
     usage: Usage | None = None
     cut: int | None = None
     try:
@@ -123,7 +124,9 @@ def guard_stream(chunks: Iterable[Chunk]) -> Iterator[Chunk]:
                 sentence = " ".join(raw.split()).casefold()
                 offset = scanned + len(raw) - len(raw.lstrip())
                 scanned = match.end()
-                if len(sentence) + sum(ord(ch) >= 0x2E80 for ch in sentence) < LOOP_UNIT_CHARS:
+                if sentence.startswith(("```", "~~~")):
+                    in_code = not in_code
+                if in_code or len(sentence) + sum(ord(ch) >= 0x2E80 for ch in sentence) < LOOP_UNIT_CHARS:
                     continue
                 seen[sentence] = seen.get(sentence, 0) + 1
                 if seen[sentence] > GUARD_SENTENCE_TIMES:

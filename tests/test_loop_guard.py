@@ -69,6 +69,7 @@ def test_what_was_passed_on_is_the_reply_as_kept_nothing_of_the_loop_shows():
         "1. Mix.\n2. Stir.\n3. Bake.\n4. Serve.",
         "Roses are red and the sea is wide.\nI sing all day.\nRoses are red and the sea is wide.\nGood night.",
         "在这里写中文。这是第二句。",
+        "Three rows:\n\n```html\n<div class=\"row\">a</div>\n<div class=\"row\">a</div>\n<div class=\"row\">a</div>\n```\n\nDone.",
     ],
 )
 def test_replies_that_do_not_loop_pass_through_whole(reply):
