@@ -296,7 +296,11 @@ def resolve_model(spec: str | None) -> ModelRef:
         raise ModelError(f"model '{spec}' has not been pulled: run `{pull}` first")
     if spec.lower().endswith(".gguf") or os.sep in spec or "/" in spec:
         return ModelRef(path.name, path, "path")  # loading it says what is wrong with the path
-    if recommended(spec) is not None:
+    short = recommended(spec)
+    if short is not None:  # pulled by its repository's name, under another alias: that one
+        hits = registry.by_repo(short.repo)
+        if hits:
+            return _ref_for(hits[0])
         raise ModelError(f"model '{spec}' has not been pulled: run `gptcli models pull {spec}` first")
     raise ModelError(f"unknown model '{spec}': give an alias, REPO[:FILE] or a GGUF path (see `gptcli models list`)")
 

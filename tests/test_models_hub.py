@@ -523,3 +523,14 @@ def test_a_recommended_model_not_yet_pulled_says_how_to_get_it(cli, fake_engine)
 
     with pytest.raises(ModelError, match=r"run `gptcli models pull llama3.2-3b` first"):
         resolve_model("llama3.2-3b")
+
+
+def test_a_recommended_model_pulled_by_its_repository_is_found_by_its_short_name(cli, hub, ggufs):
+    from gptcli.models import recommended, resolve_model
+
+    short = recommended("llama3.2-3b")
+    assert short is not None
+    hub.add_repo(short.repo, {"Llama-3.2-3B-Instruct-Q4_K_M.gguf": ggufs["Q4_K_M"]})
+    assert cli(["models", "pull", short.repo]).exit_code == 0
+    ref = resolve_model("llama3.2-3b")
+    assert ref.path.name == "Llama-3.2-3B-Instruct-Q4_K_M.gguf"
