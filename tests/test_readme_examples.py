@@ -274,3 +274,32 @@ def test_every_link_inside_the_readme_and_to_docs_leads_somewhere():
         if anchor:
             headings = {github_anchor(h) for h in re.findall(r"^#{1,4} (.+)$", target.read_text(encoding="utf-8"), flags=re.M)}
             assert anchor in headings, f"{path}#{anchor}"
+
+
+def test_the_files_table_gives_the_modes_gptcli_makes(tmp_path):
+    """Files gptcli keeps: a chat, an ask -c (saves a model state), a translation, models add, config set, templates new."""
+    home = tmp_path / "gptcli-home"
+    wrapper_env = {**os.environ, "GPTCLI_HOME": str(home), "HF_HUB_OFFLINE": "1", "EDITOR": "true"}
+    wrapper_env.pop("GPTCLI_CONFIG", None)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "gptcli").write_text(WRAPPER.format(python=sys.executable, root=str(ROOT)))
+    (bin_dir / "gptcli").chmod(0o755)
+    doc = tmp_path / "doc.md"
+    doc.write_text("# Title\n\nSome text.\n")
+    from gptcli.models import embedded_model_path
+
+    for command in (["ask", "hello"], ["translate", str(doc), "--to", "fr"], ["models", "add", str(embedded_model_path()), "--alias", "e"],
+                    ["config", "set", "top_k", "30"], ["templates", "new", "mine", "--no-edit"]):
+        proc = subprocess.run([str(bin_dir / "gptcli"), *command], env=wrapper_env, capture_output=True, text=True, timeout=120,
+                              stdin=subprocess.DEVNULL)
+        assert proc.returncode == 0, (command, proc.stderr)
+    mode = lambda path: oct(path.stat().st_mode & 0o777)  # noqa: E731
+    text = README.read_text(encoding="utf-8")
+    assert mode(home) == "0o700" and mode(home / "history.db") == "0o600"
+    assert "| `history.db` | data | 0600 |" in text
+    assert mode(home / "translations") == "0o700" and {mode(p) for p in (home / "translations").iterdir()} == {"0o600"}
+    assert "| `translations/` | data | 0700, files 0600 |" in text
+    assert mode(home / "models.json") == "0o600" and "| `models.json` | data | 0600 |" in text
+    assert mode(home / "config.toml") == "0o600" and "| `config.toml` | config | 0600 |" in text
+    assert mode(home / "templates") == "0o700"
