@@ -120,8 +120,10 @@ def unwrap_paragraphs(text: str) -> str:
     Rich keeps a docstring's line breaks, which then fall mid-sentence on any other width. Lines
     that start a list item (``-``, ``*``) or are indented keep their own line.
     """
+    import inspect
+
     paragraphs = []
-    for paragraph in inspect_cleandoc(text).split("\n\n"):
+    for paragraph in inspect.cleandoc(text).split("\n\n"):
         lines = paragraph.splitlines()
         out: list[str] = []
         for line in lines:
@@ -131,12 +133,6 @@ def unwrap_paragraphs(text: str) -> str:
                 out.append(line)
         paragraphs.append("\n".join(out))
     return "\n\n".join(paragraphs)
-
-
-def inspect_cleandoc(text: str) -> str:
-    import inspect
-
-    return inspect.cleandoc(text)
 
 
 def unwrap_help(command: Any) -> None:
