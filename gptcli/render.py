@@ -405,7 +405,7 @@ class JsonRenderer:
     def finish(self, usage: Usage | None) -> None:
         event: dict[str, Any] = {"type": "done", "text": "".join(self.parts)}
         event.update(self.extra)
-        event["usage"] = usage.as_dict() if usage else None
+        event["usage"] = rounded_usage(usage) if usage else None
         self.emit(event)
 
 
@@ -422,6 +422,8 @@ class SanitizedRenderer:
 
     def finish(self, usage: Usage | None) -> None:
         self.inner.finish(usage)
+
+
 class JsonValueRenderer:
     """A reply that must be JSON: checked when complete, then printed as JSON.
 
@@ -481,6 +483,11 @@ class JsonValueRenderer:
             self.env.stdout.flush()
         except BrokenPipeError:
             raise OutputClosed from None
+
+
+def rounded_usage(usage: Usage) -> dict[str, Any]:
+    """``usage.as_dict()`` with times in milliseconds' precision (0.214, not 0.21384710099999)."""
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in usage.as_dict().items()}
 
 
 class BufferedRenderer:

@@ -440,7 +440,7 @@ class ChatSession:
 
     def _output_mode(self) -> OutputMode:
         # the status line is the chat's own (``_print_stats``), counted like /tokens
-        return OutputMode(plain=self.mode.plain, json=self.mode.json, stream=self.mode.stream, stats=False)
+        return OutputMode(plain=self.mode.plain, json=self.mode.json, stream=self.mode.stream, stats=False, loop_guard=self.mode.loop_guard)
 
     def _summarize(self, request: Sequence[Message], sampling: Sampling) -> str:
         """Ask the model for the note that replaces the oldest turns (not shown, not stored)."""

@@ -331,3 +331,8 @@ class AtomicTextFile:
     def __exit__(self, *exc: object) -> None:
         if not self.file.closed or os.path.exists(self.tmp):
             self.discard()
+
+
+def plural(count: int, singular: str, plural_form: str | None = None) -> str:
+    """``1 chunk``, ``3 chunks``, ``2 replies``: a count with its noun in the right number."""
+    return f"{count:,} {singular if count == 1 else plural_form or singular + 's'}"

@@ -250,3 +250,18 @@ def test_install_completion_works_as_in_typer(run_gptcli, tmp_path):
     script = 'source ~/.bashrc; COMP_WORDS=(gptcli dr); COMP_CWORD=1; _gptcli_completion gptcli; echo "${COMPREPLY[@]}"'
     out = subprocess.run(["bash", "--noprofile", "--norc", "-c", script], capture_output=True, text=True, env=shell_env(HOME=str(home)), timeout=60)
     assert out.stdout.strip() == "draft"
+
+
+@pytest.mark.parametrize(("shell", "installed"), [("zsh", ".zfunc/_gptcli"), ("fish", ".config/fish/completions/gptcli.fish")])
+def test_install_completion_installs_for_the_shell_named_not_the_one_detected(run_gptcli, tmp_path, shell, installed):
+    home = tmp_path / "user"
+    home.mkdir()
+    proc = run_gptcli("--install-completion", shell, env={"HOME": str(home), "SHELL": "/bin/bash"})
+    assert proc.returncode == 0, proc.stderr
+    assert f"{shell} completion installed" in proc.stdout
+    assert (home / installed).is_file()
+    assert not (home / ".bash_completions").exists() and not (home / ".bashrc").exists()
+    unknown = run_gptcli("--install-completion", "tcsh", env={"HOME": str(home)})
+    assert unknown.returncode == 2 and unknown.stderr.strip() == (
+        "error: unknown shell 'tcsh' for --install-completion (one of: bash, zsh, fish, powershell, pwsh)"
+    )

@@ -84,6 +84,40 @@ def test_show_reports_a_broken_file_naming_the_line(cli, isolated_home):
     assert "Traceback" not in result.stderr
 
 
+def test_a_syntax_error_leaves_config_show_and_edit_working(cli, isolated_home, tmp_path, monkeypatch):
+    config_file(isolated_home).write_text("temperature = 0.3\ntop_k = [\n")
+    monkeypatch.setenv("GPTCLI_SEED", "7")
+    shown = cli(["config", "show"])
+    assert shown.exit_code == 1
+    assert "not read: it has an error" in shown.stdout
+    assert "seed" in shown.stdout and "env GPTCLI_SEED" in shown.stdout  # the other sources are still shown
+    (line,) = shown.stderr.strip().splitlines()
+    assert line.startswith(f"error: config file {config_file(isolated_home)}") and "config edit" in line
+    assert "config file: config file" not in line
+    as_json = cli(["config", "show", "--json"])  # a script gets the error event alone
+    assert as_json.exit_code == 1 and json.loads(as_json.stdout)["type"] == "error"
+    monkeypatch.setenv("EDITOR", _editor(tmp_path, "path.write_text('temperature = 0.3\\ntop_k = 5\\n')\n"))
+    fixed = cli(["config", "edit"])
+    assert fixed.exit_code == 0, fixed.stderr
+    assert cli(["config", "show", "top_k"]).stdout == "5\n"
+
+
+def test_doctor_names_a_broken_config_file_once(cli, isolated_home):
+    config_file(isolated_home).write_text("top_k = [\n")
+    result = cli(["doctor", "--no-load"])
+    assert result.exit_code == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: config file ") and "config file: config file" not in last
+
+
+def test_set_on_a_new_file_writes_the_commented_file_edit_promises(cli, isolated_home):
+    assert cli(["config", "set", "top_k", "12"]).exit_code == 0
+    text = config_file(isolated_home).read_text()
+    assert tomllib.loads(text) == {"top_k": 12}
+    assert "# temperature = 0.7" in text and '# overflow = "summarize"' in text  # every other key, commented out
+    assert "\ntop_k = 12\n" in text and "# top_k =" not in text  # set in its own place
+
+
 def test_path_prints_the_config_file(cli, isolated_home):
     result = cli(["config", "path"])
     assert result.exit_code == 0

@@ -58,7 +58,7 @@ def test_a_broken_config_file_fails_and_says_where(run_gptcli, tmp_path):
     checks = _checks(proc.stdout)
     assert checks["config file"]["status"] == "fail"
     assert "line 1" in checks["config file"]["detail"]
-    assert proc.stderr.startswith("error: config file: ") and "temperature" in proc.stderr
+    assert proc.stderr.startswith("error: config file ") and "temperature" in proc.stderr
 
 
 def test_gpu_layers_on_a_cpu_only_build_is_reported(run_gptcli):
@@ -169,3 +169,13 @@ def test_a_gpu_build_names_its_backend_device_and_memory():
     checks = {c.label: c for c in device_checks(cpu_only, 0)}
     assert "gpu" not in checks and checks["gpu offload"].value == "not supported by this build (CPU only)"
     assert {c.label: c for c in device_checks(cpu_only, 10)}["gpu offload"].status == "fail"
+
+
+@pytest.mark.parametrize("offline", ["0", "1"])
+def test_doctor_never_claims_the_hub_is_online(run_gptcli, offline):
+    """doctor makes no request, so its hub line says what is set, not whether the Hub answers."""
+    proc = run_gptcli("doctor", "--no-load", "--json", env={"HF_HUB_OFFLINE": offline, "HF_ENDPOINT": "http://127.0.0.1:9"})
+    hub = _checks(proc.stdout)["hub"]
+    text = json.dumps(hub)
+    assert "online" not in text
+    assert ("offline mode on" if offline == "1" else "offline mode off (network not checked)") in text

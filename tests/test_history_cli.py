@@ -198,7 +198,7 @@ def test_continue_without_saving_reads_but_does_not_append(cli, fake_engine):
 
 def test_continue_drops_the_oldest_turns_when_the_context_is_full(cli, fake_engine):
     fake_engine.context_size = 300
-    fake_engine.replies = ["word " * 40]
+    fake_engine.replies = [" ".join(f"word{i}" for i in range(40))]  # a loop would be cut short
     for n in range(6):
         args = ["ask", f"question {n} " + "filler " * 30, "-n", "32"]
         assert cli(args if n == 0 else [*args[:1], "-c", *args[1:]]).exit_code == 0
@@ -264,9 +264,10 @@ def test_history_show_by_title_and_unknown(cli, three_sessions):
 def test_history_search(cli, three_sessions):
     result = cli(["history", "search", "quokka*"])
     assert result.exit_code == 0
-    head, snippet = result.stdout.splitlines()
-    assert head.startswith(three_sessions[0]) and "Tell me about quokkas" in head
-    assert "**" in snippet
+    (line,) = result.stdout.splitlines()  # one line per conversation, as --help says
+    assert line.startswith(three_sessions[0]) and "Tell me about quokkas" in line
+    assert "quokka" in line.split(": ", 1)[1].lower()  # the snippet, on the same line ...
+    assert "**" not in line  # ... without Markdown markers on a pipe
     data = json.loads(cli(["history", "search", "docker", "--json"]).stdout)
     assert [d["session_id"] for d in data] == [three_sessions[-1]]
     assert "**docker**" in data[0]["snippet"].lower()
@@ -340,3 +341,18 @@ def test_history_rm_leaves_no_file_derived_from_the_conversation(run_gptcli, tin
     proc = run_gptcli("history", "rm", session, "--yes")
     assert proc.returncode == 0, proc.stderr
     assert derived() == []
+
+
+def test_four_characters_of_an_id_tell_sessions_made_together_apart(cli, fake_engine):
+    from gptcli.store import new_session_id
+
+    now = 1_800_000_000.0
+    prefixes = {new_session_id(now)[:4] for _ in range(200)}  # all in the same second
+    assert len(prefixes) > 190
+    for prompt in ("first question", "second question", "third question"):
+        assert cli(["ask", prompt]).exit_code == 0
+    sessions = json.loads(cli(["history", "list", "--json"]).stdout)
+    for session in sessions:
+        shown = cli(["history", "show", session["id"][:4]])
+        assert shown.exit_code == 0, shown.stderr
+        assert shown.stdout.startswith(f"# {session['title']}")

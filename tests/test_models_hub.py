@@ -49,7 +49,7 @@ def test_pull_picks_q4_k_m_by_default_and_registers_it(cli, hub, ggufs):
     repo = quant_repo(hub, ggufs)
     result = cli(["models", "pull", REPO])
     assert result.exit_code == 0, result.stderr
-    assert "pulled acme/tiny-GGUF:tiny-Q4_K_M.gguf as 'tiny-q4_k_m'" in result.stdout
+    assert "pulled acme/tiny-GGUF:tiny-Q4_K_M.gguf as 'tiny-q4_k_m'" in result.stderr
     assert "chose tiny-Q4_K_M.gguf" in result.stderr and "default" in result.stderr
     # only the chosen file crossed the wire, into the standard Hub cache layout
     sha = hashlib.sha256(ggufs["Q4_K_M"]).hexdigest()
@@ -72,7 +72,7 @@ def test_without_q4_k_m_the_next_preference_is_chosen_and_explained(cli, hub, gg
     quant_repo(hub, ggufs, ("Q8_0", "Q6_K", "Q4_K_S"))
     result = cli(["models", "pull", REPO])
     assert result.exit_code == 0, result.stderr
-    assert "tiny-Q4_K_S.gguf" in result.stdout
+    assert "tiny-Q4_K_S.gguf" in result.stderr
     assert "no Q4_K_M" in result.stderr
 
 
@@ -80,10 +80,10 @@ def test_quant_and_file_options_override_the_choice(cli, hub, ggufs):
     quant_repo(hub, ggufs)
     by_quant = cli(["models", "pull", REPO, "--quant", "q8_0"])
     assert by_quant.exit_code == 0, by_quant.stderr
-    assert "tiny-Q8_0.gguf as 'tiny-q8_0'" in by_quant.stdout
+    assert "tiny-Q8_0.gguf as 'tiny-q8_0'" in by_quant.stderr
     by_file = cli(["models", "pull", REPO, "--file", "tiny-Q5_K_M.gguf", "--alias", "five"])
     assert by_file.exit_code == 0, by_file.stderr
-    assert "as 'five'" in by_file.stdout
+    assert "as 'five'" in by_file.stderr
     assert sorted(Registry.load().models) == ["five", "tiny-q8_0"]
 
 
@@ -105,7 +105,7 @@ def test_split_model_downloads_every_part_and_registers_the_first(cli, hub, gguf
     result = cli(["models", "pull", REPO])
     assert result.exit_code == 0, result.stderr
     assert "in 3 parts" in result.stderr
-    assert "pulled acme/tiny-GGUF:Q4_K_M/big-Q4_K_M-00001-of-00003.gguf as 'big-q4_k_m'" in result.stdout
+    assert "pulled acme/tiny-GGUF:Q4_K_M/big-Q4_K_M-00001-of-00003.gguf as 'big-q4_k_m'" in result.stderr
     assert len(blob_gets(hub)) == 3
     assert sum("cursor=" in r.path for r in hub.requests) >= 1  # pagination was followed
     entry = Registry.load().models["big-q4_k_m"]
@@ -117,7 +117,7 @@ def test_split_model_downloads_every_part_and_registers_the_first(cli, hub, gguf
     assert data["split_parts"] == 3 and len(data["files"]) == 3
     assert data["parameters"] == 3 * (32 * 8 + 8)  # tensors of all three parts
     removed = cli(["models", "rm", "big-q4_k_m", "--yes"])
-    assert removed.exit_code == 0 and "3 file(s)" in removed.stdout
+    assert removed.exit_code == 0 and "deleted 3 files" in removed.stderr
     assert not cache_folder().exists()
 
 
@@ -494,3 +494,43 @@ def test_ctrl_c_during_a_download_keeps_the_part_for_the_next_pull(hub, big_mode
     assert again.returncode == 0, again.stderr
     assert [r.headers.get("range") for r in hub.requests[before:] if r.server == "cdn"] == [f"bytes={kept}-"]
     assert (cache_folder() / "blobs" / sha).read_bytes() == data
+
+
+def test_a_recommended_model_is_pulled_by_its_short_name_and_used_by_it(cli, hub, ggufs):
+    from gptcli.models import RECOMMENDED, recommended
+
+    short = recommended("qwen2.5-1.5b")
+    assert short is not None
+    hub.add_repo(short.repo, {"qwen2.5-1.5b-instruct-q8_0.gguf": ggufs["Q8_0"], "qwen2.5-1.5b-instruct-q4_k_m.gguf": ggufs["Q4_K_M"]})
+    result = cli(["models", "pull", "qwen2.5-1.5b"])
+    assert result.exit_code == 0, result.stderr
+    assert f"pulled {short.repo}:qwen2.5-1.5b-instruct-q4_k_m.gguf as 'qwen2.5-1.5b'" in result.stderr
+    info = cli(["models", "info", "qwen2.5-1.5b", "--json"])
+    assert info.exit_code == 0 and json.loads(info.stdout)["repo"] == short.repo
+    # the help names every short name the registry knows
+    import typer
+
+    from gptcli.cli import app
+
+    pull = typer.main.get_command(app).commands["models"].commands["pull"]  # type: ignore[attr-defined]
+    text = next(p.help for p in pull.params if p.name == "repo")
+    assert all(r.name in text for r in RECOMMENDED)
+
+
+def test_a_recommended_model_not_yet_pulled_says_how_to_get_it(cli, fake_engine):
+    from gptcli.models import resolve_model
+    from gptcli.errors import ModelError
+
+    with pytest.raises(ModelError, match=r"run `gptcli models pull llama3.2-3b` first"):
+        resolve_model("llama3.2-3b")
+
+
+def test_a_recommended_model_pulled_by_its_repository_is_found_by_its_short_name(cli, hub, ggufs):
+    from gptcli.models import recommended, resolve_model
+
+    short = recommended("llama3.2-3b")
+    assert short is not None
+    hub.add_repo(short.repo, {"Llama-3.2-3B-Instruct-Q4_K_M.gguf": ggufs["Q4_K_M"]})
+    assert cli(["models", "pull", short.repo]).exit_code == 0
+    ref = resolve_model("llama3.2-3b")
+    assert ref.path.name == "Llama-3.2-3B-Instruct-Q4_K_M.gguf"

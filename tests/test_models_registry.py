@@ -89,7 +89,7 @@ def test_several_unnamed_files_need_an_explicit_file():
 def test_add_a_local_file_and_use_it_by_alias(cli, files, loaded):
     added = cli(["models", "add", str(files["alpha"]), "--alias", "a"])
     assert added.exit_code == 0, added.stderr
-    assert added.stdout.startswith(f"added {files['alpha']} as 'a'")
+    assert added.stderr.startswith(f"added {files['alpha']} as 'a'")
     asked = cli(["ask", "hi", "--model", "a"])
     assert asked.exit_code == 0, asked.stderr
     assert loaded == [files["alpha"]]
@@ -99,7 +99,7 @@ def test_add_derives_an_alias_and_adding_twice_keeps_one_entry(cli, files):
     first = cli(["models", "add", str(files["beta"])])
     again = cli(["models", "add", str(files["beta"])])
     assert first.exit_code == again.exit_code == 0
-    assert "as 'beta.q8_0'" in first.stdout and "as 'beta.q8_0'" in again.stdout
+    assert "as 'beta.q8_0'" in first.stderr and "as 'beta.q8_0'" in again.stderr
     assert list(Registry.load().models) == ["beta.q8_0"]
 
 
@@ -183,7 +183,7 @@ def test_default_precedence_flag_env_config_registry_embedded(cli, files, loaded
     assert loaded[-1] == embedded_model_path()  # nothing set: the embedded model
 
     chosen = cli(["models", "default", "alpha"])
-    assert chosen.exit_code == 0 and chosen.stdout.startswith("default model: alpha")
+    assert chosen.exit_code == 0 and chosen.stderr.startswith("default model: alpha")
     cli(["ask", "x"])
     assert loaded[-1] == files["alpha"]  # the registry default
 
@@ -346,7 +346,7 @@ def test_rm_asks_first_and_keeps_your_own_file(cli, files):
     assert code == 1 and "Unregister 'a'" in err and "[y/N]" in err
     assert "a" in Registry.load().models
     code, out, err = _run_with_answer(["models", "rm", "a"], "y\n")
-    assert code == 0 and out.startswith("removed 'a'") and "the default is now the embedded model" in err
+    assert code == 0 and "removed 'a'" in err and "the default is now the embedded model" in err
     assert files["alpha"].exists(), "a file of the user's own was deleted"
     registry = Registry.load()
     assert registry.models == {} and registry.default is None

@@ -64,6 +64,9 @@ def test_json_output_is_chunk_events_then_done(cli, fake_engine):
     assert events[-1]["type"] == "done"
     assert events[-1]["text"] == "Hello from the fake engine."
     assert events[-1]["usage"]["completion_tokens"] == 5
+    for name in ("time_to_first_token", "total_time"):  # seconds to the millisecond, not 15 decimals
+        value = events[-1]["usage"][name]
+        assert isinstance(value, float) and value == round(value, 3)
 
 
 def test_stats_go_to_stderr(cli, fake_engine):
@@ -80,7 +83,7 @@ def test_sampling_flags_reach_the_engine(cli, fake_engine):
 
 def test_out_of_range_sampling_is_a_usage_error(cli, fake_engine):
     result = cli(["ask", "hi", "--top-p", "2"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "--top-p" in result.stderr and fake_engine.calls == []
 
 

@@ -215,3 +215,11 @@ def test_real_answer_follows_the_rules(run_gptcli):
     quiet = run_gptcli("-q", *args, "--stats")
     assert quiet.returncode == 0 and quiet.stdout.strip() and quiet.stderr == ""
     assert ESC not in quiet.stdout  # and a pipe gets plain text
+
+
+def test_counts_read_as_english():
+    from gptcli.textio import plural
+
+    assert [plural(1, "chunk"), plural(3, "chunk"), plural(1, "reply", "replies"), plural(2, "reply", "replies")] == [
+        "1 chunk", "3 chunks", "1 reply", "2 replies"]
+    assert plural(1200, "token") == "1,200 tokens"

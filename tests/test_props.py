@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gptcli.config import KEYS, Settings, load_settings, read_config_file
-from gptcli.errors import ConfigError, GptcliError, InputError, ModelError, TemplateError
+from gptcli.errors import ConfigError, GptcliError, InputError, ModelError, TemplateError, UsageError
 from gptcli.ggufinfo import read_gguf
 from gptcli.models import embedded_model_path
 from gptcli.repl import ALIASES, COMMANDS, parse_command
@@ -156,7 +156,7 @@ def test_any_flag_values_give_settings_or_one_config_error(flags: dict[str, obje
     base = Settings(values={n: k.default for n, k in KEYS.items()}, sources={n: "default" for n in KEYS})
     try:
         result = base.with_flags(**flags)
-    except ConfigError as exc:
+    except UsageError as exc:
         assert str(exc).startswith("--")
         return
     for name, value in flags.items():

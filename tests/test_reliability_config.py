@@ -36,8 +36,7 @@ def assert_one_error_line(result, *needles: str, code: int = 1) -> str:
 )
 def test_out_of_range_sampling_flags_are_refused_before_the_model_loads(cli, fake_engine, flags, message):
     result = cli(["ask", "hi", *flags])
-    assert_one_error_line(result, message, code=result.exit_code)
-    assert result.exit_code in (1, 2)
+    assert_one_error_line(result, message, code=2)  # a usage error, like a flag that is not a number
     assert fake_engine.calls == []
 
 

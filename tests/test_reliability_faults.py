@@ -44,7 +44,7 @@ main()
 
 SLOW_CHAT_ENGINE = """
 from tests.fakes import FakeEngine
-engine = FakeEngine(replies=["Short first answer.", "word " * 600], delay=0.01)
+engine = FakeEngine(replies=["Short first answer.", "".join(f"word{i} " for i in range(600))], delay=0.01)
 """
 
 SLOW_TRANSLATOR = """
@@ -110,7 +110,7 @@ def test_a_signal_during_a_chat_reply_loses_at_most_that_reply(isolated_home, na
         old = store.create_session(model="m", title="an older chat")
         store.add_turn(old.id, "old question", "old answer")
     proc = start(SLOW_CHAT_ENGINE, "chat", stdin=b"first question\nsecond question\nthird question\n")
-    shown = read_until(proc, b"word word word")
+    shown = read_until(proc, b"word0 word1 word2")
     returncode, rest, err = finish(proc, sig)
     assert returncode == code, err
     assert "Traceback" not in err
@@ -128,8 +128,8 @@ def test_a_signal_during_a_chat_reply_loses_at_most_that_reply(isolated_home, na
         assert len(messages) == 4
         assert contents[2] == ("user", "second question")
         partial = messages[3]
-        assert partial.interrupted and partial.content.startswith("word word word")
-        assert len(partial.content) < len("word " * 600)
+        assert partial.interrupted and partial.content.startswith("word0 word1 word2")
+        assert len(partial.content) < len("".join(f"word{i} " for i in range(600)))
         assert (shown + rest).decode().count("word") >= partial.content.count("word")
     # the next run opens the same history, adds to it, and leaves no journal or temporary behind
     again = subprocess.run([sys.executable, "-c", textwrap.dedent(FAKE_MAIN).replace("ENGINE", SLOW_CHAT_ENGINE.replace("0.01", "0")).replace("PRELUDE", ""), "ask", "after"],
@@ -351,7 +351,7 @@ def test_sigterm_during_an_interactive_reply_keeps_it_and_ends_the_chat(isolated
     child.expect("Short first answer.")
     child.expect("\u203a".encode())
     child.send("second question\r")
-    child.expect("word word word")
+    child.expect("word0 word1 word2")
     child.kill(signal.SIGTERM)
     child.expect(pexpect.EOF)
     child.close()
@@ -362,7 +362,7 @@ def test_sigterm_during_an_interactive_reply_keeps_it_and_ends_the_chat(isolated
         (info,) = store.list_sessions()
         messages = store.messages(info.id)
     assert [m.content for m in messages[:3]] == ["first question", "Short first answer.", "second question"]
-    assert messages[3].interrupted and messages[3].content.startswith("word word")
+    assert messages[3].interrupted and messages[3].content.startswith("word0 word1")
 
 
 # ---------------------------------------------------------------- one-shot commands and temporary files
@@ -373,7 +373,7 @@ def test_a_signal_during_ask_saves_the_partial_reply(isolated_home, name):
     """(SIGKILL and Ctrl-C with the real model: tests/test_store_faults.py)"""
     sig, code = SIGNALS[name]
     proc = start(SLOW_CHAT_ENGINE.replace('"Short first answer.", ', ""), "ask", "a long question")
-    read_until(proc, b"word word word")
+    read_until(proc, b"word0 word1 word2")
     returncode, _, err = finish(proc, sig)
     assert returncode == code, err
     assert "Traceback" not in err
@@ -382,7 +382,7 @@ def test_a_signal_during_ask_saves_the_partial_reply(isolated_home, name):
         (info,) = store.list_sessions()
         user, reply = store.messages(info.id)
     assert user.content == "a long question"
-    assert reply.interrupted and reply.content.startswith("word word word")
+    assert reply.interrupted and reply.content.startswith("word0 word1 word2")
 
 
 HOLDER = """

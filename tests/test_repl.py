@@ -290,7 +290,7 @@ def test_overflow_stop_refuses_and_the_chat_goes_on(repl, fake_engine):
 
 def test_overflow_summarize_asks_the_model_for_a_note_and_says_so(repl, fake_engine):
     fake_engine.context_size = 120
-    fake_engine.replies = ["answer " * 10]
+    fake_engine.replies = [" ".join(f"answer{i}" for i in range(10))]  # "answer answer ..." is a loop, cut short
     long = "word " * 12
     result = repl(*[f"q{i} {long}" + ENTER for i in range(4)])
     summary_requests = [c for c in fake_engine.calls if "Condense this conversation" in c[-1]["content"]]

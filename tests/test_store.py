@@ -22,7 +22,6 @@ from gptcli.store import (
     export_json,
     export_markdown,
     make_title,
-    new_session_id,
     open_history,
 )
 from tests.conftest import TextStream
@@ -106,12 +105,12 @@ def test_add_message_returns_ids_and_rejects_bad_roles_and_sessions(store: Conve
     assert len(store.messages(info.id)) == 2
 
 
-def test_session_ids_are_short_unique_and_sort_by_time(store: ConversationStore):
+def test_session_ids_are_short_unique_and_their_start_is_random(store: ConversationStore):
     made = [store.create_session(model=None).id for _ in range(300)]  # all within a second or two
     assert len(set(made)) == 300
     assert all(len(i) == 12 and i.isalnum() and i == i.lower() for i in made)
-    assert new_session_id(1_700_000_000) < new_session_id(1_700_000_001) < new_session_id(1_800_000_000)
-    assert new_session_id(32_000_000_000) > new_session_id(1_800_000_000)  # still sorted in the year 2984
+    # the start is random, so a short prefix tells sessions made in the same second apart
+    assert len({i[:4] for i in made}) > 290
 
 
 def test_list_is_newest_first_and_continuing_moves_a_session_up(store: ConversationStore):
@@ -132,16 +131,19 @@ def test_latest_session_of_an_empty_store_is_none(store: ConversationStore):
     assert store.list_sessions() == []
 
 
-def test_find_session_by_id_prefix_and_title(store: ConversationStore):
+def test_find_session_by_id_prefix_and_title(store: ConversationStore, monkeypatch: pytest.MonkeyPatch):
+    ids = iter(["k3v9a1nh69jcq", "k3v9b1nh69jcq"])  # two ids that share their first 4 characters
+    monkeypatch.setattr("gptcli.store.new_session_id", lambda now=None: next(ids)[:12])
     a = store.create_session(model="m", title="Trip planning")
     b = store.create_session(model="m", title="Budget 2025")
+    monkeypatch.undo()
     assert store.find_session(a.id).id == a.id
     assert store.find_session(a.id.upper()).id == a.id
-    assert store.find_session(b.id[:11]).id == b.id  # same second: the first 7 characters are shared
+    assert store.find_session(b.id[:5]).id == b.id
     assert store.find_session("Trip planning").id == a.id
     assert store.find_session("trip PLANNING").id == a.id  # case does not matter when unambiguous
     with pytest.raises(StoreError, match="several session ids"):
-        store.find_session(a.id[:7])
+        store.find_session(a.id[:4])
     with pytest.raises(StoreError, match="no session 'holiday'"):
         store.find_session("holiday")
     store.create_session(model="m", title="Trip planning")

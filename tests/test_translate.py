@@ -243,7 +243,7 @@ def test_pieces_whose_reply_lost_a_placeholder_are_counted(cli, engine, tmp_path
     assert done["spans_lost"] == 2
     assert done["text"] == "See [the guide] first.\n\n- Run and `pwd`\n- Keep `pwd` and https://example.com/x.\n"
     plain = cli(["translate", str(src), "--to", "fr", "--no-resume"])
-    assert "warning: 2 piece(s) lost inline code, a link or a URL of the source (the model changed or dropped it)" in plain.stderr
+    assert "warning: 2 pieces lost inline code, a link or a URL of the source (the model changed or dropped it)" in plain.stderr
 
 
 def test_translation_keeps_structure_code_and_front_matter(cli, engine, doc):
@@ -550,7 +550,7 @@ def test_a_line_of_the_prompt_the_model_writes_back_is_never_kept(cli, engine, t
     assert result.exit_code == 0, result.stderr
     # the echo-only reply keeps its source; a source that begins like the prompt's line is translated
     assert result.stdout == "FIRST PARAGRAPH HERE.\n\nSecond paragraph here.\n\n- REPLY WITH THE TRANSLATION ONLY: A RULE WE QUOTE.\n"
-    assert "warning: 1 piece(s) came back empty and were kept untranslated" in result.stderr
+    assert "warning: 1 piece came back empty and was kept untranslated" in result.stderr
 
 
 def test_an_echo_is_a_line_that_begins_like_a_prompt_line_and_that_the_source_does_not_hold():
@@ -570,7 +570,7 @@ def test_a_reply_that_loops_is_cut_where_it_starts_repeating(cli, engine, tmp_pa
     result = cli(["translate", str(src), "--to", "fr", "-o", str(tmp_path / "out.md")])
     assert result.exit_code == 0, result.stderr
     assert (tmp_path / "out.md").read_text() == "Le disque est plein. Videz la corbeille puis recommencez.\n"
-    assert "warning: 1 reply(ies) began repeating themselves and were cut there" in result.stderr
+    assert "warning: 1 reply began repeating itself and was cut there" in result.stderr
     assert engine.pieces_sent < 20  # stopped at the repetition, not at the end of 300 words
 
 
@@ -582,7 +582,7 @@ def test_a_reply_that_writes_one_phrase_again_and_again_is_cut_after_its_first_c
     result = cli(["translate", str(src), "--to", "fr"])
     assert result.exit_code == 0, result.stderr
     assert result.stdout == "La commande gère la gestion des fichiers\n"
-    assert engine.pieces_sent < 25 and "began repeating themselves" in result.stderr
+    assert engine.pieces_sent < 25 and "began repeating itself" in result.stderr
 
 
 def test_a_source_that_repeats_itself_may_be_repeated(cli, engine, tmp_path):

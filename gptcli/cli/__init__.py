@@ -25,8 +25,8 @@ from gptcli.cli import (  # noqa: F401
     translate_cmd,
     writing,
 )
-from gptcli.cli.app import AppState, app
-from gptcli.cli.completion import use_first_tab_zsh_script
+from gptcli.cli.app import AppState, app, unwrap_help
+from gptcli.cli.completion import named_shell_completion, use_first_tab_zsh_script
 from gptcli.errors import GptcliError, Terminated
 from gptcli.render import Env, OutputClosed, OutputFailed
 
@@ -67,13 +67,26 @@ def run(argv: list[str] | None = None, env: Env | None = None) -> int:
     st = AppState(env=env, json_errors=wants_json(args))
     use_first_tab_zsh_script()
     command = typer.main.get_command(app)
+    unwrap_help(command)
 
     def fail(message: str, code: int) -> int:
         if st.json_errors:
             _error_event(env, message, code)
         return code
 
+    def unexpected(exc: BaseException) -> int:
+        message = unexpected_error_message(exc)
+        if st.verbose:
+            import traceback
+
+            env.stderr.write("".join(traceback.format_exception(exc)))
+        env.error(message)
+        return fail(message, 1)
+
     try:
+        named = named_shell_completion(args, env.stdout)
+        if named is not None:
+            return named
         result = command.main(args=args, prog_name="gptcli", standalone_mode=False, obj=st)
         with contextlib.suppress(ValueError):  # a closed stream: nothing to flush
             env.stdout.flush()  # a full disk under `> /dev/full` shows here at the latest
@@ -85,9 +98,13 @@ def run(argv: list[str] | None = None, env: Env | None = None) -> int:
     except GptcliError as exc:
         env.error(str(exc))
         return fail(str(exc), exc.exit_code)
+    except BrokenPipeError:
+        # the reader went away (`| head`): stop quietly, and keep Python from complaining at exit
+        _silence_stdout()
+        return 0
     except OSError as exc:
-        if isinstance(exc, BrokenPipeError) or not _stdout_fails(env, exc):
-            raise
+        if not _stdout_fails(env, exc):
+            return unexpected(exc)
         env.error(f"cannot write to standard output: {exc.strerror or exc}")  # `> /dev/full`
         _silence_stdout()
         return 1
@@ -105,10 +122,29 @@ def run(argv: list[str] | None = None, env: Env | None = None) -> int:
     except (typer.Abort, KeyboardInterrupt):
         env.stderr.write("\n")
         return fail("interrupted", 130)
-    except (OutputClosed, BrokenPipeError):
-        # the reader went away (`| head`): stop quietly, and keep Python from complaining at exit
+    except OutputClosed:
         _silence_stdout()
         return 0
+    except Exception as exc:  # noqa: BLE001 - the last net: one line, never a traceback a user must read
+        return unexpected(exc)
+
+
+def unexpected_error_message(exc: BaseException) -> str:
+    """One line for an error no piece turned into a ``GptcliError``: what failed, on which file.
+
+    An ``OSError`` (a folder that cannot be written, a full disk) names the file and the reason as
+    the system gives it; anything else is a bug, said so, with a pointer to ``--verbose``.
+    """
+    if isinstance(exc, OSError):
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        hint = ""
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            hint = ": free some space and try again"
+        elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            hint = ": check the folder's permissions (GPTCLI_HOME moves gptcli's files elsewhere)"
+        subject = f"{exc.filename}: " if exc.filename else ""
+        return f"{subject}{reason}{hint}"
+    return f"unexpected error: {type(exc).__name__}: {exc} (run again with --verbose for the details)"
 
 
 def _stdout_fails(env: Env, exc: OSError) -> bool:

@@ -49,4 +49,5 @@ def chat(
         commands=commands,
         schema=schema,
     )
-    raise typer.Exit(run_chat(gen.settings(st.settings), st.env, request, output_mode(gen)))
+    settings = gen.settings(st.settings)
+    raise typer.Exit(run_chat(settings, st.env, request, output_mode(gen, settings)))

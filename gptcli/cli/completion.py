@@ -138,6 +138,7 @@ def complete_config_value(ctx: typer.Context, incomplete: str) -> Suggestions:
         "gpu_layers": ["all", "0"],
         "history": ["true", "false"],
         "flash_attn": ["true", "false"],
+        "loop_guard": ["true", "false"],
     }
     if key == "model":
         return complete_model(incomplete)
@@ -182,3 +183,31 @@ def use_first_tab_zsh_script() -> None:
     scripts = getattr(_completion_shared, "_completion_scripts", None)
     if isinstance(scripts, dict) and "zsh" in scripts:
         scripts["zsh"] = ZSH_SCRIPT
+
+
+SHELLS = ("bash", "zsh", "fish", "powershell", "pwsh")
+
+
+def named_shell_completion(args: list[str], out: Any) -> int | None:
+    """``--install-completion SHELL`` / ``--show-completion SHELL``: for the shell named, not the one detected.
+
+    Typer's options are flags that act as soon as they are parsed, so the name after them was
+    never read (``--install-completion zsh`` installed bash completion from a bash prompt). Returns
+    the exit code when the arguments were one of these, else None.
+    """
+    if len(args) != 2 or args[0] not in ("--install-completion", "--show-completion") or args[1].startswith("-"):
+        return None
+    from gptcli.errors import UsageError
+
+    shell = args[1]
+    if shell not in SHELLS:
+        raise UsageError(f"unknown shell '{shell}' for {args[0]} (one of: {', '.join(SHELLS)})")
+    from typer._completion_shared import get_completion_script, install
+
+    use_first_tab_zsh_script()
+    if args[0] == "--show-completion":
+        out.write(get_completion_script(prog_name="gptcli", complete_var="_GPTCLI_COMPLETE", shell=shell) + "\n")
+        return 0
+    _, path = install(shell=shell, prog_name="gptcli", complete_var="_GPTCLI_COMPLETE")
+    out.write(f"{shell} completion installed in {path}\nCompletion will take effect once you restart the terminal\n")
+    return 0

@@ -12,7 +12,7 @@ import typer
 
 from gptcli.cli.app import AppState, app, state
 from gptcli.cli.completion import complete_config_key, complete_config_value
-from gptcli.config import KEYS, Settings, config_path, hide_credentials, known_key
+from gptcli.config import KEYS, Settings, config_path, hide_credentials, known_key, load_settings
 from gptcli.errors import ConfigError, GptcliError, UsageError
 
 config_app = typer.Typer(
@@ -75,8 +75,28 @@ def show(
     Example: GPTCLI_TEMPERATURE=0.2 gptcli config show
     """
     st = state(ctx)
-    settings = st.settings
+    broken: ConfigError | None = None
+    try:
+        settings = st.settings
+    except ConfigError as exc:  # show what the other sources say, then the error (exit 1)
+        if as_json:
+            raise  # a script gets the error event, as for every command
+        broken = exc
+        try:
+            settings = load_settings(read_file=False)
+        except ConfigError:  # the environment is wrong too: nothing to show
+            raise exc from None
     path = settings.path or config_path()
+    try:
+        _show(st, settings, path, setting, as_json, broken)
+    finally:
+        if broken is not None:
+            st.env.error(f"{broken} (the file was left out above; fix it with `gptcli config edit`)")
+    if broken is not None:
+        raise typer.Exit(1)
+
+
+def _show(st: AppState, settings: Settings, path: Path, setting: Optional[str], as_json: bool, broken: ConfigError | None) -> None:
     if setting is not None:
         name = known_key(setting).name
         value = _shown(name, settings.values.get(name))
@@ -94,12 +114,13 @@ def show(
         }
         _write(st, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
         return
-    _print_table(st, settings, path)
+    _print_table(st, settings, path, broken is not None)
 
 
-def _print_table(st: AppState, settings: Settings, path: Path) -> None:
+def _print_table(st: AppState, settings: Settings, path: Path, broken: bool = False) -> None:
     rows = [(name, _text(_shown(name, settings.values.get(name))), _source_label(settings, name)) for name in KEYS]
-    where = f"config file: {path}" + ("" if path.is_file() else " (not created yet)")
+    state_note = " (not read: it has an error, below)" if broken else "" if path.is_file() else " (not created yet)"
+    where = f"config file: {path}{state_note}"
     if st.env.styled_output():
         from rich.table import Table
 
@@ -178,23 +199,6 @@ def unset_command(ctx: typer.Context, setting: KeyArgument) -> None:
         st.env.notice(f"{name} is not set in {config_path()}: nothing to do")
 
 
-def _scaffold() -> str:
-    """A new config file: the header, then every key commented out with its default and help."""
-    from gptcli.config import CONFIG_HEADER
-
-    lines = [CONFIG_HEADER]
-    for key in KEYS.values():
-        default = _shown(key.name, key.default)
-        shown = "" if default is None else json.dumps(default)
-        lines.append(f"# {key.help}")
-        lines.append(f"# {key.name} = {shown}\n")
-    lines.append("# Remote engine profiles, chosen with --engine NAME:")
-    lines.append("# [engines.work]")
-    lines.append('# base_url = "http://127.0.0.1:8080/v1"')
-    lines.append('# api_key_env = "WORK_API_KEY"\n')
-    return "\n".join(lines)
-
-
 def _editor_command(st: AppState, path: Path) -> list[str]:
     editor = os.environ.get("VISUAL") or os.environ.get("EDITOR")
     if not editor:
@@ -214,12 +218,12 @@ def edit_command(ctx: typer.Context) -> None:
 
     Example: EDITOR=nano gptcli config edit
     """
-    from gptcli.config import read_config_file, write_config_text
+    from gptcli.config import config_scaffold, read_config_file, write_config_text
 
     st = state(ctx)
     path = config_path()
     if not path.exists():
-        write_config_text(path, _scaffold())
+        write_config_text(path, config_scaffold())
     command = _editor_command(st, path)
     try:
         code = subprocess.call(command)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -87,7 +88,7 @@ def list_sessions(
 def show(ctx: typer.Context, session: IdArgument, as_json: JsonOption = False) -> None:
     """Show a whole conversation: Markdown on a terminal, plain text on a pipe.
 
-    Example: gptcli history show 01ngqc30
+    Example: gptcli history show k3v9a1nh
     """
     from gptcli.store import export_json, export_markdown
 
@@ -138,18 +139,23 @@ def search(
 
         console = env.console()
         for hit in hits:
-            line = Text()
+            line = Text(no_wrap=True, overflow="ellipsis")
             line.append(hit.session_id, style="cyan")
             line.append(f"  {_when(hit.created)}  ", style="dim")
             line.append(hit.title or "(untitled)", style="bold")
-            snippet = Text("    ")
+            line.append(": ")
             for piece, matched in hit.spans():
-                snippet.append(piece, style="bold yellow" if matched else "")
+                line.append(_one_line(piece), style="bold yellow" if matched else "")
             console.print(line)
-            console.print(snippet)
         return
-    lines = [f"{h.session_id}  {_when(h.created)}  {h.title}\n    {h.marked()}" for h in hits]
+    # a pipe: one line per conversation, the snippet without highlight markers (grep and cut read it)
+    lines = [f"{h.session_id}  {_when(h.created)}  {h.title or '(untitled)'}: {_one_line(h.marked('', ''))}" for h in hits]
     _write(env, "\n".join(lines) + "\n")
+
+
+def _one_line(text: str) -> str:
+    """A snippet's line breaks and runs of spaces as single spaces."""
+    return re.sub(r"\s+", " ", text)
 
 
 @history_app.command("export")
@@ -162,7 +168,7 @@ def export(
 ) -> None:
     """Export a conversation as Markdown or JSON, to stdout or a file (private: mode 0600).
 
-    Example: gptcli history export 01ngqc30 --format json -o chat.json
+    Example: gptcli history export k3v9a1nh --format json -o chat.json
     """
     from gptcli.store import export_json, export_markdown
     from gptcli.textio import atomic_write
@@ -192,7 +198,7 @@ def remove(
 ) -> None:
     """Delete a conversation and all its messages (asks first unless --yes).
 
-    Example: gptcli history rm 01ngqc30 --yes
+    Example: gptcli history rm k3v9a1nh --yes
     """
     env = state(ctx).env
     with _open() as store:
@@ -227,7 +233,7 @@ def rename(
 ) -> None:
     """Give a conversation a new title (then `-s TITLE` finds it).
 
-    Example: gptcli history rename 01ngqc30 "trip planning"
+    Example: gptcli history rename k3v9a1nh "trip planning"
     """
     env = state(ctx).env
     with _open() as store:

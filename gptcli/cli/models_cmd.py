@@ -8,6 +8,7 @@ import typer
 from gptcli.cli.app import AppState, app, state
 from gptcli.cli.completion import complete_model
 from gptcli.errors import ConfigError, UsageError
+from gptcli.textio import plural
 
 models_app = typer.Typer(
     help="Get, list, inspect and remove GGUF models (Hugging Face Hub pulls, local files).\n\n"
@@ -50,7 +51,7 @@ def _columns(rows: list[list[str]]) -> list[str]:
 @models_app.command("pull")
 def pull(
     ctx: typer.Context,
-    repo: Annotated[str, typer.Argument(help="Hub repository, OWNER/NAME (a '-GGUF' repository).")],
+    repo: Annotated[str, typer.Argument(help="Hub repository, OWNER/NAME (a '-GGUF' repository), or a recommended model's short name: smollm2-360m, qwen2.5-1.5b, llama3.2-3b, qwen2.5-7b.")],
     file: Annotated[Optional[str], typer.Option("--file", "-f", help="Exact GGUF file in the repository.")] = None,
     quant: Annotated[Optional[str], typer.Option("--quant", help="Quantization to pick: Q4_K_M, Q5_K_M, Q8_0, ...")] = None,
     alias: Annotated[Optional[str], typer.Option("--alias", "-a", help="Name to use with --model.")] = None,
@@ -62,7 +63,10 @@ def pull(
     Without --file or --quant the file is chosen by quantization (Q4_K_M first); split models
     (-00001-of-0000N.gguf) download every part. A cut-off download resumes on the next pull.
 
-    Example: gptcli models pull bartowski/SmolLM2-360M-Instruct-GGUF --quant Q4_K_M --alias smol
+    A recommended model's short name pulls its repository and registers it under that name (the
+    README lists them with the memory they need).
+
+    Example: gptcli models pull qwen2.5-1.5b
     """
     from gptcli.models import pull_model
 
@@ -75,8 +79,8 @@ def pull(
     entry = outcome.entry
     how = "already downloaded" if outcome.already_cached else f"downloaded {_size(outcome.downloaded)}"
     st.env.notice(f"{how}; checked: a valid GGUF")
-    _print(st, f"pulled {entry.repo}:{entry.file} as '{entry.name}' ({_size(entry.size)})")
-    _print(st, f"use it: gptcli ask --model {entry.name} \"...\"   (or: gptcli models default {entry.name})")
+    st.env.notice(f"pulled {entry.repo}:{entry.file} as '{entry.name}' ({_size(entry.size)})")
+    st.env.notice(f"use it: gptcli ask --model {entry.name} \"...\"   (or: gptcli models default {entry.name})")
 
 
 @models_app.command("list")
@@ -175,7 +179,7 @@ def default(
 
     st = state(ctx)
     chosen, ref = set_default(name)
-    _print(st, f"default model: {chosen} ({ref.path})")
+    st.env.notice(f"default model: {chosen} ({ref.path})")
     try:
         source = st.settings.sources.get("model")
     except ConfigError:
@@ -200,7 +204,7 @@ def add(
 
     st = state(ctx)
     entry = add_local(path, alias)
-    _print(st, f"added {entry.path} as '{entry.name}' ({_size(entry.size)})")
+    st.env.notice(f"added {entry.path} as '{entry.name}' ({_size(entry.size)})")
 
 
 @models_app.command("rm")
@@ -233,9 +237,9 @@ def rm(
             raise typer.Exit(1)
     removal = remove_model(entry.name)
     if removal.deleted:
-        _print(st, f"removed '{removal.name}' and deleted {len(removal.deleted)} file(s) from the Hub cache")
+        st.env.notice(f"removed '{removal.name}' and deleted {plural(len(removal.deleted), 'file')} from the Hub cache")
     else:
-        _print(st, f"removed '{removal.name}'" + (f" (kept {removal.kept[0]})" if removal.kept else ""))
+        st.env.notice(f"removed '{removal.name}'" + (f" (kept {removal.kept[0]})" if removal.kept else ""))
     if removal.was_default:
         st.env.notice("it was the default model: the default is now the embedded model")
 
@@ -278,4 +282,7 @@ def doctor(
 
         first = failed[0]
         more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
-        raise GptcliError(f"{first.label}: {first.detail or first.value}{more}")
+        said = first.detail or first.value
+        # a detail that names its subject already ("config file …: …") is not prefixed again
+        head = "" if said.startswith(first.label) else f"{first.label}: "
+        raise GptcliError(f"{head}{said}{more}")

@@ -53,6 +53,7 @@ class GenOptions:
     plain: bool = False
     json: bool = False
     no_history: bool = False
+    no_loop_guard: bool = False
 
     def settings(self, base: Settings) -> Settings:
         """The settings with these flags applied on top."""
@@ -71,6 +72,7 @@ class GenOptions:
             max_tokens=self.max_tokens,
             seed=self.seed,
             history=False if self.no_history else None,
+            loop_guard=False if self.no_loop_guard else None,
         )
 
 
@@ -93,6 +95,7 @@ _OPTIONS: dict[str, Any] = {
     "plain": Annotated[bool, typer.Option("--plain", help="Raw text, no Markdown rendering.", rich_help_panel=OUT)],
     "json": Annotated[bool, typer.Option("--json", help="JSON lines: chunk events, then a final event with usage.", rich_help_panel=OUT)],
     "no_history": Annotated[bool, typer.Option("--no-history", help="Do not save this conversation.", rich_help_panel=OUT)],
+    "no_loop_guard": Annotated[bool, typer.Option("--no-loop-guard", help="Let a reply that repeats itself run on to the token limit.", rich_help_panel=OUT)],
 }
 
 
@@ -102,13 +105,39 @@ ContinueOption = Annotated[bool, typer.Option("--continue", "-c", help="Continue
 SessionOption = Annotated[Optional[str], typer.Option("--session", "-s", help="Continue the saved conversation with this id or title.", rich_help_panel=OUT, autocompletion=complete_session)]
 
 
-def generation_options(func: F) -> F:
-    """Add the shared generation flags to a command; it receives them as ``gen: GenOptions``."""
+def _with_help(annotation: Any, help_text: str, panel: str | None) -> Any:
+    """The same ``Annotated[type, typer.Option(...)]`` with another help line (and panel)."""
+    import copy
+
+    kind, option = annotation.__origin__, copy.copy(annotation.__metadata__[0])
+    option.help = help_text
+    if panel is not None:
+        option.rich_help_panel = panel
+    return Annotated[kind, option]
+
+
+def generation_options(
+    func: F | None = None, *, leave_out: tuple[str, ...] = (), help: dict[str, str] | None = None, output_panel: str | None = None
+) -> Any:
+    """Add the shared generation flags to a command; it receives them as ``gen: GenOptions``.
+
+    ``@generation_options`` as it is, or ``@generation_options(leave_out=(...), help={...})`` for a
+    command where some flags mean nothing (they keep their defaults) or mean something else.
+    """
+    if func is None:
+        return lambda f: generation_options(f, leave_out=leave_out, help=help, output_panel=output_panel)
     sig = inspect.signature(func)
     own = [p for p in sig.parameters.values() if p.name != "gen"]
-    names = [f.name for f in fields(GenOptions)]
+    names = [f.name for f in fields(GenOptions) if f.name not in leave_out]
+    options = {name: _OPTIONS[name] for name in names}
+    for name, text in (help or {}).items():
+        options[name] = _with_help(options[name], text, output_panel)
+    if output_panel is not None:
+        for name in names:
+            if options[name].__metadata__[0].rich_help_panel == OUT and name not in (help or {}):
+                options[name] = _with_help(options[name], options[name].__metadata__[0].help, output_panel)
     extra = [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=GenOptions.__dataclass_fields__[name].default, annotation=_OPTIONS[name])
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=GenOptions.__dataclass_fields__[name].default, annotation=options[name])
         for name in names
     ]
 
@@ -118,5 +147,5 @@ def generation_options(func: F) -> F:
         return func(*args, gen=gen, **kwargs)
 
     wrapper.__signature__ = sig.replace(parameters=own + extra)  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {**{k: v for k, v in func.__annotations__.items() if k != "gen"}, **{n: _OPTIONS[n] for n in names}}
+    wrapper.__annotations__ = {**{k: v for k, v in func.__annotations__.items() if k != "gen"}, **options}
     return wrapper  # type: ignore[return-value]

@@ -40,8 +40,9 @@ def read_material(st: AppState, file: str | None) -> str | None:
     return text
 
 
-def output_mode(gen: GenOptions) -> OutputMode:
-    return OutputMode(plain=gen.plain, json=gen.json, stream=not gen.no_stream, stats=gen.stats)
+def output_mode(gen: GenOptions, settings: Settings) -> OutputMode:
+    """How replies are shown, from the output flags and the ``loop_guard`` setting (``settings``: flags applied)."""
+    return OutputMode(plain=gen.plain, json=gen.json, stream=not gen.no_stream, stats=gen.stats, loop_guard=settings.loop_guard)
 
 
 def run_template(
@@ -127,7 +128,7 @@ def run_template(
     basis = (prompt or instructions or text).strip()
     title = (basis if template_name == "ask" else f"{template_name}: {basis}") if basis else None
     try:
-        reply = generate(engine, messages, sampling, st.env, output_mode(gen), structure)
+        reply = generate(engine, messages, sampling, st.env, output_mode(gen, settings), structure)
     except (GptcliError, OutputClosed) as exc:  # a server died mid-reply, stdout closed or full: keep what came
         partial = getattr(exc, "partial_reply", None)
         if partial is not None:

@@ -245,10 +245,9 @@ def edit(ctx: typer.Context, name: NameArgument) -> None:
 
     Example: gptcli templates edit support
     """
-    import shutil
-
     from gptcli.config import ensure_private_dir
     from gptcli.templates import BUILTIN, TemplateLibrary, builtin_dir, user_dir, valid_template_name
+    from gptcli.textio import atomic_write_bytes
 
     st = state(ctx)
     if not valid_template_name(name):
@@ -261,7 +260,7 @@ def edit(ctx: typer.Context, name: NameArgument) -> None:
             known = ", ".join(TemplateLibrary.load().names()) or "none"
             raise TemplateError(f"unknown template '{name}' (templates: {known}); create it with `gptcli templates new {name}`")
         ensure_private_dir(user_dir())
-        shutil.copyfile(entry.path, path)
+        atomic_write_bytes(path, entry.path.read_bytes())  # a full disk leaves no empty copy behind
         st.env.notice(f"copied the built-in '{name}' to {path}; your copy overrides it")
     if _open_editor(st, path):
         _check(path, name)

@@ -15,6 +15,7 @@ from gptcli.cli.options import GenOptions, generation_options
 from gptcli.engines import Batching, Engine, choose, sampling_from
 from gptcli.errors import InputError, TemplateError, UsageError
 from gptcli.render import Env
+from gptcli.textio import plural
 
 if TYPE_CHECKING:
     from gptcli.translate import Chunk, ChunkResult, Plan, Summary
@@ -271,7 +272,7 @@ def _summary_line(name: str, target: Optional[Path], summary: "Summary") -> str:
     cached = f" ({summary.cached} from the cache)" if summary.cached else ""
     speed = f", {summary.tokens_per_second:.1f} tok/s" if summary.completion_tokens else ""
     return (
-        f"translated {where}: {summary.chunks} chunks{cached}, {summary.completion_tokens:,} tokens"
+        f"translated {where}: {plural(summary.chunks, 'chunk')}{cached}, {plural(summary.completion_tokens, 'token')}"
         f" in {summary.seconds:.1f} s{speed}"
     )
 
@@ -279,20 +280,28 @@ def _summary_line(name: str, target: Optional[Path], summary: "Summary") -> str:
 def _warnings(summary: "Summary") -> list[str]:
     notes = []
     if summary.kept_source:
-        notes.append(f"warning: {summary.kept_source} piece(s) came back empty and were kept untranslated")
+        notes.append(f"warning: {plural(summary.kept_source, 'piece')} came back empty and {'was' if summary.kept_source == 1 else 'were'} kept untranslated")
     if summary.truncated:
-        notes.append(f"warning: {summary.truncated} reply(ies) were cut at the length limit")
+        notes.append(f"warning: {plural(summary.truncated, 'reply', 'replies')} {'was' if summary.truncated == 1 else 'were'} cut at the length limit")
     if summary.looped:
-        notes.append(f"warning: {summary.looped} reply(ies) began repeating themselves and were cut there")
+        notes.append(f"warning: {plural(summary.looped, 'reply', 'replies')} began repeating {'itself and was' if summary.looped == 1 else 'themselves and were'} cut there")
     if summary.spans_lost:
-        notes.append(f"warning: {summary.spans_lost} piece(s) lost inline code, a link or a URL of the source (the model changed or dropped it)")
+        notes.append(f"warning: {plural(summary.spans_lost, 'piece')} lost inline code, a link or a URL of the source (the model changed or dropped it)")
     for term, count in summary.glossary_misses.most_common(5):
-        notes.append(f"glossary: the translation of '{term}' is missing from {count} chunk(s)")
+        notes.append(f"glossary: the translation of '{term}' is missing from {plural(count, 'chunk')}")
     return notes
 
 
 @app.command()
-@generation_options
+@generation_options(
+    leave_out=("plain", "no_history", "no_loop_guard"),  # no Markdown, no history; translate checks loops itself
+    help={
+        "stats": "Print a summary line with tokens/s on stderr.",
+        "no_stream": "Print the translation when it is complete.",
+        "json": "JSON lines: a start event per file, an event per finished chunk, then a summary.",
+    },
+    output_panel="Output",
+)
 def translate(
     ctx: typer.Context,
     files: Annotated[

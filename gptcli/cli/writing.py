@@ -227,5 +227,5 @@ def complete(
     sampling = sampling_from(settings)
     if stop:
         sampling = dataclasses.replace(sampling, stop=tuple(s for s in stop if s))
-    result = complete_text(engine, prompt, sampling, st.env, output_mode(gen), echo=echo)
+    result = complete_text(engine, prompt, sampling, st.env, output_mode(gen, settings), echo=echo)
     raise typer.Exit(130 if result.interrupted else 0)
