@@ -157,7 +157,7 @@ def test_bash_completes_config_keys_and_choice_values():
     assert bash_complete(["gptcli", "config", "set", "tem"]) == ["temperature"]
     assert bash_complete(["gptcli", "config", "set", "overflow", ""]) == ["summarize", "drop", "stop"]
     assert bash_complete(["gptcli", "config", "set", "history", "f"]) == ["false"]
-    assert bash_complete(["gptcli", "config", "unset", "max_"]) == ["max_tokens"]
+    assert bash_complete(["gptcli", "config", "unset", "max_t"]) == ["max_tokens"]
 
 
 def test_zsh_and_fish_get_values_with_their_help():

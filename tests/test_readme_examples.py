@@ -104,10 +104,36 @@ from gptcli.engines import choose
 from tests.fakes import FakeEngine
 from tests.test_translate import ScriptedTranslator
 
+
+
+def instance(schema):
+    # a small value that follows a JSON Schema (what a model constrained by it would write)
+    kind = schema.get("type")
+    kind = next((k for k in kind if k != "null"), "null") if isinstance(kind, list) else kind
+    if "enum" in schema:
+        return schema["enum"][0]
+    if kind == "object" or "properties" in schema:
+        return {{key: instance(sub) for key, sub in schema.get("properties", {{}}).items()}}
+    if kind == "array":
+        return [instance(schema.get("items", {{"type": "string"}}))] * max(1, schema.get("minItems", 1))
+    return {{"integer": 1, "number": 1.5, "boolean": True, "null": None}}.get(kind, "text")
+
+
+class SchemaAware(FakeEngine):
+    # replies with JSON that follows the request's schema, when it has one
+
+    def stream(self, messages, sampling):
+        if sampling.json_schema is not None:
+            import json
+
+            self.replies = [json.dumps(instance(sampling.json_schema))]
+        return super().stream(messages, sampling)
+
+
 if "translate" in sys.argv[1:]:
     engine = ScriptedTranslator(transform=str.upper)
 else:
-    engine = FakeEngine(replies=["A short reply from the scripted engine.", "And another one."])
+    engine = SchemaAware(replies=["A short reply from the scripted engine.", "And another one."])
 choose.open_engine = lambda settings: engine
 from gptcli.cli import main
 main()
@@ -132,6 +158,14 @@ def material(folder: Path) -> None:
     (folder / "manual" / "lamp.md").write_text(doc)
     (folder / "terms.csv").write_text("term,translation\nlamp,lampe\n")
     (folder / "completions").symlink_to(ROOT / "completions")
+    # structured output's examples
+    (folder / "article.txt").write_text("Ana Lima met Tom Berg in Oslo on Monday.\n")
+    (folder / "email.txt").write_text("Hello, my order 1234 arrived broken. Please send a new one. Ana\n")
+    (folder / "emails.txt").write_text("My order 1234 arrived broken.\nWhere is my refund?\nThe app crashes at login.\n")
+    (folder / "lines.txt").write_text("The blue kettle costs 39 euros.\nA toaster for 25.50.\n")
+    (folder / "records.jsonl").write_text('{"input": "My order 1234 arrived broken."}\n{"input": "Where is my refund?"}\n')
+    (folder / "person.json").write_text('{"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}\n')
+    (folder / "yesno.gbnf").write_text('root ::= "yes" | "no"\n')
 
 
 def seed_history(env: dict[str, str]) -> None:
