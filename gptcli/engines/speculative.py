@@ -1,0 +1,175 @@
+"""Draft tokens for speculative decoding: prompt lookup, a small draft model, and the adaptive draft length.
+
+A scheduler asks a drafter for up to ``k`` tokens that may follow what the sequence holds, has the
+model evaluate them in one batch, and keeps those the model's own sampler agrees with (see
+``LocalEngine._run``). A drafter only proposes: a bad draft costs time, never a different reply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from gptcli.engines import Sampling
+from gptcli.engines.llama import LlamaContext, LlamaModel, Sampler
+from gptcli.engines.reply import shared_prefix
+
+NGRAM_MAX = 4  # the longest n-gram looked up (longer matches are rare and no better)
+NGRAM_MIN = 2  # single tokens ("the", ",") match everywhere and predict little
+DRAFT_MAX = 16  # tokens a draft may hold (llama.cpp's server uses 16 for n-gram drafts too)
+
+
+class PromptLookup:
+    """Drafts by prompt lookup: the longest n-gram (``NGRAM_MAX`` down to ``NGRAM_MIN`` tokens) at
+    the end of the sequence is looked up earlier in the sequence (the prompt and the reply so far),
+    and the tokens that followed it there are the draft.
+
+    Editing replies copy long runs of their input, so once a run is found the next draft continues
+    from where the last one stopped (``follow``) rather than from the latest occurrence of the
+    n-gram, which may be another copy of a common phrase. An index of every n-gram's latest end
+    makes a lookup a few dictionary reads.
+    """
+
+    def __init__(self, tokens: Sequence[int]) -> None:
+        self.history: list[int] = []
+        self.index: dict[tuple[int, ...], int] = {}
+        self.follow = -1  # where the last draft's source continues (-1: none)
+        self.extend(tokens)
+
+    def extend(self, tokens: Sequence[int]) -> None:
+        """Add tokens to the sequence (the prompt, then each token kept in the reply)."""
+        history, index = self.history, self.index
+        for token in tokens:
+            # the n-grams ending just before this token now have a continuation: this token
+            end = len(history)
+            for n in range(NGRAM_MIN, NGRAM_MAX + 1):
+                if end >= n:
+                    index[tuple(history[end - n : end])] = end
+            history.append(token)
+            if self.follow >= 0:
+                self.follow = self.follow + 1 if self.follow < end and history[self.follow] == token else -1
+
+    def draft(self, k: int) -> list[int]:
+        """Up to ``k`` tokens that may come next ([] when the end of the sequence matches nothing)."""
+        history = self.history
+        end = len(history)
+        if 0 <= self.follow < end:
+            return history[self.follow : min(self.follow + k, end)]
+        for n in range(NGRAM_MAX, NGRAM_MIN - 1, -1):
+            if end < n:
+                continue
+            start = self.index.get(tuple(history[end - n :]))
+            if start is not None:
+                self.follow = start
+                return history[start : min(start + k, end)]
+        return []
+
+
+class DraftModel:
+    """Drafts with a small model sharing the target's vocabulary: greedy tokens from its own
+    context, whose cache keeps the longest prefix of the sequence between drafts."""
+
+    def __init__(self, model: LlamaModel, *, n_ctx: int, n_batch: int, threads: int, flash_attn: bool) -> None:
+        self.model = model
+        self.context: LlamaContext = model.context(n_ctx=n_ctx, n_batch=n_batch, threads=threads, flash_attn=flash_attn)
+        self.kv: list[int] = []
+        self.sampling = Sampling(temperature=0, top_k=1, repeat_penalty=1.0)
+
+    def draft(self, history: Sequence[int], k: int) -> list[int]:
+        """Up to ``k`` greedy tokens of the draft model after ``history`` ([] if its context is full)."""
+        context, kv = self.context, self.kv
+        k = min(k, context.n_ctx - len(history) - 1)
+        if k <= 0:
+            return []
+        reused = min(shared_prefix(kv, history), len(history) - 1)  # the last one again, for its logits
+        context.forget(0, reused)
+        del kv[reused:]
+        if context.decode(history[reused:], reused) != 0:
+            context.forget(0, reused)
+            return []
+        kv.extend(history[reused:])
+        sampler: Sampler = self.model.sampler(self.sampling, 0)
+        out: list[int] = []
+        try:
+            while True:
+                token = sampler.sample(context)
+                if self.model.is_eog(token):
+                    break
+                out.append(token)
+                if len(out) == k or context.step(token, len(kv)) != 0:
+                    break
+                kv.append(token)
+        finally:
+            sampler.free()
+            context.forget(0, len(kv))
+        return out
+
+    def close(self) -> None:
+        self.context.close()
+
+
+class DraftCost:
+    """What a drafted token costs on this machine, against a generated one: measured as replies run.
+
+    ``step``: seconds from submitting one token to its sample; ``extra``: seconds each further
+    token of a draft's batch adds. On a GPU a batch of 16 costs about what one token does
+    (``ratio`` near 0); on a CPU each token of a batch costs a good part of a step.
+    """
+
+    def __init__(self) -> None:
+        self.step, self.extra = 1.0, 0.5  # before any measurement: a CPU-like guess
+
+    def observe(self, tokens: int, seconds: float) -> None:
+        """One batch of ``tokens`` (1: a plain step) took ``seconds`` to its first sample."""
+        if tokens <= 1:
+            self.step = seconds if self.step == 1.0 else 0.9 * self.step + 0.1 * seconds
+        else:
+            extra = max(0.0, (seconds - self.step) / (tokens - 1))
+            self.extra = extra if self.extra == 0.5 else 0.8 * self.extra + 0.2 * extra
+
+    @property
+    def ratio(self) -> float:
+        """A drafted token's cost in generated tokens."""
+        return max(0.005, self.extra / self.step) if self.step > 0 else 1.0
+
+
+class DraftLength:
+    """How many tokens to draft next: as many as are worth their cost.
+
+    A draft of ``k`` tokens pays when the tokens it is expected to add are worth more than the
+    batch costs beyond a step: with ``p`` the chance that a drafted token is taken given the one
+    before it was, its ``i``-th token is worth ``p**i`` generated tokens and costs ``ratio`` of one
+    (``DraftCost``), so the draft grows while ``p**i > ratio``. ``p`` is counted from the last
+    drafts (recent ones weigh more). When no draft pays, one token is drafted every ``PROBE``
+    tokens to find out whether the reply has started to repeat its input: a reply that never
+    does pays that probe only, a fraction of a percent of its time.
+    """
+
+    PROBE = 32
+
+    def __init__(self, cost: DraftCost, most: int = DRAFT_MAX) -> None:
+        self.cost, self.most = cost, most
+        self.taken, self.checked = 3.0, 4.0  # a prior of p = 0.75, worth a few drafts
+        self.wait = 0
+
+    @property
+    def p(self) -> float:
+        return self.taken / self.checked
+
+    def next(self, room: int) -> int:
+        """Tokens to draft now (0: generate this one without a draft); ``room``: the most allowed."""
+        if self.wait > 0:
+            self.wait -= 1
+            return 0
+        p, ratio = self.p, self.cost.ratio
+        k, worth = 0, p
+        while k < self.most and worth > ratio:
+            k, worth = k + 1, worth * p
+        if k == 0:
+            k, self.wait = 1, self.PROBE
+        return max(0, min(k, room))
+
+    def update(self, drafted: int, accepted: int) -> None:
+        """A draft of ``drafted`` tokens was checked and its first ``accepted`` were taken."""
+        checked = accepted + (1 if accepted < drafted else 0)
+        self.taken = 0.85 * self.taken + accepted
+        self.checked = 0.85 * self.checked + checked
