@@ -27,7 +27,7 @@ USER = "user"
 # templates folder cannot slow every command down
 MAX_TEMPLATE_BYTES = 1_000_000
 
-KNOWN_KEYS = ("name", "description", "system", "user", "input", "variables", "examples", "temperature", "max_tokens")
+KNOWN_KEYS = ("name", "description", "system", "user", "input", "variables", "examples", "temperature", "max_tokens", "edits")
 
 
 def render_text(text: str, values: Mapping[str, str]) -> str:
@@ -107,6 +107,7 @@ class Template:
     source: str = BUILTIN
     path: Path | None = None
     input_required: bool = True
+    edits: bool = False  # the reply repeats much of its input (proofread, rewrite): speculative decoding pays
 
     def variable(self, name: str) -> Variable | None:
         return next((v for v in self.variables if v.name == name), None)
@@ -201,8 +202,9 @@ def parse_template(name: str, text: str, *, source: str, path: Path | None = Non
         raise TemplateError(f"{where}: 'temperature' must be between 0 and 5")
     if "max_tokens" in data and (not isinstance(data["max_tokens"], int) or data["max_tokens"] <= 0):
         raise TemplateError(f"{where}: 'max_tokens' must be a positive whole number")
-    if "input" in data and not isinstance(data["input"], bool):
-        raise TemplateError(f"{where}: 'input' must be true or false")
+    for key in ("input", "edits"):
+        if key in data and not isinstance(data[key], bool):
+            raise TemplateError(f"{where}: '{key}' must be true or false")
 
     template = Template(
         name=name,
@@ -216,6 +218,7 @@ def parse_template(name: str, text: str, *, source: str, path: Path | None = Non
         source=source,
         path=path,
         input_required=bool(data.get("input", True)),
+        edits=bool(data.get("edits", False)),
     )
     declared = {v.name for v in variables} | {"input"}
     parts = [("system", template.system), ("user", template.user)]

@@ -90,7 +90,7 @@ def run_template(
             raise InputError(f"no input for '{template_name}': pipe text into it or use --file")
 
     history = OneShotHistory.open(settings, st.env, continue_=continue_, session=session)
-    sampling = sampling_from(settings, template.temperature, template.max_tokens)
+    sampling = sampling_from(settings, template.temperature, template.max_tokens, edits=template.edits)
     if build_messages is None:
         messages = template.render(text, values)
         engine = _engine_for(settings, messages, sampling, resuming=history.resumed is not None)
