@@ -27,7 +27,7 @@ from gptcli.engines.llama import (
 )
 from gptcli.engines.parallel import ParallelEngine, auto_parallel
 from gptcli.engines.reply import ReplyState, refuse_overflow, shared_prefix
-from gptcli.engines.speculative import DraftCost, DraftLength, DraftModel, PromptLookup
+from gptcli.engines.speculative import CPU_RATIO, GPU_RATIO, DraftLength, DraftModel, PromptLookup
 from gptcli.errors import EngineError, ModelError
 from gptcli.ggufinfo import GGUFInfo, read_gguf
 
@@ -83,7 +83,6 @@ class LocalEngine:
             self.model.close()
             raise
         self.drafter: DraftModel | None = None
-        self.draft_cost = DraftCost()  # what a drafted token costs here, learnt across replies
         if draft_model is not None:
             self.drafter = self._load_drafter(Path(draft_model))
         self.load_time = time.perf_counter() - started
@@ -277,17 +276,13 @@ class LocalEngine:
         ignore_eos = sampling.ignore_eos
         lookup = PromptLookup(tokens) if speculate and sampling.speculative else None
         drafter = self.drafter if speculate else None
-        length, cost = DraftLength(self.draft_cost), self.draft_cost
-        submitted, batch = 0.0, 1  # when the last batch went in, and its size (timed to its first sample)
+        length = DraftLength(GPU_RATIO if self.gpu_layers else CPU_RATIO)
         clean = False
         try:
             usage.cached_tokens = self.prefill(tokens)
             index, draft = -1, list[int]()  # where in the last batch the next token's logits are; what was drafted
             while True:
                 token = sampler.sample(context, index)
-                if submitted:
-                    cost.observe(batch, time.perf_counter() - submitted)
-                    submitted = 0.0
                 if index >= 0:  # checking a draft: the model's own token at each drafted position
                     if index < len(draft) and token == draft[index]:
                         usage.accepted_tokens += 1
@@ -314,7 +309,6 @@ class LocalEngine:
                         draft = drafter.draft([*kv, token], k)
                     if draft:
                         usage.draft_tokens += len(draft)
-                        submitted, batch = time.perf_counter(), len(draft) + 1
                         with context.abort_on_signals() as caught:  # Ctrl-C may stop the batch halfway
                             rc = context.decode([token, *draft], len(kv), logits="all")
                         if rc == 0:
@@ -322,13 +316,10 @@ class LocalEngine:
                             index = 0
                         else:  # the context is full, or a signal whose handler returned stopped the batch
                             usage.finish_reason, failed = "interrupted" if caught else "context", True
+                    elif step(token, len(kv)) != 0:
+                        usage.finish_reason, failed = "context", True
                     else:
-                        if speculate:
-                            submitted, batch = time.perf_counter(), 1
-                        if step(token, len(kv)) != 0:
-                            usage.finish_reason, failed = "context", True
-                        else:
-                            kv.append(token)
+                        kv.append(token)
                     if governor is not None and not failed:
                         governor.step()
                 if text:

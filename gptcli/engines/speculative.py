@@ -107,29 +107,14 @@ class DraftModel:
         self.context.close()
 
 
-class DraftCost:
-    """What a drafted token costs on this machine, against a generated one: measured as replies run.
-
-    ``step``: seconds from submitting one token to its sample; ``extra``: seconds each further
-    token of a draft's batch adds. On a GPU a batch of 16 costs about what one token does
-    (``ratio`` near 0); on a CPU each token of a batch costs a good part of a step.
-    """
-
-    def __init__(self) -> None:
-        self.step, self.extra = 1.0, 0.5  # before any measurement: a CPU-like guess
-
-    def observe(self, tokens: int, seconds: float) -> None:
-        """One batch of ``tokens`` (1: a plain step) took ``seconds`` to its first sample."""
-        if tokens <= 1:
-            self.step = seconds if self.step == 1.0 else 0.9 * self.step + 0.1 * seconds
-        else:
-            extra = max(0.0, (seconds - self.step) / (tokens - 1))
-            self.extra = extra if self.extra == 0.5 else 0.8 * self.extra + 0.2 * extra
-
-    @property
-    def ratio(self) -> float:
-        """A drafted token's cost in generated tokens."""
-        return max(0.005, self.extra / self.step) if self.step > 0 else 1.0
+# A drafted token's cost in generated tokens: a batch's further tokens against a step. Measured
+# (benchmarks/README.md): on the 2-core CPU each token of a small batch costs 0.6-0.8 of a step
+# (SmolLM2-135M, 1-2 threads); on a GPU a batch of 16 costs about what one token does. Fixed per
+# device rather than timed as replies run: which tokens go through a batch changes the float
+# rounding of the logits (a batch's and a step's differ in the last places), so drafting must
+# depend on the tokens alone for a seeded reply to be the same bytes at every run.
+CPU_RATIO = 0.6
+GPU_RATIO = 0.05
 
 
 class DraftLength:
@@ -138,7 +123,7 @@ class DraftLength:
     A draft of ``k`` tokens pays when the tokens it is expected to add are worth more than the
     batch costs beyond a step: with ``p`` the chance that a drafted token is taken given the one
     before it was, its ``i``-th token is worth ``p**i`` generated tokens and costs ``ratio`` of one
-    (``DraftCost``), so the draft grows while ``p**i > ratio``. ``p`` is counted from the last
+    (``CPU_RATIO``, ``GPU_RATIO``), so the draft grows while ``p**i > ratio``. ``p`` is counted from the last
     drafts (recent ones weigh more). When no draft pays, one token is drafted every ``PROBE``
     tokens to find out whether the reply has started to repeat its input: a reply that never
     does pays that probe only, a fraction of a percent of its time.
@@ -146,8 +131,8 @@ class DraftLength:
 
     PROBE = 32
 
-    def __init__(self, cost: DraftCost, most: int = DRAFT_MAX) -> None:
-        self.cost, self.most = cost, most
+    def __init__(self, ratio: float = CPU_RATIO, most: int = DRAFT_MAX) -> None:
+        self.ratio, self.most = ratio, most
         self.taken, self.checked = 3.0, 4.0  # a prior of p = 0.75, worth a few drafts
         self.wait = 0
 
@@ -160,7 +145,7 @@ class DraftLength:
         if self.wait > 0:
             self.wait -= 1
             return 0
-        p, ratio = self.p, self.cost.ratio
+        p, ratio = self.p, self.ratio
         k, worth = 0, p
         while k < self.most and worth > ratio:
             k, worth = k + 1, worth * p
