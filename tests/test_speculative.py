@@ -129,13 +129,17 @@ def test_prompt_lookup_continues_the_run_it_copies():
 def test_no_draft_where_drafts_do_not_pay_but_an_occasional_probe():
     length = DraftLength(0.75)  # a CPU: each drafted token costs 3/4 of a step
     for _ in range(6):
-        length.update(4, 0)
-    drafts = [length.next(16) for _ in range(100)]
+        length.update("lookup", 4, 0)
+    drafts = []
+    for _ in range(100):
+        length.tick()
+        drafts.append(length.next("lookup", 16))
     assert 1 <= sum(1 for k in drafts if k) <= 4 and max(drafts) == 1
+    assert length.next("run", 16) >= 1  # another kind of draft keeps its own count
     taken = DraftLength(GPU_RATIO)
     for _ in range(4):
-        taken.update(8, 8)
-    assert taken.next(16) == 16 and taken.next(5) == 5
+        taken.update("run", 8, 8)
+    assert taken.next("run", 16) == 16 and taken.next("run", 5) == 5
 
 
 def test_editing_templates_and_flags_choose_speculation(cli, fake_engine):

@@ -27,7 +27,7 @@ from gptcli.engines.llama import (
 )
 from gptcli.engines.parallel import ParallelEngine, auto_parallel
 from gptcli.engines.reply import ReplyState, refuse_overflow, shared_prefix
-from gptcli.engines.speculative import CPU_RATIO, GPU_RATIO, DraftLength, DraftModel, PromptLookup
+from gptcli.engines.speculative import CPU_RATIO, DRAFT_MAX, GPU_RATIO, DraftLength, DraftModel, PromptLookup
 from gptcli.errors import EngineError, ModelError
 from gptcli.ggufinfo import GGUFInfo, read_gguf
 
@@ -280,7 +280,7 @@ class LocalEngine:
         clean = False
         try:
             usage.cached_tokens = self.prefill(tokens)
-            index, draft = -1, list[int]()  # where in the last batch the next token's logits are; what was drafted
+            index, draft, kind = -1, list[int](), ""  # where in the last batch the next token's logits are; what was drafted, how
             while True:
                 token = sampler.sample(context, index)
                 if index >= 0:  # checking a draft: the model's own token at each drafted position
@@ -289,7 +289,7 @@ class LocalEngine:
                         kv.append(token)  # evaluated already, in the draft's batch
                         index += 1
                     else:  # the first disagreement (or the token after a draft taken whole) is kept
-                        length.update(len(draft), index)
+                        length.update(kind, len(draft), index)
                         context.forget(0, len(kv))  # the rejected rest of the draft
                         index, draft = -1, []
                 if lookup is not None:
@@ -302,11 +302,14 @@ class LocalEngine:
                 if index >= 0:
                     pass  # a drafted token the model agreed with: evaluated already
                 elif not reply.ended:
-                    k = length.next(min(reply.max_new - usage.completion_tokens, self.n_ctx - len(kv) - 2, self.n_batch - 1)) if speculate else 0
-                    if k and lookup is not None:
-                        draft = lookup.draft(k)
-                    if k and not draft and drafter is not None:
-                        draft = drafter.draft([*kv, token], k)
+                    if speculate:
+                        length.tick()
+                        room = min(reply.max_new - usage.completion_tokens, self.n_ctx - len(kv) - 2, self.n_batch - 1)
+                        if lookup is not None and (draft := lookup.draft(DRAFT_MAX)):
+                            kind = "run" if lookup.following else "lookup"
+                            draft = draft[: length.next(kind, room)]
+                        elif drafter is not None and (k := length.next("model", room)):
+                            kind, draft = "model", drafter.draft([*kv, token], k)
                     if draft:
                         usage.draft_tokens += len(draft)
                         with context.abort_on_signals() as caught:  # Ctrl-C may stop the batch halfway

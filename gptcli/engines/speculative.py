@@ -33,6 +33,7 @@ class PromptLookup:
         self.history: list[int] = []
         self.index: dict[tuple[int, ...], int] = {}
         self.follow = -1  # where the last draft's source continues (-1: none)
+        self.following = False  # whether the last draft continued a run (else: a fresh lookup)
         self.extend(tokens)
 
     def extend(self, tokens: Sequence[int]) -> None:
@@ -52,7 +53,8 @@ class PromptLookup:
         """Up to ``k`` tokens that may come next ([] when the end of the sequence matches nothing)."""
         history = self.history
         end = len(history)
-        if 0 <= self.follow < end:
+        self.following = 0 <= self.follow < end
+        if self.following:
             return history[self.follow : min(self.follow + k, end)]
         for n in range(NGRAM_MAX, NGRAM_MIN - 1, -1):
             if end < n:
@@ -123,9 +125,10 @@ class DraftLength:
     A draft of ``k`` tokens pays when the tokens it is expected to add are worth more than the
     batch costs beyond a step: with ``p`` the chance that a drafted token is taken given the one
     before it was, its ``i``-th token is worth ``p**i`` generated tokens and costs ``ratio`` of one
-    (``CPU_RATIO``, ``GPU_RATIO``), so the draft grows while ``p**i > ratio``. ``p`` is counted from the last
-    drafts (recent ones weigh more). When no draft pays, one token is drafted every ``PROBE``
-    tokens to find out whether the reply has started to repeat its input: a reply that never
+    (``CPU_RATIO``, ``GPU_RATIO``), so the draft grows while ``p**i > ratio``. ``p`` is counted
+    from the last drafts (recent ones weigh more), for each kind of draft apart: a run being
+    copied ("run"), a fresh n-gram lookup ("lookup"), the draft model ("model"). When no draft of
+    a kind pays, one token of it is drafted every ``PROBE`` tokens to find out whether the reply has started to repeat its input: a reply that never
     does pays that probe only, a fraction of a percent of its time.
     """
 
@@ -133,28 +136,34 @@ class DraftLength:
 
     def __init__(self, ratio: float = CPU_RATIO, most: int = DRAFT_MAX) -> None:
         self.ratio, self.most = ratio, most
-        self.taken, self.checked = 3.0, 4.0  # a prior of p = 0.75, worth a few drafts
-        self.wait = 0
+        self.counts: dict[str, list[float]] = {}  # kind: [taken, checked], a prior of p = 0.8 worth a few drafts
+        self.wait: dict[str, int] = {}
 
-    @property
-    def p(self) -> float:
-        return self.taken / self.checked
+    def p(self, kind: str) -> float:
+        taken, checked = self.counts.setdefault(kind, [4.0, 5.0])
+        return taken / checked
 
-    def next(self, room: int) -> int:
-        """Tokens to draft now (0: generate this one without a draft); ``room``: the most allowed."""
-        if self.wait > 0:
-            self.wait -= 1
+    def tick(self) -> None:
+        """One token generated (the probes' clocks run)."""
+        for kind, left in self.wait.items():
+            if left > 0:
+                self.wait[kind] = left - 1
+
+    def next(self, kind: str, room: int) -> int:
+        """Tokens of a draft of ``kind`` worth checking now (0: none); ``room``: the most allowed."""
+        if self.wait.get(kind, 0) > 0:
             return 0
-        p, ratio = self.p, self.ratio
+        p, ratio = self.p(kind), self.ratio
         k, worth = 0, p
         while k < self.most and worth > ratio:
             k, worth = k + 1, worth * p
         if k == 0:
-            k, self.wait = 1, self.PROBE
+            k, self.wait[kind] = 1, self.PROBE
         return max(0, min(k, room))
 
-    def update(self, drafted: int, accepted: int) -> None:
-        """A draft of ``drafted`` tokens was checked and its first ``accepted`` were taken."""
+    def update(self, kind: str, drafted: int, accepted: int) -> None:
+        """A draft of ``kind`` of ``drafted`` tokens was checked and its first ``accepted`` were taken."""
         checked = accepted + (1 if accepted < drafted else 0)
-        self.taken = 0.85 * self.taken + accepted
-        self.checked = 0.85 * self.checked + checked
+        counts = self.counts.setdefault(kind, [4.0, 5.0])
+        counts[0] = 0.85 * counts[0] + accepted
+        counts[1] = 0.85 * counts[1] + checked
