@@ -37,7 +37,7 @@ def cases(translate: bool) -> dict[str, list[Message]]:
         "story": [{"role": "user", "content": "Write a long story about a lighthouse keeper who finds a cat on the rocks."}],
         # the ceiling: a reply that copies its input (what a model that proofreads well writes;
         # SmolLM2-135M's proofread is closer to a paraphrase)
-        "copy": [{"role": "user", "content": f"Copy the text below exactly, word for word.\n\n{text}"}],
+        "copy": [{"role": "system", "content": "Repeat the user's message exactly as it is, word for word."}, {"role": "user", "content": text}],
     }
     if translate:  # the first chunk of the manual, as `translate` would send it
         manual = (DATA / "manual.md").read_text()[:2000]

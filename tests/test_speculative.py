@@ -16,7 +16,7 @@ import pytest
 
 from gptcli.engines import Sampling
 from gptcli.engines.local import LocalEngine
-from gptcli.engines.speculative import GPU_RATIO, DraftLength, PromptLookup
+from gptcli.engines.speculative import CPU_OVERHEAD, CPU_RATIO, GPU_OVERHEAD, GPU_RATIO, DraftLength, PromptLookup
 from gptcli.models import embedded_model_path
 from gptcli.templates import load_template
 
@@ -127,7 +127,7 @@ def test_prompt_lookup_continues_the_run_it_copies():
 
 
 def test_no_draft_where_drafts_do_not_pay_but_an_occasional_probe():
-    length = DraftLength(0.75)  # a CPU: each drafted token costs 3/4 of a step
+    length = DraftLength(CPU_RATIO, CPU_OVERHEAD)  # a CPU: each drafted token costs half a step and more
     for _ in range(6):
         length.update("lookup", 4, 0)
     drafts = []
@@ -135,8 +135,8 @@ def test_no_draft_where_drafts_do_not_pay_but_an_occasional_probe():
         length.tick()
         drafts.append(length.next("lookup", 16))
     assert 1 <= sum(1 for k in drafts if k) <= 4 and max(drafts) == 1
-    assert length.next("run", 16) >= 1  # another kind of draft keeps its own count
-    taken = DraftLength(GPU_RATIO)
+    assert length.next("run", 16) >= 2  # another kind of draft keeps its own count
+    taken = DraftLength(GPU_RATIO, GPU_OVERHEAD)
     for _ in range(4):
         taken.update("run", 8, 8)
     assert taken.next("run", 16) == 16 and taken.next("run", 5) == 5

@@ -27,7 +27,7 @@ from gptcli.engines.llama import (
 )
 from gptcli.engines.parallel import ParallelEngine, auto_parallel
 from gptcli.engines.reply import ReplyState, refuse_overflow, shared_prefix
-from gptcli.engines.speculative import CPU_RATIO, DRAFT_MAX, GPU_RATIO, DraftLength, DraftModel, PromptLookup
+from gptcli.engines.speculative import CPU_OVERHEAD, CPU_RATIO, DRAFT_MAX, GPU_OVERHEAD, GPU_RATIO, DraftLength, DraftModel, PromptLookup
 from gptcli.errors import EngineError, ModelError
 from gptcli.ggufinfo import GGUFInfo, read_gguf
 
@@ -276,7 +276,7 @@ class LocalEngine:
         ignore_eos = sampling.ignore_eos
         lookup = PromptLookup(tokens) if speculate and sampling.speculative else None
         drafter = self.drafter if speculate else None
-        length = DraftLength(GPU_RATIO if self.gpu_layers else CPU_RATIO)
+        length = DraftLength(GPU_RATIO, GPU_OVERHEAD) if self.gpu_layers else DraftLength(CPU_RATIO, CPU_OVERHEAD)
         clean = False
         try:
             usage.cached_tokens = self.prefill(tokens)

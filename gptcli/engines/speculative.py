@@ -109,14 +109,16 @@ class DraftModel:
         self.context.close()
 
 
-# A drafted token's cost in generated tokens: a batch's further tokens against a step. Measured
-# (benchmarks/README.md): on the 2-core CPU each token of a small batch costs 0.6-0.8 of a step
-# (SmolLM2-135M, 1-2 threads); on a GPU a batch of 16 costs about what one token does. Fixed per
+# What a draft costs in generated tokens: a batch of 1 + k tokens costs a step, plus OVERHEAD
+# (a batch of another shape: llama.cpp builds a new graph), plus RATIO a drafted token. Measured
+# (benchmarks/README.md): on the 2-core CPU, SmolLM2-135M, a batch of 2 costs 1.85 steps, of 9
+# about 5.6, of 17 about 9.7; on a GPU a batch of 16 costs about what one token does. Fixed per
 # device rather than timed as replies run: which tokens go through a batch changes the float
 # rounding of the logits (a batch's and a step's differ in the last places), so drafting must
 # depend on the tokens alone for a seeded reply to be the same bytes at every run.
-CPU_RATIO = 0.6
-GPU_RATIO = 0.05
+CPU_RATIO, CPU_OVERHEAD = 0.55, 0.3
+GPU_RATIO, GPU_OVERHEAD = 0.02, 0.1
+PRIORS = {"run": (4.0, 5.0), "lookup": (1.0, 2.0), "model": (4.0, 5.0)}  # taken, checked: what p starts at
 
 
 class DraftLength:
@@ -124,23 +126,24 @@ class DraftLength:
 
     A draft of ``k`` tokens pays when the tokens it is expected to add are worth more than the
     batch costs beyond a step: with ``p`` the chance that a drafted token is taken given the one
-    before it was, its ``i``-th token is worth ``p**i`` generated tokens and costs ``ratio`` of one
-    (``CPU_RATIO``, ``GPU_RATIO``), so the draft grows while ``p**i > ratio``. ``p`` is counted
+    before it was, its ``i``-th token is worth ``p**i`` generated tokens, and the batch costs
+    ``overhead + k * ratio`` of one (``CPU_RATIO``, ``GPU_RATIO``): the ``k`` with the largest
+    gain is drafted, none if no ``k`` gains. ``p`` is counted
     from the last drafts (recent ones weigh more), for each kind of draft apart: a run being
     copied ("run"), a fresh n-gram lookup ("lookup"), the draft model ("model"). When no draft of
     a kind pays, one token of it is drafted every ``PROBE`` tokens to find out whether the reply has started to repeat its input: a reply that never
     does pays that probe only, a fraction of a percent of its time.
     """
 
-    PROBE = 32
+    PROBE = 64
 
-    def __init__(self, ratio: float = CPU_RATIO, most: int = DRAFT_MAX) -> None:
-        self.ratio, self.most = ratio, most
-        self.counts: dict[str, list[float]] = {}  # kind: [taken, checked], a prior of p = 0.8 worth a few drafts
+    def __init__(self, ratio: float = CPU_RATIO, overhead: float = CPU_OVERHEAD, most: int = DRAFT_MAX) -> None:
+        self.ratio, self.overhead, self.most = ratio, overhead, most
+        self.counts: dict[str, list[float]] = {}  # kind: [taken, checked], from PRIORS
         self.wait: dict[str, int] = {}
 
     def p(self, kind: str) -> float:
-        taken, checked = self.counts.setdefault(kind, [4.0, 5.0])
+        taken, checked = self.counts.setdefault(kind, list(PRIORS.get(kind, (1.0, 2.0))))
         return taken / checked
 
     def tick(self) -> None:
@@ -153,10 +156,15 @@ class DraftLength:
         """Tokens of a draft of ``kind`` worth checking now (0: none); ``room``: the most allowed."""
         if self.wait.get(kind, 0) > 0:
             return 0
-        p, ratio = self.p(kind), self.ratio
-        k, worth = 0, p
-        while k < self.most and worth > ratio:
-            k, worth = k + 1, worth * p
+        p = self.p(kind)
+        k, best, gain, worth = 0, 0.0, -self.overhead, 1.0
+        for i in range(1, self.most + 1):
+            worth *= p
+            gain += worth - self.ratio
+            if gain > best:
+                k, best = i, gain
+            elif worth < self.ratio:
+                break
         if k == 0:
             k, self.wait[kind] = 1, self.PROBE
         return max(0, min(k, room))
@@ -164,6 +172,6 @@ class DraftLength:
     def update(self, kind: str, drafted: int, accepted: int) -> None:
         """A draft of ``kind`` of ``drafted`` tokens was checked and its first ``accepted`` were taken."""
         checked = accepted + (1 if accepted < drafted else 0)
-        counts = self.counts.setdefault(kind, [4.0, 5.0])
+        counts = self.counts.setdefault(kind, list(PRIORS.get(kind, (1.0, 2.0))))
         counts[0] = 0.85 * counts[0] + accepted
         counts[1] = 0.85 * counts[1] + checked
