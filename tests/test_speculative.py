@@ -208,3 +208,11 @@ def test_a_seeded_sampled_edit_with_drafts_is_reproducible(smol):
     drafted, usage = reply(smol.stream(messages, sampled))
     again, usage2 = reply(smol.stream(messages, sampled))
     assert drafted == again and usage.draft_tokens == usage2.draft_tokens > 0
+
+
+@pytest.mark.model
+def test_a_draft_model_with_another_vocabulary_is_one_clear_error(tiny_model):
+    from gptcli.errors import ModelError
+
+    with pytest.raises(ModelError, match="does not share"):
+        LocalEngine(embedded_model_path(), ctx=512, draft_model=tiny_model)

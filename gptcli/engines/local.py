@@ -82,12 +82,12 @@ class LocalEngine:
         except BaseException:
             self.model.close()
             raise
+        self.kv_tokens: list[int] = []  # the tokens whose keys and values the cache holds, in order
+        self._parallel: list[ParallelEngine] = []
         self.drafter: DraftModel | None = None
         if draft_model is not None:
             self.drafter = self._load_drafter(Path(draft_model))
         self.load_time = time.perf_counter() - started
-        self.kv_tokens: list[int] = []  # the tokens whose keys and values the cache holds, in order
-        self._parallel: list[ParallelEngine] = []
         # a busy CPU: fewer threads (see ThreadGovernor); not when the user chose a count, nor
         # when the layers run on a GPU (steps are asynchronous there and the CPU mostly waits);
         # batches too: a draft's batch of a few tokens waits at the same barriers as a step
