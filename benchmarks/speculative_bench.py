@@ -21,10 +21,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gptcli.engines import Message, Sampling  # noqa: E402
-from gptcli.engines.local import LocalEngine  # noqa: E402
-from gptcli.models import embedded_model_path  # noqa: E402
-from gptcli.templates import load_template  # noqa: E402
+from gptcli.engines import Message, Sampling
+from gptcli.engines.local import LocalEngine
+from gptcli.models import embedded_model_path
+from gptcli.templates import load_template
 
 DATA = ROOT / "benchmarks" / "data"
 

@@ -16,7 +16,14 @@ import pytest
 
 from gptcli.engines import Sampling
 from gptcli.engines.local import LocalEngine
-from gptcli.engines.speculative import CPU_OVERHEAD, CPU_RATIO, GPU_OVERHEAD, GPU_RATIO, DraftLength, PromptLookup
+from gptcli.engines.speculative import (
+    CPU_OVERHEAD,
+    CPU_RATIO,
+    GPU_OVERHEAD,
+    GPU_RATIO,
+    DraftLength,
+    PromptLookup,
+)
 from gptcli.models import embedded_model_path
 from gptcli.templates import load_template
 
@@ -162,7 +169,7 @@ def smol():
 
 def greedy_tokens(engine: LocalEngine, messages, speculative: bool) -> tuple[list[int], object]:
     prompt = engine.format(messages)
-    text, usage = reply(engine.stream(messages, Sampling(temperature=0, max_tokens=48, speculative=speculative)))
+    _, usage = reply(engine.stream(messages, Sampling(temperature=0, max_tokens=48, speculative=speculative)))
     return engine.kv_tokens[len(prompt) :], usage
 
 

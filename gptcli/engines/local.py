@@ -27,7 +27,16 @@ from gptcli.engines.llama import (
 )
 from gptcli.engines.parallel import ParallelEngine, auto_parallel
 from gptcli.engines.reply import ReplyState, refuse_overflow, shared_prefix
-from gptcli.engines.speculative import CPU_OVERHEAD, CPU_RATIO, DRAFT_MAX, GPU_OVERHEAD, GPU_RATIO, DraftLength, DraftModel, PromptLookup
+from gptcli.engines.speculative import (
+    CPU_OVERHEAD,
+    CPU_RATIO,
+    DRAFT_MAX,
+    GPU_OVERHEAD,
+    GPU_RATIO,
+    DraftLength,
+    DraftModel,
+    PromptLookup,
+)
 from gptcli.errors import EngineError, ModelError
 from gptcli.ggufinfo import GGUFInfo, read_gguf
 
