@@ -694,6 +694,8 @@ def stats_line(
         f"first token {usage.time_to_first_token:.2f} s",
         f"{usage.tokens_per_second:.1f} tok/s",
     ]
+    if usage.draft_tokens:
+        parts.append(f"{usage.accepted_tokens}/{usage.draft_tokens} drafted tokens accepted")
     if context_used is not None and context_size:
         parts.append(f"context {context_used}/{context_size}")
     if usage.finish_reason not in ("stop", ""):

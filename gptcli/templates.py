@@ -28,7 +28,7 @@ USER = "user"
 # templates folder cannot slow every command down
 MAX_TEMPLATE_BYTES = 1_000_000
 
-KNOWN_KEYS = ("name", "description", "system", "user", "input", "variables", "examples", "temperature", "max_tokens", "schema")
+KNOWN_KEYS = ("name", "description", "system", "user", "input", "variables", "examples", "temperature", "max_tokens", "schema", "edits")
 
 
 def render_text(text: str, values: Mapping[str, str]) -> str:
@@ -109,6 +109,7 @@ class Template:
     path: Path | None = None
     input_required: bool = True
     schema: dict[str, Any] | None = None  # the JSON Schema replies follow (a ``schema`` table or string)
+    edits: bool = False  # the reply repeats much of its input (proofread, rewrite): speculative decoding pays
 
     def variable(self, name: str) -> Variable | None:
         return next((v for v in self.variables if v.name == name), None)
@@ -203,8 +204,9 @@ def parse_template(name: str, text: str, *, source: str, path: Path | None = Non
         raise TemplateError(f"{where}: 'temperature' must be between 0 and 5")
     if "max_tokens" in data and (not isinstance(data["max_tokens"], int) or data["max_tokens"] <= 0):
         raise TemplateError(f"{where}: 'max_tokens' must be a positive whole number")
-    if "input" in data and not isinstance(data["input"], bool):
-        raise TemplateError(f"{where}: 'input' must be true or false")
+    for key in ("input", "edits"):
+        if key in data and not isinstance(data[key], bool):
+            raise TemplateError(f"{where}: '{key}' must be true or false")
 
     schema: dict[str, Any] | None = None
     if "schema" in data:
@@ -234,6 +236,7 @@ def parse_template(name: str, text: str, *, source: str, path: Path | None = Non
         path=path,
         input_required=bool(data.get("input", True)),
         schema=schema,
+        edits=bool(data.get("edits", False)),
     )
     declared = {v.name for v in variables} | {"input"}
     parts = [("system", template.system), ("user", template.user)]

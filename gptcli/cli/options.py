@@ -48,6 +48,8 @@ class GenOptions:
     repeat_penalty: Optional[float] = None
     max_tokens: Optional[int] = None
     seed: Optional[int] = None
+    speculative: Optional[bool] = None
+    draft_model: Optional[str] = None
     stats: bool = False
     no_stream: bool = False
     plain: bool = False
@@ -71,6 +73,8 @@ class GenOptions:
             repeat_penalty=self.repeat_penalty,
             max_tokens=self.max_tokens,
             seed=self.seed,
+            speculative=self.speculative,
+            draft_model=self.draft_model,
             history=False if self.no_history else None,
             loop_guard=False if self.no_loop_guard else None,
         )
@@ -90,6 +94,8 @@ _OPTIONS: dict[str, Any] = {
     "repeat_penalty": Annotated[Optional[float], typer.Option("--repeat-penalty", help="Penalty for repeated tokens.", rich_help_panel=PANEL)],
     "max_tokens": Annotated[Optional[int], typer.Option("--max-tokens", "-n", help="Most tokens in the reply.", rich_help_panel=PANEL)],
     "seed": Annotated[Optional[int], typer.Option("--seed", help="Random seed: same seed and input, same reply.", rich_help_panel=PANEL)],
+    "speculative": Annotated[Optional[bool], typer.Option("--speculative/--no-speculative", help="Draft tokens from the input (or --draft-model) and check them in one batch; same reply, faster when it repeats its input. Default: on for editing templates and translate.", rich_help_panel=PANEL)],
+    "draft_model": Annotated[Optional[str], typer.Option("--draft-model", help="A small model with the same vocabulary to draft tokens (local engine).", rich_help_panel=PANEL, autocompletion=complete_model)],
     "stats": Annotated[bool, typer.Option("--stats", help="Print tokens, time to first token and tokens/s on stderr.", rich_help_panel=OUT)],
     "no_stream": Annotated[bool, typer.Option("--no-stream", help="Print the reply when it is complete.", rich_help_panel=OUT)],
     "plain": Annotated[bool, typer.Option("--plain", help="Raw text, no Markdown rendering.", rich_help_panel=OUT)],

@@ -109,7 +109,7 @@ def run_template(
     text = compose(material)
 
     history = OneShotHistory.open(settings, st.env, continue_=continue_, session=session)
-    sampling = sampling_from(settings, template.temperature, template.max_tokens)
+    sampling = sampling_from(settings, template.temperature, template.max_tokens, edits=template.edits)
     local = choose.engine_kind(settings) == "local"
     if structure is not None:
         sampling = structure.sampling(sampling, local=local)

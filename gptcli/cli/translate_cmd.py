@@ -402,7 +402,7 @@ def translate(
     engine = choose.open_engine(settings)
     if parallel is None:
         parallel = _auto_parallel(engine)
-    sampling = sampling_from(settings, tmpl.temperature, None)
+    sampling = sampling_from(settings, tmpl.temperature, None, edits=True)
     model_id = "|".join(str(x) for x in (engine.model_name, getattr(engine, "path", ""), settings.engine, settings.base_url or ""))
     job = Job(
         target=target,

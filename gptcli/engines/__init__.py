@@ -37,8 +37,12 @@ class Sampling:
     speculative: bool | None = None  # draft tokens and verify them in one batch; None: the engine decides
 
 
-def sampling_from(settings: Settings, temperature: float | None = None, max_tokens: int | None = None) -> Sampling:
-    """Sampling options from settings; a template's defaults apply where no flag/env/file set them."""
+def sampling_from(settings: Settings, temperature: float | None = None, max_tokens: int | None = None, *, edits: bool = False) -> Sampling:
+    """Sampling options from settings; a template's defaults apply where no flag/env/file set them.
+
+    ``edits``: the reply repeats much of its input (an editing template, a translation), so
+    speculative decoding is on unless the ``speculative`` setting says otherwise.
+    """
     temp = settings.temperature
     if temperature is not None and settings.sources.get("temperature") == "default":
         temp = temperature
@@ -53,6 +57,7 @@ def sampling_from(settings: Settings, temperature: float | None = None, max_toke
         repeat_penalty=settings.repeat_penalty,
         max_tokens=limit,
         seed=settings.seed,
+        speculative=settings.speculative if settings.speculative is not None else (True if edits else None),
     )
 
 

@@ -38,6 +38,7 @@ def open_engine(settings: Settings) -> Engine:
     return load_local_engine(
         ref.path,
         fit=fit,
+        draft_model=resolve_model(settings.draft_model).path if settings.draft_model else None,
         name=ref.name,
         **settings.engine_options(),
     )

@@ -710,9 +710,10 @@ class LlamaContext:
 
     # settings
 
-    def set_threads(self, n: int) -> None:
-        """Threads for one-token steps from now on (prompts keep the count the context was made with)."""
-        self._C.llama_set_n_threads(self._ctx, n, self.threads)
+    def set_threads(self, n: int, batch: int | None = None) -> None:
+        """Threads for one-token steps from now on, and for batches (prompts, drafts) ``batch``
+        (None: the count the context was made with)."""
+        self._C.llama_set_n_threads(self._ctx, n, batch or self.threads)
 
     def offload_sampler(self, sampler: Sampler | None, seq: int = 0) -> bool:
         """Run ``sampler``'s chain inside llama.cpp's graph, on the device that holds the output

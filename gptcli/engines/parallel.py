@@ -12,6 +12,14 @@ longest prefix of its prompt, such as a shared prompt template), fills each batc
 per generating sequence plus as much of the waiting prompts as fits, and samples each sequence
 with its own sampler. llama.cpp runs on the main thread that way (its OpenMP threads run a third
 slower when a second thread drives them) and Ctrl-C stops a long batch as it does in the chat.
+
+No speculative decoding here (``Sampling.speculative`` is ignored): drafts pay because one
+sequence's step leaves the hardware idle (a batch of 8 tokens costs little more than one on a
+GPU), and a batch of several sequences already fills that room with real tokens, so each drafted
+token would take the place of a token another reply needs. On the 2-core CPU of
+``benchmarks/README.md`` a batch is compute-bound from a few tokens on and a draft's tokens cost
+most of a step each (see there). ``translate --parallel 1`` runs on the single-sequence engine,
+which speculates.
 """
 
 from __future__ import annotations
