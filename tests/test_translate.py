@@ -134,6 +134,20 @@ class ScriptedTranslator:
         raise NotImplementedError
 
 
+@dataclass
+class ConcurrentScripted(ScriptedTranslator):
+    """A scripted engine that is ``Concurrent`` (its requests are queued at once), as the batched local one is."""
+
+    def wake(self) -> None:
+        pass
+
+    def pump(self, wait: float) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
 def upper_keeping_code(text: str) -> str:
     """A 'translation' that changes words but keeps inline code and URLs, like a good model."""
     protected = re.compile(r"`[^`]*`|https?://\S+")
@@ -595,10 +609,11 @@ def test_a_source_that_repeats_itself_may_be_repeated(cli, engine, tmp_path):
     assert "repeating" not in result.stderr
 
 
-def test_an_engine_that_decodes_replies_together_gets_a_chunks_pieces_at_once(cli, engine, tmp_path):
-    # the batched local engine says so with ``concurrent``: a chunk that goes piece by piece then
+def test_an_engine_that_decodes_replies_together_gets_a_chunks_pieces_at_once(cli, monkeypatch, tmp_path):
+    # the batched local engine is a ``Concurrent`` one: a chunk that goes piece by piece then
     # fills its sequences with all its paragraphs, instead of one paragraph at a time per chunk
-    engine.concurrent = True  # type: ignore[attr-defined]
+    engine = ConcurrentScripted()
+    monkeypatch.setattr("gptcli.engines.choose.open_engine", lambda settings: engine)
     opened: list[int] = []
     stream = engine.stream
 

@@ -2,7 +2,6 @@
 
 import json
 import os
-import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,12 +12,12 @@ import typer
 from gptcli.cli.app import AppState, app, state
 from gptcli.cli.completion import complete_language, complete_template
 from gptcli.cli.options import GenOptions, generation_options
-from gptcli.engines import Engine, choose, sampling_from
+from gptcli.engines import Batching, choose, sampling_from
 from gptcli.errors import InputError, TemplateError, UsageError
 from gptcli.render import Env
 
 if TYPE_CHECKING:
-    from gptcli.translate import Chunk, ChunkResult, Plan, Summary
+    from gptcli.translate import ChunkResult, DocChunk, Plan, Summary
 
 STDIN = "-"
 
@@ -94,20 +93,6 @@ def _outputs(names: list[str], output: Optional[str], output_dir: Optional[str],
         if output and not target.parent.is_dir():
             raise InputError(f"cannot write {target}: the folder {target.parent} does not exist")
     return targets
-
-
-def _is_local(engine: Engine) -> bool:
-    local = sys.modules.get("gptcli.engines.local")
-    return local is not None and isinstance(engine, local.LocalEngine)
-
-
-def _auto_parallel(engine: Engine) -> int:
-    """The local engine decodes up to 4 chunks in one batch (as memory allows); a remote one gets 1 at a time."""
-    if not _is_local(engine):
-        return 1
-    from gptcli.engines.parallel import auto_parallel
-
-    return auto_parallel(engine)  # type: ignore[arg-type]
 
 
 def _same_terminal(a: IO[str], b: IO[str]) -> bool:
@@ -212,7 +197,7 @@ class Display:
         if self.show_preview:
             self.preview.text += text
 
-    def chunk_done(self, chunk: "Chunk", result: "ChunkResult") -> None:
+    def chunk_done(self, chunk: "DocChunk", result: "ChunkResult") -> None:
         self.done_chunks += 1
         self.tokens += result.completion_tokens
         self.preview.text = ""
@@ -403,7 +388,8 @@ def translate(
     settings = gen.settings(st.settings)
     engine = choose.open_engine(settings)
     if parallel is None:
-        parallel = _auto_parallel(engine)
+        # a batching engine (the local one) decodes several chunks at once, as memory allows; others get one at a time
+        parallel = engine.auto_parallel() if isinstance(engine, Batching) else 1
     sampling = sampling_from(settings, tmpl.temperature, None)
     model_id = "|".join(str(x) for x in (engine.model_name, getattr(engine, "path", ""), settings.engine, settings.base_url or ""))
     job = Job(
@@ -561,7 +547,7 @@ class _JsonEvents:
     def token(self, index: int, text: str) -> None:
         self.display.token(index, text)
 
-    def chunk_done(self, chunk: "Chunk", result: "ChunkResult") -> None:
+    def chunk_done(self, chunk: "DocChunk", result: "ChunkResult") -> None:
         self.display.chunk_done(chunk, result)
         _emit(self.env, {
             "type": "chunk", "file": self.name, "index": chunk.index, "cached": result.cached,

@@ -1,0 +1,123 @@
+"""A translation job (what into what, and how) and what translating it reports: per chunk and per document."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from gptcli.engines import Message, Sampling
+from gptcli.languages import Language
+from gptcli.templates import Template
+from gptcli.translate.cache import CACHE_VERSION, _digest
+from gptcli.translate.glossary import Glossary
+from gptcli.translate.planning import DocChunk, Plan
+
+
+@dataclass
+class Job:
+    """What to translate into what, and how: the same job settings share cached chunks."""
+
+    target: Language
+    source: Language
+    template: Template
+    values: dict[str, str]  # template variables other than the glossary
+    glossary: Glossary
+    sampling: Sampling
+    model: str  # what identifies the model for the cache
+    max_tokens: int | None = None  # a user's per-chunk limit (-n)
+
+    @property
+    def key(self) -> str:
+        t = self.template
+        return _digest(
+            CACHE_VERSION,
+            self.model,
+            t.system,
+            t.user,
+            [dict(e) for e in t.examples],
+            self.values,
+            [self.sampling.temperature, self.sampling.top_p, self.sampling.top_k, self.sampling.min_p,
+             self.sampling.repeat_penalty, self.sampling.seed, self.max_tokens],
+        )
+
+    def messages(self, text: str) -> list[Message]:
+        values = dict(self.values)
+        if any(v.name == "glossary" for v in self.template.variables):
+            values["glossary"] = Glossary.render(self.glossary.relevant(text))
+        return self.template.render(text, values)
+
+    def chunk_key(self, chunk: DocChunk) -> str:
+        kind = "packed" if chunk.packed else ("line" if chunk.atoms[0].single_line else "text")
+        return _digest(self.key, kind, chunk.source, self.glossary.relevant(chunk.source))
+
+
+@dataclass
+class ChunkResult:
+    index: int
+    translations: list[str]
+    cached: bool = False
+    packed: bool = False  # translated in one trip with its structure intact
+    fell_back: bool = False  # a packed chunk whose structure the model changed: its parts went one by one
+    kept_source: int = 0  # parts the model returned nothing for, kept untranslated
+    truncated: int = 0  # replies cut at the length limit
+    looped: int = 0  # replies stopped where they began repeating themselves
+    spans_lost: int = 0  # parts whose translation lacks an inline code span or a link of the source
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    glossary_misses: list[str] = field(default_factory=list)
+
+    def add_reads(self, other: ChunkResult) -> None:
+        """Add the counts ``_read`` made in ``other`` (for a reply read on another thread) to these."""
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.truncated += other.truncated
+        self.looped += other.looped
+
+
+@dataclass
+class Summary:
+    """What a translation did, for the closing notice and --json."""
+
+    chunks: int = 0
+    cached: int = 0
+    packed: int = 0
+    fell_back: int = 0
+    kept_source: int = 0
+    truncated: int = 0
+    looped: int = 0
+    spans_lost: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    glossary_misses: Counter[str] = field(default_factory=Counter)
+
+    def add(self, result: ChunkResult) -> None:
+        self.chunks += 1
+        self.cached += result.cached
+        self.packed += result.packed
+        self.fell_back += result.fell_back
+        self.kept_source += result.kept_source
+        self.truncated += result.truncated
+        self.looped += result.looped
+        self.spans_lost += result.spans_lost
+        self.prompt_tokens += result.prompt_tokens
+        self.completion_tokens += result.completion_tokens
+        self.glossary_misses.update(result.glossary_misses)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.completion_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+class Events(Protocol):
+    """What a display hears about; ``token`` and ``attempt`` come only when chunks run one at a time."""
+
+    def start(self, plan: Plan, cached: int) -> None: ...
+
+    def attempt(self, index: int) -> None: ...
+
+    def token(self, index: int, text: str) -> None: ...
+
+    def chunk_done(self, chunk: DocChunk, result: ChunkResult) -> None: ...
