@@ -13,13 +13,17 @@ from gptcli.cli.app import AppState, app, state
 from gptcli.cli.completion import complete_language, complete_template
 from gptcli.cli.options import GenOptions, generation_options
 from gptcli.engines import Batching, choose, sampling_from
-from gptcli.errors import InputError, TemplateError, UsageError
+from gptcli.errors import GptcliError, InputError, TemplateError, UsageError
 from gptcli.render import Env
 
 if TYPE_CHECKING:
     from gptcli.translate import ChunkResult, DocChunk, Plan, Summary
 
 STDIN = "-"
+TRUSTED_MIN = 0.8  # below this share of pieces passing every check, a document is no translation to hand over
+# a model that translates (Apache-2.0, 29 languages), named when the embedded demo model cannot
+RECOMMENDED_MODEL = "Qwen/Qwen2.5-1.5B-Instruct-GGUF:qwen2.5-1.5b-instruct-q4_k_m.gguf"
+RECOMMENDED_SIZE = "1.1 GB"
 
 
 @dataclass
@@ -266,22 +270,25 @@ def _summary_line(name: str, target: Optional[Path], summary: "Summary") -> str:
     where = f"{name} -> {target}" if target else name
     cached = f" ({summary.cached} from the cache)" if summary.cached else ""
     speed = f", {summary.tokens_per_second:.1f} tok/s" if summary.completion_tokens else ""
+    trusted = f"; {summary.trusted_share:.0%} of {summary.pieces} pieces trusted" if summary.pieces else ""
     return (
         f"translated {where}: {summary.chunks} chunks{cached}, {summary.completion_tokens:,} tokens"
-        f" in {summary.seconds:.1f} s{speed}"
+        f" in {summary.seconds:.1f} s{speed}{trusted}"
     )
 
 
 def _warnings(summary: "Summary") -> list[str]:
     notes = []
     if summary.kept_source:
-        notes.append(f"warning: {summary.kept_source} piece(s) came back empty and were kept untranslated")
+        failed = ", ".join(f"{name} {summary.pieces - passed}" for name, passed in summary.checks_passed().items() if passed < summary.pieces)
+        notes.append(
+            f"warning: {summary.kept_source} of {summary.pieces} pieces were kept in the source language:"
+            f" their replies failed the checks twice ({failed})"
+        )
     if summary.truncated:
         notes.append(f"warning: {summary.truncated} reply(ies) were cut at the length limit")
     if summary.looped:
         notes.append(f"warning: {summary.looped} reply(ies) began repeating themselves and were cut there")
-    if summary.spans_lost:
-        notes.append(f"warning: {summary.spans_lost} piece(s) lost inline code, a link or a URL of the source (the model changed or dropped it)")
     for term, count in summary.glossary_misses.most_common(5):
         notes.append(f"glossary: the translation of '{term}' is missing from {count} chunk(s)")
     return notes
@@ -330,17 +337,24 @@ def translate(
     chunk_tokens: Annotated[
         Optional[int], typer.Option("--chunk-tokens", help="Most source tokens in one chunk (default 384, less if the context is small).", min=8)
     ] = None,
+    strict: Annotated[
+        bool,
+        typer.Option("--strict", help=f"Exit 1 when under {TRUSTED_MIN:.0%} of a document's pieces pass the checks (the output is still written)."),
+    ] = False,
     gen: GenOptions = GenOptions(),
 ) -> None:
     """Translate documents of any length, keeping their structure; resumable.
 
     Markdown headings, lists, tables and code blocks, line endings and the final newline are
     kept; code, front matter and URLs are never sent to the model. Finished chunks are cached, so
-    running the same command again after Ctrl-C translates only what is left.
+    running the same command again after Ctrl-C translates only what is left. Each piece's reply
+    is checked (language, length, added structure, numbers, code and links); one that fails twice
+    keeps the source text, and the summary says what share of the document is trusted.
 
     Example: gptcli translate README.md --to fr -o README.fr.md
     """
     from gptcli.languages import AUTO, resolve_language
+    from gptcli.models import EMBEDDED_NAME
     from gptcli.templates import load_template, parse_vars
 
     st = state(ctx)
@@ -408,6 +422,12 @@ def translate(
     except InputError as exc:  # an unwritable data folder: translate anyway, without resuming
         env.notice(f"{exc}: finished chunks are not kept for resuming")
     translator = Translator(engine, job, cache=cache, resume=resume, parallel=parallel)
+    if engine.model_name == EMBEDDED_NAME:
+        env.notice(
+            f"note: {EMBEDDED_NAME} is a 135M demo model and cannot really translate; for translations try"
+            f" `gptcli models pull {RECOMMENDED_MODEL}` ({RECOMMENDED_SIZE}, multilingual) and --model with it"
+        )
+    untrusted: list[str] = []
     try:
         for src, dest in zip(sources, targets):
             markdown = (
@@ -415,9 +435,13 @@ def translate(
                 if text_format not in (None, "auto")
                 else looks_like_markdown(src.text, src.path.name if src.path else None)
             )
-            code = _translate_one(st, gen, translator, src, dest, markdown, chunk_tokens, target.spaceless)
+            code = _translate_one(st, gen, translator, src, dest, markdown, chunk_tokens, target.spaceless, untrusted)
             if code:
                 raise typer.Exit(code)
+        if strict and untrusted:
+            raise GptcliError(
+                f"{', '.join(untrusted)}: under {TRUSTED_MIN:.0%} of the pieces passed the checks (--strict); the output was written"
+            )
     finally:
         if cache is not None:
             cache.close()
@@ -432,6 +456,7 @@ def _translate_one(
     markdown: bool,
     chunk_tokens: Optional[int],
     spaceless: bool,
+    untrusted: list[str],
 ) -> int:
     """Translate one document to ``dest`` (None: standard output); returns the exit code."""
     from gptcli.textio import AtomicTextFile
@@ -488,8 +513,7 @@ def _translate_one(
         if summary is not None:
             event.update(_summary_fields(summary))
         _emit(env, event)
-        return 0
-    if summary is not None:
+    elif summary is not None:
         if dest is not None or gen.stats:
             line = _summary_line(src.name, dest, summary)
             if gen.stats:
@@ -498,6 +522,12 @@ def _translate_one(
                 env.notice(line)
         for note in _warnings(summary):
             env.notice(note)
+    if summary is not None and summary.trusted_share < TRUSTED_MIN:
+        untrusted.append(src.name)
+        env.notice(
+            f"{1 - summary.trusted_share:.0%} of the pieces of {src.name} are not translations (kept in the source language):"
+            f" the model is too small for this job; try `gptcli models pull {RECOMMENDED_MODEL}` ({RECOMMENDED_SIZE})"
+        )
     return 0
 
 
@@ -508,10 +538,16 @@ def _summary_fields(summary: "Summary") -> dict[str, Any]:
         "packed": summary.packed,
         "fell_back": summary.fell_back,
         "kept_source": summary.kept_source,
+        "pieces": summary.pieces,
+        "checks": summary.checks_passed(),  # per check, the pieces whose (last) reply passed it
+        "trusted": round(summary.trusted_share, 4),
+        "retried": summary.retried,
         "truncated": summary.truncated,
         "looped": summary.looped,
         "spans_lost": summary.spans_lost,
+        "source_tokens": summary.source_tokens,
         "prompt_tokens": summary.prompt_tokens,
+        "cached_prompt_tokens": summary.cached_tokens,
         "completion_tokens": summary.completion_tokens,
         "seconds": round(summary.seconds, 3),
         "tokens_per_second": round(summary.tokens_per_second, 2),

@@ -19,7 +19,7 @@ CACHE_VERSION = 1
 class TranslationCache:
     """Finished chunks, appended to a JSON-lines file as they complete (one file per job settings).
 
-    Each line is ``{"k": chunk key, "t": [translations]}``, written with one ``write`` and fsynced;
+    Each line is ``{"k": chunk key, "t": [translations], "c": [checks each failed]}``, written with one ``write`` and fsynced;
     a line cut short by a crash is skipped when the file is read back.
     """
 
@@ -31,14 +31,18 @@ class TranslationCache:
         except OSError as exc:
             raise InputError(f"cannot create the translation cache folder {folder}: {exc.strerror or exc}") from None
         self.path = folder / f"{job_key[:32]}.jsonl"
-        self.entries: dict[str, list[str]] = {}
+        self.entries: dict[str, tuple[list[str], list[tuple[str, ...]] | None]] = {}
         try:
             with open(self.path, encoding="utf-8", errors="replace") as f:
                 for line in f:
                     try:
                         entry = json.loads(line)
                         if isinstance(entry, dict) and isinstance(entry.get("k"), str) and isinstance(entry.get("t"), list):
-                            self.entries[entry["k"]] = [str(t) for t in entry["t"]]
+                            checks = entry.get("c")
+                            verdicts = None
+                            if isinstance(checks, list) and len(checks) == len(entry["t"]):
+                                verdicts = [tuple(str(name) for name in failed) for failed in checks if isinstance(failed, list)]
+                            self.entries[entry["k"]] = ([str(t) for t in entry["t"]], verdicts if verdicts and len(verdicts) == len(entry["t"]) else None)
                     except ValueError:
                         continue
         except FileNotFoundError:
@@ -47,12 +51,18 @@ class TranslationCache:
             raise InputError(f"cannot read the translation cache {self.path}: {exc.strerror}") from None
         self.fd: int | None = None
 
-    def get(self, key: str, atoms: int) -> list[str] | None:
+    def get(self, key: str, atoms: int) -> tuple[list[str], list[tuple[str, ...]] | None] | None:
+        """A chunk's translations and the checks each failed (None: an entry written before checks)."""
         found = self.entries.get(key)
-        return found if found is not None and len(found) == atoms else None
+        if found is None or len(found[0]) != atoms:
+            return None
+        return found
 
-    def put(self, key: str, translations: Sequence[str]) -> None:
-        line = json.dumps({"k": key, "t": list(translations)}, ensure_ascii=False) + "\n"
+    def put(self, key: str, translations: Sequence[str], checks: Sequence[Sequence[str]] = ()) -> None:
+        entry: dict[str, object] = {"k": key, "t": list(translations)}
+        if checks:
+            entry["c"] = [list(failed) for failed in checks]
+        line = json.dumps(entry, ensure_ascii=False) + "\n"
         try:
             if self.fd is None:
                 self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -60,7 +70,7 @@ class TranslationCache:
             os.fsync(self.fd)
         except OSError as exc:
             raise InputError(f"cannot write the translation cache {self.path}: {exc.strerror}") from None
-        self.entries[key] = list(translations)
+        self.entries[key] = (list(translations), [tuple(failed) for failed in checks] if checks else None)
 
     def close(self) -> None:
         if self.fd is not None:

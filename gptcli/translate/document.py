@@ -128,7 +128,8 @@ def _continuation(prefix: str) -> str:
 _PIPE = re.compile(r"(?<!\\)\|")
 _QUOTE = re.compile(r"((?:[ \t]{0,3}>[ \t]?)*)")
 _FENCE = re.compile(r"[ \t]{0,3}(`{3,}|~{3,})")
-_HEADING = re.compile(r"([ \t]{0,3}#{1,6}[ \t]+)(.*?)((?:[ \t]+#+)?[ \t]*)$")
+# a heading's section number ("1.2", "3.", "A.1") is part of its marker: never sent, never changed
+_HEADING = re.compile(r"([ \t]{0,3}#{1,6}[ \t]+(?:(?:\d+(?:\.\d+)*\.?|[A-Z](?:\.\d+)+\.?|[A-Z]\.)[ \t]+(?=\S))?)(.*?)((?:[ \t]+#+)?[ \t]*)$")
 _ITEM = re.compile(r"[ \t]*(?:[-*+]|\d{1,9}[.)])(?:[ \t]+|$)(?:\[[ xX]\][ \t]+)?")
 _HTML = re.compile(r"[ \t]*(<!--.*|</?[A-Za-z][^>]*>)[ \t]*$")
 _LINK_DEF = re.compile(r"[ \t]{0,3}\[[^\]]+\]:[ \t]*\S+")

@@ -10,6 +10,7 @@ from gptcli.engines import Message, Sampling
 from gptcli.languages import Language
 from gptcli.templates import Template
 from gptcli.translate.cache import CACHE_VERSION, _digest
+from gptcli.translate.checks import CHECKS, passed_counts
 from gptcli.translate.glossary import Glossary
 from gptcli.translate.planning import DocChunk, Plan
 
@@ -59,18 +60,27 @@ class ChunkResult:
     cached: bool = False
     packed: bool = False  # translated in one trip with its structure intact
     fell_back: bool = False  # a packed chunk whose structure the model changed: its parts went one by one
-    kept_source: int = 0  # parts the model returned nothing for, kept untranslated
+    kept_source: int = 0  # pieces kept untranslated: their replies failed a check twice
     truncated: int = 0  # replies cut at the length limit
     looped: int = 0  # replies stopped where they began repeating themselves
-    spans_lost: int = 0  # parts whose translation lacks an inline code span or a link of the source
+    spans_lost: int = 0  # pieces whose reply lost an inline code span, a link target or a URL (kept as the source)
+    retried: int = 0  # pieces sent again because their first reply failed a check
+    checks: list[tuple[str, ...]] = field(default_factory=list)  # per piece, the checks its last reply failed
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # of the prompt tokens, those the engine reused from its KV cache (not evaluated again)
     completion_tokens: int = 0
     seconds: float = 0.0
     glossary_misses: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        if self.cached:  # a cached chunk's pieces that failed were kept as their source
+            self.kept_source = sum(bool(failed) for failed in self.checks)
+            self.spans_lost = sum("spans" in failed for failed in self.checks)
+
     def add_reads(self, other: ChunkResult) -> None:
         """Add the counts ``_read`` made in ``other`` (for a reply read on another thread) to these."""
         self.prompt_tokens += other.prompt_tokens
+        self.cached_tokens += other.cached_tokens
         self.completion_tokens += other.completion_tokens
         self.truncated += other.truncated
         self.looped += other.looped
@@ -88,7 +98,13 @@ class Summary:
     truncated: int = 0
     looped: int = 0
     spans_lost: int = 0
+    retried: int = 0
+    pieces: int = 0  # pieces judged (the texts the model translates: paragraphs, items, cells, sentences)
+    passed: Counter[str] = field(default_factory=Counter)  # check name -> pieces whose last reply passed it
+    trusted: int = 0  # pieces whose translation passed every check
+    source_tokens: int = 0
     prompt_tokens: int = 0
+    cached_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
     glossary_misses: Counter[str] = field(default_factory=Counter)
@@ -102,13 +118,26 @@ class Summary:
         self.truncated += result.truncated
         self.looped += result.looped
         self.spans_lost += result.spans_lost
+        self.retried += result.retried
+        self.pieces += len(result.checks)
+        self.passed.update(passed_counts(result.checks))
+        self.trusted += sum(not failed for failed in result.checks)
         self.prompt_tokens += result.prompt_tokens
+        self.cached_tokens += result.cached_tokens
         self.completion_tokens += result.completion_tokens
         self.glossary_misses.update(result.glossary_misses)
 
     @property
     def tokens_per_second(self) -> float:
         return self.completion_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def trusted_share(self) -> float:
+        """The share of pieces whose translation passed every check (1.0 with nothing to judge)."""
+        return self.trusted / self.pieces if self.pieces else 1.0
+
+    def checks_passed(self) -> dict[str, int]:
+        return {name: self.passed[name] for name in CHECKS}
 
 
 class Events(Protocol):

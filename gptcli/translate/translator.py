@@ -15,11 +15,15 @@ from gptcli.errors import EngineError, UsageError
 from gptcli.repetition import SENTENCE_END, loop_start, repeats_itself
 from gptcli.translate.assembly import Assembler
 from gptcli.translate.cache import TranslationCache
+from gptcli.translate.checks import Checker
+from gptcli.translate.document import Unit
 from gptcli.translate.glossary import Glossary
 from gptcli.translate.job import ChunkResult, Events, Job, Summary
 from gptcli.translate.planning import DEFAULT_CHUNK_TOKENS, EXPANSION, MARGIN, MIN_CHUNK_TOKENS, Atom, DocChunk, Plan, plan_document
 from gptcli.translate.replies import atom_reply_end, could_match, match_translation, normalize_atom, prompt_lines, strip_preamble
-from gptcli.translate.spans import _Restoring, lost_spans, protect_spans, restore_spans
+from gptcli.translate.spans import _Restoring, protect_spans, restore_spans
+
+RETRY_TEMPERATURE = 0.5  # a piece sent again after its reply failed a check is sampled at least this warm
 
 
 class _Cancelled(Exception):
@@ -43,6 +47,7 @@ class Translator:
         cache: TranslationCache | None = None,
         resume: bool = True,
         parallel: int = 1,
+        checker: Checker | None = None,
     ) -> None:
         self.engine = engine
         self.job = job
@@ -52,6 +57,7 @@ class Translator:
         self.cancel = threading.Event()
         self.overhead = 0
         self.echoes = prompt_lines(job.messages(""))  # lines of the instructions a reply may repeat
+        self.checker = checker or Checker(job.target.code, None if job.source.code == "auto" else job.source.code)
         # a model that keeps breaking packed chunks gets its parts one by one from then on; until
         # one packed chunk has come back whole, only one is tried at a time (chunks in parallel
         # would otherwise all be tried, and all be translated twice, by a model that cannot)
@@ -94,12 +100,19 @@ class Translator:
             limit = self.job.max_tokens
         return max(1, min(room, limit))
 
-    def _open(self, engine: Engine, text: str, source_tokens: int, result: ChunkResult, events: Events | None) -> Iterator[Chunk]:
+    def _open(
+        self, engine: Engine, text: str, source_tokens: int, result: ChunkResult, events: Events | None, retry: bool = False
+    ) -> Iterator[Chunk]:
         """Send one request; its reply is read with ``_read`` (a batched engine starts on it at once).
 
         No stop string: where a reply ends is the reader's call (``_read``'s ``until``), since a
-        bare piece ends at its first line or paragraph only after any preamble a small model writes."""
+        bare piece ends at its first line or paragraph only after any preamble a small model writes.
+        A ``retry`` samples with another seed and a temperature of at least ``RETRY_TEMPERATURE``:
+        greedy decoding would only write the failed reply again."""
         sampling = replace(self.job.sampling, max_tokens=self._max_tokens(source_tokens), stop=(), ignore_eos=False)
+        if retry:
+            seed = None if sampling.seed is None else sampling.seed + 1
+            sampling = replace(sampling, seed=seed, temperature=max(sampling.temperature, RETRY_TEMPERATURE))
         if events is not None:
             events.attempt(result.index)
         return iter(engine.stream(self.job.messages(text), sampling))
@@ -152,46 +165,40 @@ class Translator:
             _close(stream)
         if usage is not None:
             result.prompt_tokens += usage.prompt_tokens
+            result.cached_tokens += usage.cached_tokens
             result.completion_tokens += usage.completion_tokens
             if usage.finish_reason in ("length", "context") and not (given_up or cut):
                 result.truncated += 1
         result.looped += cut
         return None if given_up else text
 
-    def _open_atom(self, engine: Engine, atom: Atom, result: ChunkResult, events: Events | None) -> Iterator[Chunk]:
-        return self._open(engine, atom.text, engine.tokenize_count(atom.text), result, events)
+    def _open_atom(self, engine: Engine, atom: Atom, result: ChunkResult, events: Events | None, retry: bool = False) -> Iterator[Chunk]:
+        return self._open(engine, atom.text, engine.tokenize_count(atom.text), result, events, retry)
 
     def _read_atom(self, stream: Iterator[Chunk], atom: Atom, result: ChunkResult, events: Events | None) -> str:
         return self._read(stream, result, events, atom.text, until=lambda reply: atom_reply_end(atom, reply, self.echoes)) or ""
 
-    def _finish_atom(self, engine: Engine, atom: Atom, output: str, result: ChunkResult, events: Events | None) -> str:
-        text = normalize_atom(atom, output, self.echoes)
-        if not text:  # nothing came (an end of text at once, blank lines): once more, read to its end
-            stream = self._open_atom(engine, atom, result, events)
-            text = normalize_atom(atom, self._read(stream, result, events, atom.text) or "", self.echoes)
-        if not text:
-            result.kept_source += 1
-            return atom.text
-        return text
-
-    def _translate_atoms(self, engine: Engine, atoms: Sequence[Atom], result: ChunkResult, events: Events | None) -> list[str]:
-        """Each atom's translation. An engine that decodes several replies at once gets them all
-        together, so that one chunk's paragraphs fill its sequences, each reply read by a thread of
-        its own (so that each is stopped as soon as it is complete); others get them one by one."""
+    def _translate_atoms(
+        self, engine: Engine, atoms: Sequence[Atom], result: ChunkResult, events: Events | None, retry: bool = False
+    ) -> list[str]:
+        """Each atom's translation ("" if nothing came: the checks then send it again). An engine
+        that decodes several replies at once gets them all together, so that one chunk's paragraphs
+        fill its sequences, each reply read by a thread of its own (so that each is stopped as soon
+        as it is complete); others get them one by one."""
         outputs: Iterable[str]
         if isinstance(engine, Concurrent) and len(atoms) > 1:
-            outputs = self._read_together(engine, atoms, result)
-        else:  # one at a time: each request is sent when the one before it (and its retry) is done
-            outputs = (self._read_atom(self._open_atom(engine, atom, result, events), atom, result, events) for atom in atoms)
-        return [self._finish_atom(engine, atom, output, result, events) for atom, output in zip(atoms, outputs)]
+            outputs = self._read_together(engine, atoms, result, retry)
+        else:  # one at a time: each request is sent when the one before it is done
+            outputs = (self._read_atom(self._open_atom(engine, atom, result, events, retry), atom, result, events) for atom in atoms)
+        return [normalize_atom(atom, output, self.echoes) for atom, output in zip(atoms, outputs)]
 
-    def _read_together(self, engine: Engine, atoms: Sequence[Atom], result: ChunkResult) -> list[str]:
+    def _read_together(self, engine: Engine, atoms: Sequence[Atom], result: ChunkResult, retry: bool = False) -> list[str]:
         parts = [ChunkResult(result.index, []) for _ in atoms]  # each reader counts on its own
         streams: list[Iterator[Chunk]] = []
         futures: list[Future[str]] = []
         pool = ThreadPoolExecutor(len(atoms), thread_name_prefix="translate-piece")
         try:
-            streams.extend(self._open_atom(engine, atom, part, None) for atom, part in zip(atoms, parts))
+            streams.extend(self._open_atom(engine, atom, part, None, retry) for atom, part in zip(atoms, parts))
             futures.extend(pool.submit(self._read_atom, *job, None) for job in zip(streams, atoms, parts))
             return [future.result() for future in futures]
         finally:
@@ -211,7 +218,10 @@ class Translator:
         """Translate one chunk: whole when packed (its structure checked), else atom by atom.
 
         Its inline code, link targets and URLs go to the model as placeholders (``protect_spans``)
-        and come back as they were; a piece whose reply lost one is counted in ``spans_lost``."""
+        and come back as they were. Each piece's reply is then judged (``Checker``): one that fails
+        a check (wrong language, implausible length, added structure, a number or a span lost) is
+        sent once more on its own, and if that fails too the piece keeps its source text, counted
+        in ``kept_source``: never a broken link or an unbalanced fence in the document."""
         engine = engine or self.engine
         started = time.perf_counter()
         sent, spans = protect_spans(chunk)
@@ -220,10 +230,22 @@ class Translator:
         if spans and events is not None:
             events = _Restoring(events, spans)
         result = self._translate(sent, events, markdown, engine)
-        result.translations = [restore_spans(text, spans) for text in result.translations]
+        translations = [restore_spans(text, spans) for text in result.translations]
+        verdicts = [self.checker.failed(atom.text, text) for atom, text in zip(chunk.atoms, translations)]
+        again = [k for k, verdict in enumerate(verdicts) if verdict]
+        if again:
+            result.retried = len(again)
+            replies = self._translate_atoms(engine, [sent.atoms[k] for k in again], result, events, retry=True)
+            for k, reply in zip(again, replies):
+                text = restore_spans(reply, spans)
+                verdicts[k] = self.checker.failed(chunk.atoms[k].text, text)
+                translations[k] = chunk.atoms[k].text if verdicts[k] else text
+        result.translations = translations
+        result.checks = verdicts
+        result.kept_source = sum(bool(verdict) for verdict in verdicts)
+        result.spans_lost = sum("spans" in verdict for verdict in verdicts)
         result.seconds = time.perf_counter() - started
         result.glossary_misses = self._glossary_misses(chunk, result.translations)
-        result.spans_lost = sum(bool(lost_spans(atom.text, text)) for atom, text in zip(chunk.atoms, result.translations))
         return result
 
     def _translate(self, chunk: DocChunk, events: Events | None, markdown: bool, engine: Engine) -> ChunkResult:
@@ -275,10 +297,14 @@ class Translator:
         keys = [self.job.chunk_key(chunk) for chunk in plan.chunks]
         todo: list[DocChunk] = []
         cached: list[ChunkResult] = []
+        self.checker.learn_source("".join(block.text for block in plan.blocks if isinstance(block, Unit)))
         for chunk, key in zip(plan.chunks, keys):
             hit = self.cache.get(key, len(chunk.atoms)) if (self.cache and self.resume) else None
             if hit is not None:
-                cached.append(ChunkResult(chunk.index, hit, cached=True))
+                translations, verdicts = hit
+                if verdicts is None:  # an entry from before the checks: judged now
+                    verdicts = [self.checker.failed(atom.text, text) for atom, text in zip(chunk.atoms, translations)]
+                cached.append(ChunkResult(chunk.index, translations, cached=True, checks=verdicts))
             else:
                 todo.append(chunk)
         if events is not None:
@@ -293,9 +319,10 @@ class Translator:
         def finish(result: ChunkResult) -> None:
             chunk = plan.chunks[result.index]
             if self.cache is not None:
-                self.cache.put(keys[result.index], result.translations)
+                self.cache.put(keys[result.index], result.translations, result.checks)
             assembler.add(chunk, result.translations)
             summary.add(result)
+            summary.source_tokens += chunk.source_tokens  # what was sent to the model this run
             if events is not None:
                 events.chunk_done(chunk, result)
             write(assembler.drain())
