@@ -37,7 +37,7 @@ _ITEM_LINE = re.compile(r"(?m)^[ \t]*(?:[-*+]|\d{1,9}[.)])[ \t]")
 _ROW_LINE = re.compile(r"(?m)^[ \t]*\|.*\|[ \t]*$")
 _URL = re.compile(r"https?://[^\s<>()\[\]`]*[^\s<>()\[\]`.,;:!?'\"]|www\.[^\s<>()\[\]`]+")
 # a number, its thousands separators and decimal mark written either way (1,000.5 = 1 000,5 = 1.000,5)
-_NUMBER = re.compile(r"\d+(?:[.,\u00a0\u202f]\d{3})*(?:[.,]\d+)?")
+_NUMBER = re.compile(r"\d+(?:[.,\u00a0\u202f ]\d{3}(?!\d))*(?:[.,]\d+)?")
 # langid's codes for the few languages it names otherwise
 _LANGID_CODE = {"fil": "tl", "nb": "no", "nn": "no"}
 
