@@ -108,7 +108,8 @@ def test_a_paragraph_the_model_loops_on_is_cut_where_it_repeats(run_gptcli, tmp_
     done = events(proc.stdout)[-1]
     sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n", done["text"]) if len(s.strip()) >= 16]
     assert len(sentences) == len(set(sentences)), done["text"]  # no sentence twice
-    assert done["truncated"] == 0  # nor written on to the length limit
+    assert done["looped"] >= 1  # the greedy first reply was stopped where it began repeating itself,
+    assert done["truncated"] <= done["retried"]  # not written on to its length limit (a warmer retry may run on)
 
 
 def _run_until_chunks(cmd: list[str], chunks: int, sig: int) -> tuple[int, list[dict], str]:
@@ -148,9 +149,10 @@ def test_a_stopped_translation_resumes_with_only_the_rest(run_gptcli, gptcli_bin
     assert skeleton(out.read_bytes().decode()) == skeleton(SOURCE)
 
 
-def test_inline_code_links_and_urls_come_back_as_they_were_or_are_counted(run_gptcli, tmp_path):
+def test_inline_code_links_and_urls_come_back_as_they_were_whatever_the_model_does(run_gptcli, tmp_path):
     # the model is sent placeholders for them: each one it keeps comes back byte for byte, no
-    # placeholder shows in the translation, and each piece that lost one is counted
+    # placeholder shows in the translation, and a piece whose reply lost one (twice) keeps its
+    # source, counted: every span of the source is in the document
     pieces = [
         ("Run `gptcli chat --resume` to go on where you stopped.", ["`gptcli chat --resume`"]),
         ("The guide is at https://example.com/docs/guide.html and in [the FAQ](docs/faq.md).", ["https://example.com/docs/guide.html", "docs/faq.md"]),
@@ -164,9 +166,9 @@ def test_inline_code_links_and_urls_come_back_as_they_were_or_are_counted(run_gp
     out = done["text"].split("\n\n")
     assert len(out) == len(pieces), done["text"]
     assert not re.search(r"\{\s*\d+\s*\}", done["text"])
-    lost = [any(span not in text for span in spans) for text, (_, spans) in zip(out, pieces)]
-    assert done["spans_lost"] == sum(lost)
-    assert any(span in done["text"] for _, spans in pieces for span in spans), done["text"]  # whole, as they were
+    assert all(span in text for text, (_, spans) in zip(out, pieces) for span in spans), done["text"]  # whole, as they were
+    kept = sum(text == source for text, (source, _) in zip(out, pieces))
+    assert done["spans_lost"] <= done["kept_source"] == kept
 
 
 def test_stdin_to_stdout_on_a_pipe(run_gptcli):
