@@ -118,6 +118,8 @@ def test_a_piece_that_fails_twice_keeps_its_source_and_is_counted(cli, engine, d
     assert done["text"].count("```") == 0 and "## 20" not in done["text"] and "\n- " not in done["text"]
     assert (done["retried"], done["kept_source"], done["pieces"]) == (1, 1, 4)
     assert done["checks"][check] == 3 and done["trusted"] == 0.75
+    chunk = next(json.loads(line) for line in result.stdout.splitlines() if PARAGRAPH in line and '"chunk"' in line)
+    assert len(chunk["failed"]) == 1 and check in chunk["failed"][0]
 
 
 def test_the_warning_names_the_failed_checks_and_a_better_model_when_most_pieces_are_no_translation(cli, engine, doc, tmp_path):

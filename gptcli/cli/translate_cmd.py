@@ -590,5 +590,6 @@ class _JsonEvents:
             "packed": result.packed, "source_tokens": chunk.source_tokens,
             "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
             "translations": result.translations,
+            "failed": [list(failed) for failed in result.checks],  # per piece, the checks its last reply failed (then its source was kept)
         })
 
