@@ -202,7 +202,14 @@ class Kept:
         self.translations.extend(result.translations)
 
 
-def translate(engine: RecordingEngine, job: Job, document: str, parallel: int) -> dict[str, float]:
+class NoChecks(Checker):
+    """Passes every reply: the translator as it was before the checks (``--no-checks``, for a before/after)."""
+
+    def failed(self, source: str, reply: str) -> tuple[str, ...]:
+        return ()
+
+
+def translate(engine: RecordingEngine, job: Job, document: str, parallel: int, checks: bool = True) -> dict[str, float]:
     """Translate ``document`` with ``parallel`` chunks at once; the figures of that run.
 
     Throughput counts the tokens of the translation that was kept (what a reader gets), not
@@ -213,7 +220,8 @@ def translate(engine: RecordingEngine, job: Job, document: str, parallel: int) -
     kept = Kept()
     with tempfile.TemporaryDirectory() as folder:
         cache = TranslationCache(Path(folder), job.key)
-        translator = Translator(engine, job, cache=cache, resume=False, parallel=parallel)
+        checker = None if checks else NoChecks(job.target.code, "en")
+        translator = Translator(engine, job, cache=cache, resume=False, parallel=parallel, checker=checker)
         started = time.perf_counter()
         plan = translator.plan(document, markdown=True)
         planned = time.perf_counter()
@@ -346,14 +354,14 @@ def language_check_on_untranslated(document: str) -> dict[str, tuple[int, int]]:
     return found
 
 
-def trust(document: str, words: int, ctx: int, threads: int | None) -> list[dict[str, float]]:
+def trust(document: str, words: int, ctx: int, threads: int | None, checks: bool = True) -> list[dict[str, float]]:
     """The first ``words`` words of ``document`` into French, German and Chinese, one chunk at a time."""
     settings = load_settings().with_flags(ctx=ctx, threads=threads)
     engine = RecordingEngine(choose.open_engine(settings))
     part = first_words(document, words)
     runs = []
     for code in ("fr", "de", "zh"):
-        run = translate(engine, job_for(code), part, 1)
+        run = translate(engine, job_for(code), part, 1, checks)
         run["language"] = code  # type: ignore[assignment]
         run["prompt_per_source"] = run["prompt_tokens"] / run["source"]
         run["evaluated_per_source"] = (run["prompt_tokens"] - run["cached_tokens"]) / run["source"]
@@ -361,8 +369,9 @@ def trust(document: str, words: int, ctx: int, threads: int | None) -> list[dict
     return runs
 
 
-def print_trust(runs: list[dict[str, float]], words: int, untranslated: dict[str, tuple[int, int]]) -> None:
-    print(f"## Trust: the first {words} words of benchmarks/data/manual.md, embedded SmolLM2-135M, one chunk at a time\n")
+def print_trust(runs: list[dict[str, float]], words: int, untranslated: dict[str, tuple[int, int]], checks: bool = True) -> None:
+    off = "" if checks else " (--no-checks: every reply passes, as before the checks)"
+    print(f"## Trust: the first {words} words of benchmarks/data/manual.md, embedded SmolLM2-135M, one chunk at a time{off}\n")
     print("| target | pieces | " + " | ".join(f"pass {name}" for name in CHECKS) + " | trusted | retried | kept source | prompt tokens / source token (sent / evaluated) | wall (s) |")
     print("| --- " * (7 + len(CHECKS)) + "|")
     for run in runs:
@@ -417,12 +426,14 @@ def main() -> None:
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--trust", action="store_true", help="only the trust report (checks per language, prompt tokens)")
     parser.add_argument("--trust-words", type=int, default=300)
+    parser.add_argument("--no-checks", action="store_true", help="with --trust: every reply passes (the translator before its checks)")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[attr-defined]  # nothing lost if the process dies at exit
     os.environ.setdefault("GPTCLI_HOME", tempfile.mkdtemp(prefix="gptcli-bench-"))
     if args.trust:
         document = MANUAL.read_text(encoding="utf-8")
-        print_trust(trust(document, args.trust_words, args.ctx, args.threads), args.trust_words, language_check_on_untranslated(document))
+        runs = trust(document, args.trust_words, args.ctx, args.threads, not args.no_checks)
+        print_trust(runs, args.trust_words, language_check_on_untranslated(document), not args.no_checks)
         return
 
     # memory first: a child's peak RSS counts what it inherited at fork, so the model must not be
