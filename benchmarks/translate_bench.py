@@ -14,6 +14,13 @@ Usage: .venv/bin/python benchmarks/translate_bench.py [--document manual|synthet
 2. Memory: runs the installed `gptcli translate` with its default settings on a generated
    document and on one 4x as long, and reads each process's peak RSS.
 
+3. Trust (``--trust``, alone: minutes, not hours): the first ``--trust-words`` words of the
+   document translated into French, German and Chinese, one chunk at a time; for each, the share
+   of pieces whose reply passed each check (``gptcli.translate.checks``) and the share trusted,
+   and prompt tokens per source token (sent, and evaluated: not reused from the KV cache). Also,
+   without the model, what the language check says of the document's pieces given back
+   untranslated (each should fail) and of the same pieces into English (each should pass).
+
 Prints a Markdown report (for benchmarks/README.md).
 """
 
@@ -40,7 +47,8 @@ from gptcli.config import load_settings  # noqa: E402
 from gptcli.engines import Chunk, Engine, Message, Sampling, Usage, choose  # noqa: E402
 from gptcli.languages import resolve_language  # noqa: E402
 from gptcli.templates import load_template  # noqa: E402
-from gptcli.translate import ChunkResult, Glossary, Job, TranslationCache, Translator, _SPAN  # noqa: E402
+from gptcli.translate import ChunkResult, Glossary, Job, TranslationCache, Translator, SPAN_PATTERN, plan_document  # noqa: E402
+from gptcli.translate.checks import CHECKS, Checker  # noqa: E402
 
 WORDS = (
     "system user file setting option server network device window report value process memory "
@@ -194,7 +202,14 @@ class Kept:
         self.translations.extend(result.translations)
 
 
-def translate(engine: RecordingEngine, job: Job, document: str, parallel: int) -> dict[str, float]:
+class NoChecks(Checker):
+    """Passes every reply: the translator as it was before the checks (``--no-checks``, for a before/after)."""
+
+    def failed(self, source: str, reply: str) -> tuple[str, ...]:
+        return ()
+
+
+def translate(engine: RecordingEngine, job: Job, document: str, parallel: int, checks: bool = True) -> dict[str, float]:
     """Translate ``document`` with ``parallel`` chunks at once; the figures of that run.
 
     Throughput counts the tokens of the translation that was kept (what a reader gets), not
@@ -205,7 +220,8 @@ def translate(engine: RecordingEngine, job: Job, document: str, parallel: int) -
     kept = Kept()
     with tempfile.TemporaryDirectory() as folder:
         cache = TranslationCache(Path(folder), job.key)
-        translator = Translator(engine, job, cache=cache, resume=False, parallel=parallel)
+        checker = None if checks else NoChecks(job.target.code, "en")
+        translator = Translator(engine, job, cache=cache, resume=False, parallel=parallel, checker=checker)
         started = time.perf_counter()
         plan = translator.plan(document, markdown=True)
         planned = time.perf_counter()
@@ -216,8 +232,8 @@ def translate(engine: RecordingEngine, job: Job, document: str, parallel: int) -
     usages = engine.usages
     output = sum(engine.tokenize_count(text) for text in kept.translations)
     # the source's inline code, link targets and URLs in the translation: put back, not generated
-    spans = {span for chunk in plan.chunks for atom in chunk.atoms for span in _SPAN.findall(atom.text)}
-    restored = sum(engine.tokenize_count(span) for text in kept.translations for span in _SPAN.findall(text) if span in spans)
+    spans = {span for chunk in plan.chunks for atom in chunk.atoms for span in SPAN_PATTERN.findall(atom.text)}
+    restored = sum(engine.tokenize_count(span) for text in kept.translations for span in SPAN_PATTERN.findall(text) if span in spans)
     generation = sum(u.total_time - u.time_to_first_token for u in usages)
     prompt = sum(u.time_to_first_token for u in usages)
     completion = sum(u.completion_tokens for u in usages)
@@ -230,7 +246,13 @@ def translate(engine: RecordingEngine, job: Job, document: str, parallel: int) -
         "looped": summary.looped,
         "truncated": summary.truncated,
         "spans_lost": summary.spans_lost,
-        "span_pieces": sum(bool(_SPAN.search(atom.text)) for chunk in plan.chunks for atom in chunk.atoms),
+        "pieces": summary.pieces,
+        "trusted": summary.trusted_share,
+        "kept_source": summary.kept_source,
+        "retried": summary.retried,
+        **{f"pass_{name}": summary.passed[name] / summary.pieces if summary.pieces else 1.0 for name in CHECKS},
+        "source": summary.source_tokens,
+        "span_pieces": sum(bool(SPAN_PATTERN.search(atom.text)) for chunk in plan.chunks for atom in chunk.atoms),
         "completion": completion,
         "prompt_tokens": sum(u.prompt_tokens for u in usages),
         "cached_tokens": sum(u.cached_tokens for u in usages),
@@ -280,6 +302,8 @@ def speed(document: str, ctx: int, threads: int | None, parallel: int | None = N
         run["ceiling"] = run["output"] / (read_s + (run["output"] - run["restored"]) / write)
         run["ceiling_ratio"] = run["ceiling"] / raw
         run["of_ceiling"] = run["translation"] / run["ceiling"]
+        run["prompt_per_source"] = run["prompt_tokens"] / run["source"]
+        run["evaluated_per_source"] = (run["prompt_tokens"] - run["cached_tokens"]) / run["source"]
     info = {
         "words": len(document.split()),
         "source_tokens": engine.tokenize_count(document),
@@ -290,6 +314,75 @@ def speed(document: str, ctx: int, threads: int | None, parallel: int | None = N
         "writing": writing,
     }
     return info, batched, serial
+
+
+def job_for(code: str) -> Job:
+    template = load_template("translate")
+    target = resolve_language(code)
+    return Job(
+        target=target,
+        source=resolve_language("en"),
+        template=template,
+        values={"target": target.name, "source": "English"},
+        glossary=Glossary(),
+        sampling=Sampling(temperature=template.temperature or 0.2, seed=1),
+        model="bench",
+    )
+
+
+def first_words(document: str, words: int) -> str:
+    """The document's first blocks up to about ``words`` words (cut at a blank line)."""
+    out, count = [], 0
+    for block in document.split("\n\n"):
+        if count >= words:
+            break
+        out.append(block)
+        count += len(block.split())
+    return "\n\n".join(out) + "\n"
+
+
+def language_check_on_untranslated(document: str) -> dict[str, tuple[int, int]]:
+    """Per target, of the document's pieces given back as they are: (pieces, failed the language check)."""
+    plan = plan_document(document, lambda text: len(text.split()), 384)
+    atoms = [atom.text for chunk in plan.chunks for atom in chunk.atoms]
+    found = {}
+    for code in ("fr", "de", "zh", "en"):
+        checker = Checker(code, "en")
+        # "So, " first: an English reply that is not the source word for word, so the identifier decides
+        verdicts = [checker.failed(text, "So, " + text) for text in atoms]
+        found[code] = (len(atoms), sum("language" in v for v in verdicts))
+    return found
+
+
+def trust(document: str, words: int, ctx: int, threads: int | None, checks: bool = True) -> list[dict[str, float]]:
+    """The first ``words`` words of ``document`` into French, German and Chinese, one chunk at a time."""
+    settings = load_settings().with_flags(ctx=ctx, threads=threads)
+    engine = RecordingEngine(choose.open_engine(settings))
+    part = first_words(document, words)
+    runs = []
+    for code in ("fr", "de", "zh"):
+        run = translate(engine, job_for(code), part, 1, checks)
+        run["language"] = code  # type: ignore[assignment]
+        run["prompt_per_source"] = run["prompt_tokens"] / run["source"]
+        run["evaluated_per_source"] = (run["prompt_tokens"] - run["cached_tokens"]) / run["source"]
+        runs.append(run)
+    return runs
+
+
+def print_trust(runs: list[dict[str, float]], words: int, untranslated: dict[str, tuple[int, int]], checks: bool = True) -> None:
+    off = "" if checks else " (--no-checks: every reply passes, as before the checks)"
+    print(f"## Trust: the first {words} words of benchmarks/data/manual.md, embedded SmolLM2-135M, one chunk at a time{off}\n")
+    print("| target | pieces | " + " | ".join(f"pass {name}" for name in CHECKS) + " | trusted | retried | kept source | prompt tokens / source token (sent / evaluated) | wall (s) |")
+    print("| --- " * (7 + len(CHECKS)) + "|")
+    for run in runs:
+        print(f"| {run['language']} | {run['pieces']:.0f} | " + " | ".join(f"{100 * run[f'pass_{name}']:.0f} %" for name in CHECKS)
+              + f" | **{100 * run['trusted']:.0f} %** | {run['retried']:.0f} | {run['kept_source']:.0f}"
+              + f" | {run['prompt_per_source']:.1f} / {run['evaluated_per_source']:.1f} | {run['wall']:.0f} |")
+    print("\nThe language check on the whole manual's pieces given back in English, each prefixed with \"So, \" (no model):\n")
+    print("| target | pieces | failed the language check |")
+    print("| --- | --- | --- |")
+    for code, (pieces, failed) in untranslated.items():
+        print(f"| {code} | {pieces} | {failed} ({100 * failed / pieces:.0f} %) |")
 
 
 def peak_rss(document: Path, ctx: int, home: Path, threads: int | None) -> tuple[float, float]:
@@ -331,9 +424,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--parallel", type=int, default=None, help="chunks at once (default: as gptcli translate)")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--trust", action="store_true", help="only the trust report (checks per language, prompt tokens)")
+    parser.add_argument("--trust-words", type=int, default=300)
+    parser.add_argument("--no-checks", action="store_true", help="with --trust: every reply passes (the translator before its checks)")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[attr-defined]  # nothing lost if the process dies at exit
     os.environ.setdefault("GPTCLI_HOME", tempfile.mkdtemp(prefix="gptcli-bench-"))
+    if args.trust:
+        document = MANUAL.read_text(encoding="utf-8")
+        runs = trust(document, args.trust_words, args.ctx, args.threads, not args.no_checks)
+        print_trust(runs, args.trust_words, language_check_on_untranslated(document), not args.no_checks)
+        return
 
     # memory first: a child's peak RSS counts what it inherited at fork, so the model must not be
     # loaded here yet
@@ -363,6 +464,10 @@ def main() -> None:
     row("- of which the source's inline code, link targets and URLs, put back (not generated)", "{:,.0f}", "restored")
     row("prompt tokens", "{:,.0f}", "prompt_tokens")
     row("- of which reused from the KV cache", "{:,.0f}", "cached_tokens")
+    row("prompt tokens per source token: sent", "{:.1f}", "prompt_per_source")
+    row("prompt tokens per source token: evaluated (not reused from the KV cache)", "{:.1f}", "evaluated_per_source")
+    row("pieces / trusted (passed every check)", "{:.0f}", "pieces")
+    print("| - trusted | " + " | ".join(f"{100 * run['trusted']:.0f} %" for run in runs) + " |")
     row("wall time (s)", "{:.1f}", "wall")
     print(f"| - model reading prompts (s) | (overlaps generation) | {serial['prompt']:.1f} ({100 * serial['prompt'] / serial['wall']:.0f} %) |")
     print(f"| - model generating (s) | (overlaps reading) | {serial['generation']:.1f} ({100 * serial['generation'] / serial['wall']:.0f} %) |")

@@ -222,7 +222,7 @@ def test_no_module_test_or_benchmark_uses_another_modules_private_names():
     for folder in ("gptcli", "tests", "benchmarks"):
         for path in (ROOT / folder).rglob("*.py"):
             for module, names in _imports(path):
-                if module.startswith(("gptcli", "tests")) and module != "gptcli.translate":  # translate: being split up
+                if module.startswith(("gptcli", "tests")):
                     offenders += [f"{path.name}: from {module} import {n}" for n in names if n.startswith("_") and not n.startswith("__")]
     assert offenders == []
 

@@ -226,6 +226,7 @@ def test_a_file_rewritten_while_translated_keeps_the_output_whole(cli, tmp_path,
 
     engine.stream = stream  # type: ignore[method-assign]
     monkeypatch.setattr("gptcli.engines.choose.open_engine", lambda settings: engine)
+    monkeypatch.setattr("gptcli.translate.checks.detect_language", lambda text: None)  # upper case is no French
     out = tmp_path / "doc.fr.md"
     result = cli(["translate", str(source), "--to", "fr", "-o", str(out), "--chunk-tokens", "16"])
     assert result.exit_code == 0, result.stderr

@@ -134,6 +134,20 @@ class ScriptedTranslator:
         raise NotImplementedError
 
 
+@dataclass
+class ConcurrentScripted(ScriptedTranslator):
+    """A scripted engine that is ``Concurrent`` (its requests are queued at once), as the batched local one is."""
+
+    def wake(self) -> None:
+        pass
+
+    def pump(self, wait: float) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
 def upper_keeping_code(text: str) -> str:
     """A 'translation' that changes words but keeps inline code and URLs, like a good model."""
     protected = re.compile(r"`[^`]*`|https?://\S+")
@@ -150,6 +164,9 @@ def upper_keeping_code(text: str) -> str:
 def engine(monkeypatch: pytest.MonkeyPatch) -> ScriptedTranslator:
     scripted = ScriptedTranslator()
     monkeypatch.setattr("gptcli.engines.choose.open_engine", lambda settings: scripted)
+    # these engines 'translate' English into English (or upper case): the document's language is
+    # left unknown, so the language check passes them; tests/test_translate_checks.py tests it
+    monkeypatch.setattr("gptcli.translate.checks.detect_language", lambda text: None)
     return scripted
 
 
@@ -198,7 +215,7 @@ def test_inline_code_links_and_urls_come_back_byte_for_byte_whatever_the_model_d
 
 
 def test_the_live_preview_shows_spans_not_placeholders_even_split_across_tokens():
-    from gptcli.translate import _Restoring
+    from gptcli.translate import RestoringEvents
 
     class Seen:
         def __init__(self) -> None:
@@ -211,7 +228,7 @@ def test_the_live_preview_shows_spans_not_placeholders_even_split_across_tokens(
             self.text += text
 
     seen = Seen()
-    events = _Restoring(seen, ["`ls -l`", "https://example.com"])  # type: ignore[arg-type]
+    events = RestoringEvents(seen, ["`ls -l`", "https://example.com"])  # type: ignore[arg-type]
     for token in ["Lancez", " {", "1", "}", " puis", " {2", " }", " et {", "3}", " {"]:
         events.token(0, token)
     # a made-up {3} goes; the last "{" is held: it may begin one
@@ -227,23 +244,27 @@ def test_text_that_looks_like_a_placeholder_is_sent_as_it_is(cli, engine, tmp_pa
     src.write_text("Write {1} where `name` goes.\n\n# Formats\n\nUse `'{0}'.format(x)` here.\n")
     result = cli(["translate", str(src), "--to", "fr"])
     assert result.exit_code == 0, result.stderr
-    # the first chunk's code went as it was (and this model changed it); in code, '{0}' is no matter
-    assert result.stdout == "WRITE {1} WHERE `NAME` GOES.\n\n# FORMATS\n\nUSE `'{0}'.format(x)` HERE.\n"
+    # the first chunk's code went as it was, and this model changed it: that piece keeps its
+    # source (a changed code span is no translation); in code, '{0}' is no matter
+    assert result.stdout == "Write {1} where `name` goes.\n\n# FORMATS\n\nUSE `'{0}'.format(x)` HERE.\n"
 
 
-def test_pieces_whose_reply_lost_a_placeholder_are_counted(cli, engine, tmp_path):
-    # a model that drops a link target or a code span breaks the document, so the closing
-    # notice says how many pieces it happened to
-    engine.transform = lambda text: text.replace("({1})", "").replace(" {2}", "")
+def test_a_piece_whose_reply_lost_or_mangled_a_placeholder_is_sent_again_then_kept_as_its_source(cli, engine, tmp_path):
+    # a model that drops a link target or mangles a placeholder would break the document ("See
+    # [the guide](#2)"): such a piece goes once more, alone, and if its reply is no better it
+    # keeps its source text, counted; the pieces that came back whole are translated
+    engine.transform = lambda text: text.replace("({1})", "(#2)").replace(" {2}", "").upper()
     src = tmp_path / "doc.md"
     src.write_text("See [the guide](docs/guide.md) first.\n\n- Run `ls` and `pwd`\n- Keep `pwd` and https://example.com/x.\n")
     result = cli(["translate", str(src), "--to", "fr", "--json"])
     assert result.exit_code == 0, result.stderr
     done = json.loads(result.stdout.splitlines()[-1])
-    assert done["spans_lost"] == 2
-    assert done["text"] == "See [the guide] first.\n\n- Run and `pwd`\n- Keep `pwd` and https://example.com/x.\n"
+    assert done["text"] == "See [the guide](docs/guide.md) first.\n\n- Run `ls` and `pwd`\n- KEEP `pwd` AND https://example.com/x.\n"
+    assert (done["spans_lost"], done["kept_source"], done["retried"], done["pieces"]) == (2, 2, 2, 3)
+    assert done["checks"]["spans"] == 1 and done["trusted"] == pytest.approx(1 / 3, abs=1e-3)
+    assert "#2" not in done["text"]
     plain = cli(["translate", str(src), "--to", "fr", "--no-resume"])
-    assert "warning: 2 pieces lost inline code, a link or a URL of the source (the model changed or dropped it)" in plain.stderr
+    assert "warning: 2 of 3 pieces were kept in the source language: their replies failed the checks twice (numbers 1, spans 2)" in plain.stderr
 
 
 def test_translation_keeps_structure_code_and_front_matter(cli, engine, doc):
@@ -550,7 +571,8 @@ def test_a_line_of_the_prompt_the_model_writes_back_is_never_kept(cli, engine, t
     assert result.exit_code == 0, result.stderr
     # the echo-only reply keeps its source; a source that begins like the prompt's line is translated
     assert result.stdout == "FIRST PARAGRAPH HERE.\n\nSecond paragraph here.\n\n- REPLY WITH THE TRANSLATION ONLY: A RULE WE QUOTE.\n"
-    assert "warning: 1 piece came back empty and was kept untranslated" in result.stderr
+    assert "warning: 1 of 3 pieces were kept in the source language: their replies failed the checks twice (length 1)" in result.stderr
+    assert sum(user_text(call) == "Second paragraph here." for call in engine.calls) == 2  # sent once more
 
 
 def test_an_echo_is_a_line_that_begins_like_a_prompt_line_and_that_the_source_does_not_hold():
@@ -595,12 +617,11 @@ def test_a_source_that_repeats_itself_may_be_repeated(cli, engine, tmp_path):
     assert "repeating" not in result.stderr
 
 
-def test_an_engine_that_decodes_replies_together_gets_a_chunks_pieces_at_once(cli, engine, tmp_path):
-    # the batched local engine is ``Concurrent``: a chunk that goes piece by piece then fills its
-    # sequences with all its paragraphs, instead of one paragraph at a time per chunk
-    engine.wake = lambda: None  # type: ignore[attr-defined]
-    engine.pump = lambda wait: False  # type: ignore[attr-defined]
-    engine.close = lambda: None  # type: ignore[attr-defined]
+def test_an_engine_that_decodes_replies_together_gets_a_chunks_pieces_at_once(cli, monkeypatch, tmp_path):
+    # the batched local engine is a ``Concurrent`` one: a chunk that goes piece by piece then
+    # fills its sequences with all its paragraphs, instead of one paragraph at a time per chunk
+    engine = ConcurrentScripted()
+    monkeypatch.setattr("gptcli.engines.choose.open_engine", lambda settings: engine)
     opened: list[int] = []
     stream = engine.stream
 

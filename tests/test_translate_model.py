@@ -75,7 +75,8 @@ def test_markdown_keeps_structure_code_line_endings_and_order(run_gptcli, source
     out = tmp_path / "guide.fr.md"
     proc = run_gptcli("translate", str(source), "--to", "fr", "-o", str(out), "--json", "--parallel", "4", *FAST)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stderr == ""
+    # the demo model is named once; a closing notice may say how much of the document is trusted
+    assert all(line.startswith((DEMO_NOTE, "warning: ")) or "are not translations" in line for line in proc.stderr.splitlines())
     log = events(proc.stdout)
     start, chunks, done = log[0], [e for e in log if e["type"] == "chunk"], log[-1]
     assert start["type"] == "start" and done["type"] == "done"
@@ -107,7 +108,9 @@ def test_a_paragraph_the_model_loops_on_is_cut_where_it_repeats(run_gptcli, tmp_
     done = events(proc.stdout)[-1]
     sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n", done["text"]) if len(s.strip()) >= 16]
     assert len(sentences) == len(set(sentences)), done["text"]  # no sentence twice
-    assert done["truncated"] == 0  # nor written on to the length limit
+    # (a reply that failed a check is sent again, warmer: whether that one loops or runs on to its
+    # limit varies, so only what the document gets is asserted here; tests/test_translate.py
+    # proves the cut with scripted loops)
 
 
 def _run_until_chunks(cmd: list[str], chunks: int, sig: int) -> tuple[int, list[dict], str]:
@@ -147,9 +150,10 @@ def test_a_stopped_translation_resumes_with_only_the_rest(run_gptcli, gptcli_bin
     assert skeleton(out.read_bytes().decode()) == skeleton(SOURCE)
 
 
-def test_inline_code_links_and_urls_come_back_as_they_were_or_are_counted(run_gptcli, tmp_path):
+def test_inline_code_links_and_urls_come_back_as_they_were_whatever_the_model_does(run_gptcli, tmp_path):
     # the model is sent placeholders for them: each one it keeps comes back byte for byte, no
-    # placeholder shows in the translation, and each piece that lost one is counted
+    # placeholder shows in the translation, and a piece whose reply lost one (twice) keeps its
+    # source, counted: every span of the source is in the document
     pieces = [
         ("Run `gptcli chat --resume` to go on where you stopped.", ["`gptcli chat --resume`"]),
         ("The guide is at https://example.com/docs/guide.html and in [the FAQ](docs/faq.md).", ["https://example.com/docs/guide.html", "docs/faq.md"]),
@@ -163,9 +167,9 @@ def test_inline_code_links_and_urls_come_back_as_they_were_or_are_counted(run_gp
     out = done["text"].split("\n\n")
     assert len(out) == len(pieces), done["text"]
     assert not re.search(r"\{\s*\d+\s*\}", done["text"])
-    lost = [any(span not in text for span in spans) for text, (_, spans) in zip(out, pieces)]
-    assert done["spans_lost"] == sum(lost)
-    assert any(span in done["text"] for _, spans in pieces for span in spans), done["text"]  # whole, as they were
+    assert all(span in text for text, (_, spans) in zip(out, pieces) for span in spans), done["text"]  # whole, as they were
+    kept = sum(text.strip() == source for text, (source, _) in zip(out, pieces))
+    assert done["spans_lost"] <= done["kept_source"] == kept
 
 
 def test_stdin_to_stdout_on_a_pipe(run_gptcli):
@@ -182,3 +186,50 @@ def test_binary_input_is_a_one_line_error(run_gptcli, tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: ") and "binary" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+NUMBERED = (
+    "# 1 User guide\n\n"
+    "## 1.2 Daily use\n\n"
+    "Open the app every morning and read the 3 new messages in your inbox.\n\n"
+    "```python\nprint('hello')\n```\n\n"
+    "## 1.3 Settings\n\n"
+    "The settings page has 12 options; change them with care and save your work.\n\n"
+    "- Keep 2 copies of your data on another disk\n"
+    "- Check the 5 newest logs every week\n"
+)
+DEMO_NOTE = "note: smollm2-135m is a 135M demo model and cannot really translate"
+
+
+def _headings(text: str) -> list[str]:
+    """Each heading's marker and section number: "## 1.2"."""
+    return [" ".join(line.split(" ")[:2]) for line in text.split("\n") if line.startswith("#")]
+
+
+@pytest.mark.parametrize("lang", ["fr", "zh"])
+def test_no_output_has_an_unbalanced_fence_or_a_changed_heading_number_and_the_demo_model_says_so(run_gptcli, tmp_path, lang):
+    src = tmp_path / "numbered.md"
+    src.write_text(NUMBERED)
+    proc = run_gptcli("translate", str(src), "--to", lang, "--json", *FAST)
+    assert proc.returncode == 0, proc.stderr
+    done = events(proc.stdout)[-1]
+    text = done["text"]
+    assert text.count("```") == 2 and "```python\nprint('hello')\n```\n" in text
+    assert _headings(text) == ["# 1", "## 1.2", "## 1.3"]
+    assert len(text.split("\n")) == len(NUMBERED.split("\n"))  # no line added or lost
+    assert done["pieces"] == 7 and set(done["checks"]) == {"language", "length", "structure", "numbers", "spans"}
+    assert done["trusted"] == round((done["pieces"] - done["kept_source"]) / done["pieces"], 4)
+    assert proc.stderr.count(DEMO_NOTE) == 1  # said once, and what to pull instead
+    assert "gptcli models pull Qwen/" in proc.stderr
+
+
+def test_strict_fails_on_a_document_the_model_could_not_translate(run_gptcli, tmp_path):
+    src = tmp_path / "numbered.md"
+    src.write_text(NUMBERED)
+    out = tmp_path / "numbered.zh.md"
+    proc = run_gptcli("translate", str(src), "--to", "zh", "--strict", "-o", str(out), *FAST)
+    assert proc.returncode == 1, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == f"error: {src}: under 80% of the pieces passed the checks (--strict); the output was written"
+    assert "of the pieces of" in proc.stderr and "are not translations" in proc.stderr
+    assert out.read_text().count("```") == 2  # written, and whole

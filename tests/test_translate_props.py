@@ -9,7 +9,7 @@ from gptcli.engines import Sampling
 from gptcli.languages import resolve_language
 from gptcli.templates import parse_template
 from gptcli.translate import (
-    _SPAN,
+    SPAN_PATTERN,
     Assembler,
     Glossary,
     Job,
@@ -171,7 +171,7 @@ def test_code_links_and_urls_survive_a_model_that_changes_every_word(text: str, 
         again = Translator(engine, job)
         for chunk in plan.chunks:  # each piece's translation holds each of its spans, as it was
             for atom, translation in zip(chunk.atoms, again.translate_chunk(chunk).translations):
-                assert all(span in translation for span in _SPAN.findall(atom.text))
+                assert all(span in translation for span in SPAN_PATTERN.findall(atom.text))
 
 
 # ---------------------------------------------------------------- the loop guard

@@ -12,15 +12,19 @@ import typer
 from gptcli.cli.app import AppState, app, state
 from gptcli.cli.completion import complete_language, complete_template
 from gptcli.cli.options import GenOptions, generation_options
-from gptcli.engines import Batching, Engine, choose, sampling_from
-from gptcli.errors import InputError, TemplateError, UsageError
+from gptcli.engines import Batching, choose, sampling_from
+from gptcli.errors import GptcliError, InputError, TemplateError, UsageError
 from gptcli.render import Env
 from gptcli.textio import plural
 
 if TYPE_CHECKING:
-    from gptcli.translate import Chunk, ChunkResult, Plan, Summary
+    from gptcli.translate import ChunkResult, DocChunk, Plan, Summary
 
 STDIN = "-"
+TRUSTED_MIN = 0.8  # below this share of pieces passing every check, a document is no translation to hand over
+# a model that translates (Apache-2.0, 29 languages), named when the embedded demo model cannot
+RECOMMENDED_MODEL = "Qwen/Qwen2.5-1.5B-Instruct-GGUF:qwen2.5-1.5b-instruct-q4_k_m.gguf"
+RECOMMENDED_SIZE = "1.1 GB"
 
 
 @dataclass
@@ -93,11 +97,6 @@ def _outputs(names: list[str], output: Optional[str], output_dir: Optional[str],
         if output and not target.parent.is_dir():
             raise InputError(f"cannot write {target}: the folder {target.parent} does not exist")
     return targets
-
-
-def _auto_parallel(engine: Engine) -> int:
-    """An engine that batches replies runs as many chunks at once as suits its device; others 1 at a time."""
-    return engine.auto_parallel() if isinstance(engine, Batching) else 1
 
 
 def _same_terminal(a: IO[str], b: IO[str]) -> bool:
@@ -202,7 +201,7 @@ class Display:
         if self.show_preview:
             self.preview.text += text
 
-    def chunk_done(self, chunk: "Chunk", result: "ChunkResult") -> None:
+    def chunk_done(self, chunk: "DocChunk", result: "ChunkResult") -> None:
         self.done_chunks += 1
         self.tokens += result.completion_tokens
         self.preview.text = ""
@@ -271,22 +270,25 @@ def _summary_line(name: str, target: Optional[Path], summary: "Summary") -> str:
     where = f"{name} -> {target}" if target else name
     cached = f" ({summary.cached} from the cache)" if summary.cached else ""
     speed = f", {summary.tokens_per_second:.1f} tok/s" if summary.completion_tokens else ""
+    trusted = f"; {summary.trusted_share:.0%} of {summary.pieces} pieces trusted" if summary.pieces else ""
     return (
         f"translated {where}: {plural(summary.chunks, 'chunk')}{cached}, {plural(summary.completion_tokens, 'token')}"
-        f" in {summary.seconds:.1f} s{speed}"
+        f" in {summary.seconds:.1f} s{speed}{trusted}"
     )
 
 
 def _warnings(summary: "Summary") -> list[str]:
     notes = []
     if summary.kept_source:
-        notes.append(f"warning: {plural(summary.kept_source, 'piece')} came back empty and {'was' if summary.kept_source == 1 else 'were'} kept untranslated")
+        failed = ", ".join(f"{name} {summary.pieces - passed}" for name, passed in summary.checks_passed().items() if passed < summary.pieces)
+        notes.append(
+            f"warning: {summary.kept_source} of {summary.pieces} pieces were kept in the source language:"
+            f" their replies failed the checks twice ({failed})"
+        )
     if summary.truncated:
         notes.append(f"warning: {plural(summary.truncated, 'reply', 'replies')} {'was' if summary.truncated == 1 else 'were'} cut at the length limit")
     if summary.looped:
         notes.append(f"warning: {plural(summary.looped, 'reply', 'replies')} began repeating {'itself and was' if summary.looped == 1 else 'themselves and were'} cut there")
-    if summary.spans_lost:
-        notes.append(f"warning: {plural(summary.spans_lost, 'piece')} lost inline code, a link or a URL of the source (the model changed or dropped it)")
     for term, count in summary.glossary_misses.most_common(5):
         notes.append(f"glossary: the translation of '{term}' is missing from {plural(count, 'chunk')}")
     return notes
@@ -343,17 +345,24 @@ def translate(
     chunk_tokens: Annotated[
         Optional[int], typer.Option("--chunk-tokens", help="Most source tokens in one chunk (default 384, less if the context is small).", min=8)
     ] = None,
+    strict: Annotated[
+        bool,
+        typer.Option("--strict", help=f"Exit 1 when under {TRUSTED_MIN:.0%} of a document's pieces pass the checks (the output is still written)."),
+    ] = False,
     gen: GenOptions = GenOptions(),
 ) -> None:
     """Translate documents of any length, keeping their structure; resumable.
 
     Markdown headings, lists, tables and code blocks, line endings and the final newline are
     kept; code, front matter and URLs are never sent to the model. Finished chunks are cached, so
-    running the same command again after Ctrl-C translates only what is left.
+    running the same command again after Ctrl-C translates only what is left. Each piece's reply
+    is checked (language, length, added structure, numbers, code and links); one that fails twice
+    keeps the source text, and the summary says what share of the document is trusted.
 
     Example: gptcli translate README.md --to fr -o README.fr.md
     """
     from gptcli.languages import AUTO, resolve_language
+    from gptcli.models import EMBEDDED_NAME
     from gptcli.templates import load_template, parse_vars
 
     st = state(ctx)
@@ -401,7 +410,8 @@ def translate(
     settings = gen.settings(st.settings)
     engine = choose.open_engine(settings)
     if parallel is None:
-        parallel = _auto_parallel(engine)
+        # a batching engine (the local one) decodes several chunks at once, as memory allows; others get one at a time
+        parallel = engine.auto_parallel() if isinstance(engine, Batching) else 1
     sampling = sampling_from(settings, tmpl.temperature, None, edits=True)
     model_id = "|".join(str(x) for x in (engine.model_name, getattr(engine, "path", ""), settings.engine, settings.base_url or ""))
     job = Job(
@@ -420,6 +430,12 @@ def translate(
     except InputError as exc:  # an unwritable data folder: translate anyway, without resuming
         env.notice(f"{exc}: finished chunks are not kept for resuming")
     translator = Translator(engine, job, cache=cache, resume=resume, parallel=parallel)
+    if engine.model_name == EMBEDDED_NAME:
+        env.notice(
+            f"note: {EMBEDDED_NAME} is a 135M demo model and cannot really translate; for translations try"
+            f" `gptcli models pull {RECOMMENDED_MODEL}` ({RECOMMENDED_SIZE}, multilingual) and --model with it"
+        )
+    untrusted: list[str] = []
     try:
         for src, dest in zip(sources, targets):
             markdown = (
@@ -427,11 +443,15 @@ def translate(
                 if text_format not in (None, "auto")
                 else looks_like_markdown(src.text, src.path.name if src.path else None)
             )
-            code = _translate_one(st, gen, translator, src, dest, markdown, chunk_tokens, target.spaceless)
+            code = _translate_one(st, gen, translator, src, dest, markdown, chunk_tokens, target.spaceless, untrusted)
             if code:
                 raise typer.Exit(code)
         if cache is not None and cache.write_error:  # a full data folder: translated all the same
             env.notice(f"warning: {cache.write_error}; finished chunks were not all kept for resuming")
+        if strict and untrusted:
+            raise GptcliError(
+                f"{', '.join(untrusted)}: under {TRUSTED_MIN:.0%} of the pieces passed the checks (--strict); the output was written"
+            )
     finally:
         if cache is not None:
             cache.close()
@@ -446,6 +466,7 @@ def _translate_one(
     markdown: bool,
     chunk_tokens: Optional[int],
     spaceless: bool,
+    untrusted: list[str],
 ) -> int:
     """Translate one document to ``dest`` (None: standard output); returns the exit code."""
     from gptcli.textio import AtomicTextFile
@@ -502,8 +523,7 @@ def _translate_one(
         if summary is not None:
             event.update(_summary_fields(summary))
         _emit(env, event)
-        return 0
-    if summary is not None:
+    elif summary is not None:
         if dest is not None or gen.stats:
             line = _summary_line(src.name, dest, summary)
             if gen.stats:
@@ -512,6 +532,12 @@ def _translate_one(
                 env.notice(line)
         for note in _warnings(summary):
             env.notice(note)
+    if summary is not None and summary.trusted_share < TRUSTED_MIN:
+        untrusted.append(src.name)
+        env.notice(
+            f"{1 - summary.trusted_share:.0%} of the pieces of {src.name} are not translations (kept in the source language):"
+            f" the model is too small for this job; try `gptcli models pull {RECOMMENDED_MODEL}` ({RECOMMENDED_SIZE})"
+        )
     return 0
 
 
@@ -522,10 +548,16 @@ def _summary_fields(summary: "Summary") -> dict[str, Any]:
         "packed": summary.packed,
         "fell_back": summary.fell_back,
         "kept_source": summary.kept_source,
+        "pieces": summary.pieces,
+        "checks": summary.checks_passed(),  # per check, the pieces whose (last) reply passed it
+        "trusted": round(summary.trusted_share, 4),
+        "retried": summary.retried,
         "truncated": summary.truncated,
         "looped": summary.looped,
         "spans_lost": summary.spans_lost,
+        "source_tokens": summary.source_tokens,
         "prompt_tokens": summary.prompt_tokens,
+        "cached_prompt_tokens": summary.cached_tokens,
         "completion_tokens": summary.completion_tokens,
         "seconds": round(summary.seconds, 3),
         "tokens_per_second": round(summary.tokens_per_second, 2),
@@ -561,12 +593,13 @@ class _JsonEvents:
     def token(self, index: int, text: str) -> None:
         self.display.token(index, text)
 
-    def chunk_done(self, chunk: "Chunk", result: "ChunkResult") -> None:
+    def chunk_done(self, chunk: "DocChunk", result: "ChunkResult") -> None:
         self.display.chunk_done(chunk, result)
         _emit(self.env, {
             "type": "chunk", "file": self.name, "index": chunk.index, "cached": result.cached,
             "packed": result.packed, "source_tokens": chunk.source_tokens,
             "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
             "translations": result.translations,
+            "failed": [list(failed) for failed in result.checks],  # per piece, the checks its last reply failed (then its source was kept)
         })
 
