@@ -142,7 +142,7 @@ def run_batch(
             batched = engine.parallel(width, longest)
     else:
         width = min(parallel or REMOTE_WIDTH, len(jobs))
-    runner: Engine = batched if batched is not None else engine  # type: ignore[assignment]
+    runner: Engine = batched if batched is not None else engine
 
     work: queue.Queue[int] = queue.Queue()
     for index in range(len(jobs)):
@@ -203,11 +203,11 @@ def run_batch(
                 for thread in threads:
                     thread.start()
                 while next_out < len(jobs):
-                    index, outcome, error = next_result()
+                    index, result, error = next_result()
                     if error is not None:
                         raise error
-                    assert outcome is not None
-                    done[index] = outcome
+                    assert result is not None
+                    done[index] = result
                     progress.advance(task)
                     while next_out in done:
                         _emit(writer, done.pop(next_out), summary, progress, on_outcome)

@@ -124,7 +124,7 @@ def _with_help(annotation: Any, help_text: str, panel: str | None) -> Any:
 
 def generation_options(
     func: F | None = None, *, leave_out: tuple[str, ...] = (), help: dict[str, str] | None = None, output_panel: str | None = None
-) -> Any:
+) -> Callable[..., Any]:
     """Add the shared generation flags to a command; it receives them as ``gen: GenOptions``.
 
     ``@generation_options`` as it is, or ``@generation_options(leave_out=(...), help={...})`` for a
@@ -154,4 +154,4 @@ def generation_options(
 
     wrapper.__signature__ = sig.replace(parameters=own + extra)  # type: ignore[attr-defined]
     wrapper.__annotations__ = {**{k: v for k, v in func.__annotations__.items() if k != "gen"}, **options}
-    return wrapper  # type: ignore[return-value]
+    return wrapper

@@ -145,7 +145,7 @@ class Stateful(Protocol):
 
 
 @runtime_checkable
-class Concurrent(Protocol):
+class Concurrent(Engine, Protocol):
     """An engine whose ``stream`` queues the request at once and may be called from any thread:
     several replies run side by side and may be read in any order."""
 

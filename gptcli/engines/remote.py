@@ -310,8 +310,8 @@ class RemoteEngine:
             return None
         if not isinstance(data, dict):
             return None
-        if isinstance(data.get("count"), int):
-            return data["count"]
+        if isinstance(count := data.get("count"), int):
+            return count
         tokens = data.get("tokens")
         return len(tokens) if isinstance(tokens, list) else None
 
@@ -389,7 +389,7 @@ class RemoteEngine:
             options = {**args, **override}
             if stream:
                 options["stream_options"] = {"include_usage": True}
-            return self._client.chat.completions.create(model=self.model_name, messages=payload, stream=stream, **options)
+            return self._client.chat.completions.create(model=self.model_name, messages=payload, stream=stream, **options)  # type: ignore[arg-type]
 
         return self._generate(
             request, chat=True, prompt_tokens=lambda: self.count_tokens(messages), max_tokens=sampling.max_tokens

@@ -95,7 +95,7 @@ def language_ok(source: str, reply: str, target: str | None, source_lang: str | 
         return False
     probabilities = dict(_langid().rank(_words_only(reply)))
     p_source, p_target = probabilities.get(source_lang, 0.0), probabilities.get(target, 0.0)
-    return p_source + p_target <= 0 or p_source / (p_source + p_target) < LANGUAGE_SOURCE_ODDS
+    return bool(p_source + p_target <= 0 or p_source / (p_source + p_target) < LANGUAGE_SOURCE_ODDS)
 
 
 def length_ok(source: str, reply: str) -> bool:

@@ -23,6 +23,7 @@ class Glossary:
         """The pairs whose source term appears in ``text`` (whole words, any case)."""
         found = []
         for term, target in self.terms:
+            hit: object
             if re.match(r"\w", term[0]) and term[0].isascii() and term[-1].isascii():
                 hit = re.search(rf"(?<!\w){re.escape(term)}(?!\w)", text, re.I)
             else:

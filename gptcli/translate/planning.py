@@ -103,7 +103,7 @@ def split_long_text(text: str, limit: int, count: TokenCounter) -> list[tuple[st
     counted: dict[str, int] = {}
     uncached = count
 
-    def count(part: str) -> int:  # a part is measured at several levels: tokenize it once
+    def count(part: str) -> int:  # type: ignore[no-redef]  # a part is measured at several levels: tokenize it once
         if part not in counted:
             counted[part] = uncached(part)
         return counted[part]
