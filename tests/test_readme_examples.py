@@ -42,6 +42,7 @@ NOT_HERE = {
     "qwen2.5-1.5b": "a model pulled from the Hub",
     "--install-completion  ": "detects the reader's shell (the line below names one, and runs)",
     "pytest": "the test suite itself",
+    "mypy": "development (the type checker runs in CI)",
     "benchmarks/run": "development",
     ".ci/run": "development",
     "completions/generate": "development",
