@@ -416,8 +416,8 @@ class ConversationStore:
         with self._writing() as db:
             now = time.time()
             info = self._insert_session(db, model, template, system, title, now)
-            self._insert(db, info.id, "user", user, None, False, now)
-            self._insert(db, info.id, "assistant", reply, usage, interrupted, now)
+            self.insert_row(db, info.id, "user", user, None, False, now)
+            self.insert_row(db, info.id, "assistant", reply, usage, interrupted, now)
         return SessionInfo(info.id, info.title or make_title(user), now, now, model, template, system, 1)
 
     def _insert_session(
@@ -522,8 +522,8 @@ class ConversationStore:
         """Save one exchange (the prompt and the reply, maybe cut short) in one transaction."""
         with self._writing() as db:
             now = time.time()
-            self._insert(db, session_id, "user", user, None, False, now)
-            self._insert(db, session_id, "assistant", reply, usage, interrupted, now)
+            self.insert_row(db, session_id, "user", user, None, False, now)
+            self.insert_row(db, session_id, "assistant", reply, usage, interrupted, now)
 
     def add_message(
         self,
@@ -535,9 +535,9 @@ class ConversationStore:
     ) -> int:
         """Save one message; returns its id."""
         with self._writing() as db:
-            return self._insert(db, session_id, role, content, usage, interrupted, time.time())
+            return self.insert_row(db, session_id, role, content, usage, interrupted, time.time())
 
-    def _insert(
+    def insert_row(
         self,
         db: sqlite3.Connection,
         session_id: str,
@@ -547,6 +547,8 @@ class ConversationStore:
         interrupted: bool,
         now: float,
     ) -> int:
+        """Insert one message row inside the caller's open transaction ``db`` (every write of a
+        message goes through here: the place to inject a fault between two rows of a turn)."""
         if role not in ROLES:
             raise StoreError(f"unknown message role '{role}' (one of {', '.join(ROLES)})")
         if usage is not None:

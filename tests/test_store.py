@@ -307,8 +307,12 @@ def test_an_existing_world_readable_file_is_made_private(db_path: Path):
 
 def test_wal_mode_and_foreign_keys(store: ConversationStore, db_path: Path):
     assert sqlite3.connect(db_path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert store._db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
-    assert store._db.execute("PRAGMA busy_timeout").fetchone()[0] >= 5000
+    # foreign keys on: deleting a conversation deletes its messages (and their search rows) with it
+    info = store.create_session(model="m")
+    store.add_turn(info.id, "question", "answer")
+    store.delete(info.id)
+    raw = sqlite3.connect(db_path)
+    assert raw.execute("SELECT COUNT(*) FROM messages WHERE session_id = ?", (info.id,)).fetchone()[0] == 0
 
 
 @pytest.mark.parametrize("content", [b"hello, I am a text file\n" * 40, b"\x00" * 4096, b"SQLite format 2\x00 nope"])
@@ -427,7 +431,7 @@ def test_a_ctrl_c_during_a_save_waits_until_the_turn_is_committed(store: Convers
     import signal
 
     info = store.create_session(model="m")
-    real_insert = ConversationStore._insert
+    real_insert = ConversationStore.insert_row
     calls = []
 
     def insert_then_ctrl_c(self, db, session_id, role, *args):  # type: ignore[no-untyped-def]
@@ -436,7 +440,7 @@ def test_a_ctrl_c_during_a_save_waits_until_the_turn_is_committed(store: Convers
             os.kill(os.getpid(), signal.SIGINT)  # between the prompt row and the reply row
         return real_insert(self, db, session_id, role, *args)
 
-    monkeypatch.setattr(ConversationStore, "_insert", insert_then_ctrl_c)
+    monkeypatch.setattr(ConversationStore, "insert_row", insert_then_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
         store.add_turn(info.id, "question", "answer")
     assert calls == ["user", "assistant"]
