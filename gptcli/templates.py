@@ -131,7 +131,7 @@ class Template:
             raise TemplateError(
                 f"template '{self.name}' needs {', '.join('-v ' + v.name + '=...' for v in missing)} ({need})"
             )
-        return values  # type: ignore[return-value]
+        return values
 
     def render(self, input_text: str, given: Mapping[str, str] | None = None) -> list[Message]:
         """The messages for one request: system, few-shot examples, then the user prompt."""
