@@ -1,14 +1,14 @@
 """``gptcli templates``: list, show, render, create and edit prompt templates."""
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
 from gptcli.cli.app import AppState, app, state
-from gptcli.errors import GptcliError, TemplateError, UsageError
+from gptcli.cli.completion import complete_template
+from gptcli.errors import TemplateError, UsageError
 
 templates_app = typer.Typer(
     help="Prompt templates: the shipped ones and your own (in the config folder's templates/).\n\n"
@@ -18,13 +18,7 @@ templates_app = typer.Typer(
 app.add_typer(templates_app, name="templates")
 
 
-def _names(incomplete: str) -> list[str]:
-    from gptcli.templates import TemplateLibrary
-
-    return [name for name in TemplateLibrary.load().names() if name.startswith(incomplete)]
-
-
-NameArgument = Annotated[str, typer.Argument(help="Template name.", autocompletion=_names)]
+NameArgument = Annotated[str, typer.Argument(help="Template name.", autocompletion=complete_template)]
 
 
 def _source_label(entry: Any) -> str:
@@ -167,27 +161,13 @@ def render(
 
 def _open_editor(st: AppState, path: Path) -> bool:
     """Open ``path`` in $VISUAL or $EDITOR (vi on a terminal when neither is set). False: no editor."""
-    import shlex
-    import shutil
-    import subprocess
+    from gptcli.editor import edit_file, editor_command
 
-    editor = os.environ.get("VISUAL") or os.environ.get("EDITOR")
-    if not editor:
-        if st.env.stdin_isatty and st.env.stdout_isatty and shutil.which("vi"):
-            editor = "vi"
-        else:
-            st.env.notice(f"set $EDITOR to open templates in your editor; the file is {path}")
-            return False
-    try:
-        command = shlex.split(editor)
-    except ValueError:
-        raise UsageError(f"cannot parse $EDITOR '{editor}'") from None
-    try:
-        code = subprocess.call([*command, str(path)])
-    except OSError as exc:
-        raise GptcliError(f"cannot start the editor '{editor}': {exc.strerror or exc}") from None
-    if code != 0:
-        raise GptcliError(f"the editor '{editor}' exited with status {code}; {path} is kept as it is")
+    command = editor_command(st.env.stdin_isatty and st.env.stdout_isatty)
+    if command is None:
+        st.env.notice(f"set $EDITOR to open templates in your editor; the file is {path}")
+        return False
+    edit_file(command, path)
     return True
 
 
@@ -269,7 +249,7 @@ def edit(ctx: typer.Context, name: NameArgument) -> None:
 @templates_app.command()
 def path(
     ctx: typer.Context,
-    name: Annotated[Optional[str], typer.Argument(help="A template: print the file in use for it.", autocompletion=_names)] = None,
+    name: Annotated[Optional[str], typer.Argument(help="A template: print the file in use for it.", autocompletion=complete_template)] = None,
     builtin: Annotated[bool, typer.Option("--builtin", help="Print the folder of the shipped templates.")] = False,
 ) -> None:
     """Print your templates folder, the built-in folder, or the file a template comes from.
