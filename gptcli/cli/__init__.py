@@ -26,7 +26,8 @@ from gptcli.cli import (  # noqa: F401
     writing,
 )
 from gptcli.cli.app import AppState, app, unwrap_help
-from gptcli.cli.completion import named_shell_completion, use_first_tab_zsh_script
+from gptcli.cli.completion import named_shell_completion
+from gptcli.compat import use_first_tab_zsh_script
 from gptcli.errors import GptcliError, Terminated
 from gptcli.render import Env, OutputClosed, OutputFailed
 
