@@ -380,6 +380,20 @@ class MarkdownRenderer:
             self.cursor_hidden = False
 
 
+def write_event(stream: IO[str], event: dict[str, Any]) -> None:
+    """The one writer of ``--json`` events: one JSON object a line, flushed at once.
+
+    A closed pipe raises ``OutputClosed``; another write failure (a full disk) ``OutputFailed``.
+    """
+    try:
+        stream.write(json.dumps(event, ensure_ascii=False) + "\n")
+        stream.flush()
+    except BrokenPipeError:
+        raise OutputClosed from None
+    except OSError as exc:
+        raise _output_error(exc) from None
+
+
 class JsonRenderer:
     """JSON lines: ``{"type": "chunk", "text"}`` per piece, then ``{"type": "done", "text", "usage"}``."""
 
@@ -389,13 +403,7 @@ class JsonRenderer:
         self.extra = extra or {}
 
     def emit(self, event: dict[str, Any]) -> None:
-        try:
-            self.stream.write(json.dumps(event, ensure_ascii=False) + "\n")
-            self.stream.flush()
-        except BrokenPipeError:
-            raise OutputClosed from None
-        except OSError as exc:
-            raise _output_error(exc) from None
+        write_event(self.stream, event)
 
     def feed(self, text: str) -> None:
         if text:

@@ -278,10 +278,11 @@ class ChatSession:
     def say(self, text: str) -> None:
         """What a command was asked to show, on stdout (an ``info`` event with ``--json``)."""
         if self.mode.json:
-            import json
+            from gptcli.render import write_event
 
-            text = json.dumps({"type": "info", "text": text}, ensure_ascii=False)
-        elif self.env.stdout_isatty:  # a terminal breaks words; wrap them whole
+            write_event(self.env.stdout, {"type": "info", "text": text})
+            return
+        if self.env.stdout_isatty:  # a terminal breaks words; wrap them whole
             text = wrap_words(text, self.width())
         try:
             print(text, file=self.env.stdout, flush=True)

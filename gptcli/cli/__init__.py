@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import stat
 import signal
@@ -42,12 +41,10 @@ def wants_json(argv: list[str]) -> bool:
 
 def _error_event(env: Env, message: str, exit_code: int) -> None:
     """With ``--json``, an error is also a JSON line on stdout, so a script reading it sees why."""
-    event = {"type": "error", "message": message, "exit_code": exit_code}
-    try:
-        env.stdout.write(json.dumps(event, ensure_ascii=False) + "\n")
-        env.stdout.flush()
-    except (BrokenPipeError, OSError, ValueError):
-        pass
+    from gptcli.render import write_event
+
+    with contextlib.suppress(OutputClosed, OutputFailed, ValueError):  # ValueError: stdout was closed
+        write_event(env.stdout, {"type": "error", "message": message, "exit_code": exit_code})
 
 
 def _show_usage_error(env: Env, exc: click_exceptions.UsageError) -> None:
