@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
@@ -378,6 +378,29 @@ class MarkdownRenderer:
         if self.cursor_hidden:
             self._write("\x1b[?25h")
             self.cursor_hidden = False
+
+
+def plain_columns(rows: Sequence[Sequence[str]], *, gap: int = 2) -> list[str]:
+    """``rows`` as lines of left-aligned columns ``gap`` spaces apart, for a pipe: a Rich table, no styles.
+
+    Widths are terminal cells (a CJK title takes two per character); trailing spaces are dropped.
+    """
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    if not rows:
+        return []
+    table = Table(box=None, show_header=False, pad_edge=False, padding=(0, gap, 0, 0), collapse_padding=False)
+    for _ in rows[0]:
+        table.add_column(no_wrap=True, overflow="ignore")
+    for row in rows:
+        table.add_row(*(Text(cell) for cell in row))
+    buffer = io.StringIO()
+    Console(file=buffer, width=1_000_000, color_system=None, force_terminal=False, legacy_windows=False).print(table)
+    return [line.rstrip() for line in buffer.getvalue().splitlines()]
 
 
 def write_event(stream: IO[str], event: dict[str, Any]) -> None:

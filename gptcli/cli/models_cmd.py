@@ -44,8 +44,9 @@ def _model_setting(st: AppState) -> Optional[str]:
 
 
 def _columns(rows: list[list[str]]) -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    from gptcli.render import plain_columns
+
+    return plain_columns(rows)
 
 
 @models_app.command("pull")

@@ -63,10 +63,10 @@ def list_templates(
     for entry in entries:
         description = entry.description if entry.template else "BROKEN: see the error below"
         rows.append((entry.name, _source_label(entry), description))
-    width_name = max(len(r[0]) for r in rows)
-    width_source = max(len(r[1]) for r in rows)
-    for name, source, description in rows:
-        st.env.stdout.write(f"{name:<{width_name}}  {source:<{width_source}}  {description}".rstrip() + "\n")
+    from gptcli.render import plain_columns
+
+    for line in plain_columns(rows):
+        st.env.stdout.write(line + "\n")
     st.env.stdout.flush()
     for entry in entries:
         if entry.error is not None:
