@@ -17,11 +17,6 @@ Notice = Callable[[str], None]
 NOTHING_TO_CONTINUE = "no saved conversation to continue: starting a new one"
 
 
-def plural(n: int, word: str) -> str:
-    """``1 exchange``, ``2 exchanges``."""
-    return f"{n} {word}{'s' if n != 1 else ''}"
-
-
 class Session:
     """One stored conversation, for a one-shot ``--continue`` and for the chat alike.
 
@@ -70,7 +65,7 @@ class Session:
         return Conversation(system=system, turns=turns)
 
     def resumed_notice(self, turns: int) -> None:
-        self.notice(f"resumed {self.name}: {plural(turns, 'exchange')}")
+        self.notice(f"resumed {self.name}: {turns} exchange{'s' if turns != 1 else ''}")
 
     def restore_state(self, engine: Engine) -> int:
         """Load the saved KV state into ``engine`` when a valid one exists; returns the tokens restored."""
