@@ -57,6 +57,13 @@ app = typer.Typer(
 )
 
 
+def command_group(name: str, help: str, **options: Any) -> typer.Typer:
+    """A group of subcommands (``gptcli NAME ...``), registered on ``app``; its bare name shows its help."""
+    group = typer.Typer(help=help, no_args_is_help=True, **options)
+    app.add_typer(group, name=name)
+    return group
+
+
 @dataclass
 class AppState:
     """What the global options decided, shared by every command through the click context."""

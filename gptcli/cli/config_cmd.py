@@ -7,17 +7,16 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from gptcli.cli.app import AppState, app, state
+from gptcli.cli.app import AppState, command_group, state
 from gptcli.cli.completion import complete_config_key, complete_config_value
 from gptcli.config import KEYS, Settings, config_path, hide_credentials, known_key, load_settings
 from gptcli.errors import ConfigError
 
-config_app = typer.Typer(
-    help="Settings: show them and where each came from, edit the config file, set or unset one key.\n\n"
+config_app = command_group(
+    "config",
+    "Settings: show them and where each came from, edit the config file, set or unset one key.\n\n"
     "Example: gptcli config set temperature 0.3",
-    no_args_is_help=True,
 )
-app.add_typer(config_app, name="config")
 
 KeyArgument = Annotated[str, typer.Argument(help="The setting, e.g. temperature.", metavar="KEY", autocompletion=complete_config_key)]
 

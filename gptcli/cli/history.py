@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from gptcli.cli.app import app, state
+from gptcli.cli.app import command_group, state
 from gptcli.cli.completion import complete_session
 from gptcli.errors import InputError, UsageError
 from gptcli.render import Env
@@ -17,12 +17,11 @@ from gptcli.render import Env
 if TYPE_CHECKING:
     from gptcli.store import ConversationStore, SessionInfo
 
-history_app = typer.Typer(
-    help="Saved conversations: list, show, search, export, rename and delete them.\n\n"
+history_app = command_group(
+    "history",
+    "Saved conversations: list, show, search, export, rename and delete them.\n\n"
     "Example: gptcli history search \"docker compose\"",
-    no_args_is_help=True,
 )
-app.add_typer(history_app, name="history")
 
 IdArgument = Annotated[str, typer.Argument(help="Session id, the start of one (4+ characters), or its exact title.", metavar="ID", autocompletion=complete_session)]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]

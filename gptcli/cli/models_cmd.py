@@ -5,19 +5,18 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from gptcli.cli.app import AppState, app, state
+from gptcli.cli.app import AppState, app, command_group, state
 from gptcli.cli.completion import complete_model
 from gptcli.errors import ConfigError, UsageError
 from gptcli.textio import plural
 
-models_app = typer.Typer(
-    help="Get, list, inspect and remove GGUF models (Hugging Face Hub pulls, local files).\n\n"
+models_app = command_group(
+    "models",
+    "Get, list, inspect and remove GGUF models (Hugging Face Hub pulls, local files).\n\n"
     "Example: gptcli models pull bartowski/SmolLM2-360M-Instruct-GGUF --quant Q4_K_M",
-    no_args_is_help=True,
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-app.add_typer(models_app, name="models")
 
 
 def _size(n: int) -> str:

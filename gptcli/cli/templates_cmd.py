@@ -6,16 +6,15 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from gptcli.cli.app import AppState, app, state
+from gptcli.cli.app import AppState, command_group, state
 from gptcli.cli.completion import complete_template
 from gptcli.errors import TemplateError, UsageError
 
-templates_app = typer.Typer(
-    help="Prompt templates: the shipped ones and your own (in the config folder's templates/).\n\n"
+templates_app = command_group(
+    "templates",
+    "Prompt templates: the shipped ones and your own (in the config folder's templates/).\n\n"
     "Example: gptcli templates new standup",
-    no_args_is_help=True,
 )
-app.add_typer(templates_app, name="templates")
 
 
 NameArgument = Annotated[str, typer.Argument(help="Template name.", autocompletion=complete_template)]
