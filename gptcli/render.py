@@ -403,6 +403,12 @@ def plain_columns(rows: Sequence[Sequence[str]], *, gap: int = 2) -> list[str]:
     return [line.rstrip() for line in buffer.getvalue().splitlines()]
 
 
+def write_json(stream: IO[str], value: Any) -> None:
+    """The ``--json`` of a listing or a show: one indented JSON document, non-ASCII text as it is."""
+    stream.write(json.dumps(value, ensure_ascii=False, indent=2) + "\n")
+    stream.flush()
+
+
 def write_event(stream: IO[str], event: dict[str, Any]) -> None:
     """The one writer of ``--json`` events: one JSON object a line, flushed at once.
 

@@ -11,6 +11,7 @@ from gptcli.cli.app import AppState, command_group, state
 from gptcli.cli.completion import complete_config_key, complete_config_value
 from gptcli.config import KEYS, Settings, config_path, hide_credentials, known_key, load_settings
 from gptcli.errors import ConfigError
+from gptcli.render import write_json
 
 config_app = command_group(
     "config",
@@ -108,7 +109,7 @@ def _show(st: AppState, settings: Settings, path: Path, setting: Optional[str], 
             "settings": _records(settings),
             "profiles": {name: _profile_shown(profile) for name, profile in settings.profiles.items()},
         }
-        _write(st, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+        write_json(st.env.stdout, data)
         return
     _print_table(st, settings, path, broken is not None)
 

@@ -1,6 +1,5 @@
 """``gptcli history``: list, show, search, export, rename and delete saved conversations."""
 
-import json
 import os
 import re
 import time
@@ -12,7 +11,7 @@ import typer
 from gptcli.cli.app import command_group, state
 from gptcli.cli.completion import complete_session
 from gptcli.errors import InputError, UsageError
-from gptcli.render import Env
+from gptcli.render import Env, write_json
 
 if TYPE_CHECKING:
     from gptcli.store import ConversationStore, SessionInfo
@@ -61,7 +60,7 @@ def list_sessions(
     with _open() as store:
         sessions = store.list_sessions(limit)
     if as_json:
-        _write(env, json.dumps([s.as_dict() for s in sessions], ensure_ascii=False, indent=2) + "\n")
+        write_json(env.stdout, [s.as_dict() for s in sessions])
         return
     if not sessions:
         env.notice("no saved conversations yet")
@@ -128,7 +127,7 @@ def search(
     with _open() as store:
         hits = store.search(query, limit)
     if as_json:
-        _write(env, json.dumps([h.as_dict() for h in hits], ensure_ascii=False, indent=2) + "\n")
+        write_json(env.stdout, [h.as_dict() for h in hits])
         return
     if not hits:
         env.notice(f"nothing in the history matches '{query}'")

@@ -9,6 +9,7 @@ from gptcli.cli.app import AppState, app, command_group, state
 from gptcli.cli.completion import complete_model
 from gptcli.errors import ConfigError, UsageError
 from gptcli.textio import plural
+from gptcli.render import write_json
 
 models_app = command_group(
     "models",
@@ -31,7 +32,7 @@ def _print(st: AppState, text: str = "") -> None:
 
 
 def _print_json(st: AppState, data: Any) -> None:
-    _print(st, json.dumps(data, indent=2, ensure_ascii=False))
+    write_json(st.env.stdout, data)
 
 
 def _model_setting(st: AppState) -> Optional[str]:

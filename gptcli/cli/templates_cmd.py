@@ -1,6 +1,5 @@
 """``gptcli templates``: list, show, render, create and edit prompt templates."""
 
-import json
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -9,6 +8,7 @@ import typer
 from gptcli.cli.app import AppState, command_group, state
 from gptcli.cli.completion import complete_template
 from gptcli.errors import TemplateError, UsageError
+from gptcli.render import write_json
 
 templates_app = command_group(
     "templates",
@@ -56,7 +56,7 @@ def list_templates(
             else:
                 record["error"] = str(entry.error)
             records.append(record)
-        st.env.stdout.write(json.dumps(records, ensure_ascii=False, indent=2) + "\n")
+        write_json(st.env.stdout, records)
         return
     rows = [("NAME", "SOURCE", "DESCRIPTION")]
     for entry in entries:
@@ -152,7 +152,7 @@ def render(
     parts = [p for p in (text, material) if p and p.strip()]
     messages = template.render("\n\n".join(parts), values)
     if as_json:
-        st.env.stdout.write(json.dumps(messages, ensure_ascii=False, indent=2) + "\n")
+        write_json(st.env.stdout, messages)
         return
     blocks = [f"--- {m['role']} ---\n{m['content']}" for m in messages]
     st.env.stdout.write("\n\n".join(blocks) + "\n")
