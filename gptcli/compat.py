@@ -123,6 +123,13 @@ def _patch_rich_utils() -> None:
     rich_utils.negative_highlighter = Spaced(rich_utils.negative_highlighter)
 
 
+def click_exceptions() -> Any:
+    """The exceptions Typer's parsing raises: its private copy of Click's (``typer._click``), not ``click``'s."""
+    from typer._click import exceptions
+
+    return exceptions
+
+
 # ------------------------------------------------------------ Typer: completion scripts
 
 # Typer's zsh script only registers itself when zsh autoloads it from $fpath (the way

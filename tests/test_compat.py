@@ -46,6 +46,16 @@ def test_help_ranges_and_option_names_read_as_patched(run_gptcli):
     assert "<int range>" not in result.stdout
 
 
+def test_typer_raises_the_click_exceptions_the_cli_catches():
+    import typer.main
+
+    from gptcli.cli.app import app
+
+    command = typer.main.get_command(app)
+    with pytest.raises(compat.click_exceptions().UsageError):
+        command.main(["ask", "--no-such-flag"], standalone_mode=False)
+
+
 def test_the_zsh_script_answers_the_first_tab():
     from typer import _completion_shared
 

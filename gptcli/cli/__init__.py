@@ -10,7 +10,6 @@ import signal
 import sys
 
 import typer
-from typer._click import exceptions as click_exceptions  # Typer ships its own copy of Click
 
 # importing a command module registers its commands on `app`
 from gptcli.cli import (  # noqa: F401
@@ -26,9 +25,12 @@ from gptcli.cli import (  # noqa: F401
 )
 from gptcli.cli.app import AppState, app, unwrap_help
 from gptcli.cli.completion import named_shell_completion
+from gptcli.compat import click_exceptions as _click_exceptions
 from gptcli.compat import use_first_tab_zsh_script
 from gptcli.errors import GptcliError, Terminated
 from gptcli.render import Env, OutputClosed, OutputFailed
+
+click_exceptions = _click_exceptions()  # Typer ships its own copy of Click
 
 __all__ = ["app", "main", "run"]
 
