@@ -11,7 +11,7 @@ from typing import Any
 
 from gptcli.engines import Batching, Chunk, Concurrent, Engine, Message, Sampling, Usage
 from gptcli.errors import ContextOverflowError, EngineError, GptcliError, InputError
-from gptcli.render import Env, OutputClosed
+from gptcli.render import Env, OutputClosed, write_event
 from gptcli.schema import Structure, StructuredReplyError
 
 REMOTE_WIDTH = 4  # requests in flight at once to a server, unless --parallel says otherwise
@@ -255,14 +255,14 @@ class _LineWriter:
         if self.json_events:
             event = {"type": "done", "line": outcome.record.line, "text": outcome.text, "data": outcome.value,
                      "usage": outcome.usage.as_dict() if outcome.usage else None}
-            self._write(json.dumps(event, ensure_ascii=False))
+            write_event(self.env.stdout, event)
         else:
             self._write(json.dumps(outcome.value, ensure_ascii=False))
 
     def failure(self, outcome: Outcome, progress: Any) -> None:
         message = f"line {outcome.record.line}: {outcome.error}"
         if self.json_events:
-            self._write(json.dumps({"type": "error", "line": outcome.record.line, "error": str(outcome.error)}, ensure_ascii=False))
+            write_event(self.env.stdout, {"type": "error", "line": outcome.record.line, "error": str(outcome.error)})
         if progress.live.is_started:  # above the bar, not through it
             progress.console.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
         else:

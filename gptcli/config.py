@@ -408,7 +408,7 @@ def _config_document(path: Path) -> Any:
 
 def write_config_text(path: Path, text: str) -> None:
     """Replace the config file atomically (a symlinked file is written through its link)."""
-    import tempfile
+    from gptcli.textio import replace_file
 
     target = path.resolve() if path.is_symlink() else path
     ensure_private_dir(target.parent)
@@ -416,17 +416,9 @@ def write_config_text(path: Path, text: str) -> None:
         mode = target.stat().st_mode & 0o777
     except FileNotFoundError:
         mode = 0o600
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
+        replace_file(target, text.encode("utf-8"), mode=mode)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         raise ConfigError(f"cannot write config file {target}: {exc.strerror or exc}") from None
 
 

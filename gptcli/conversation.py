@@ -77,9 +77,12 @@ class Fitted:
 Summarizer = Callable[[Sequence[Message], Sampling], str]
 
 
-def reply_reserve(context: int, max_tokens: int | None) -> int:
-    """Tokens kept free for the reply when fitting history: the reply limit, at most a quarter of the window."""
-    quarter = max(16, context // 4)
+def reply_reserve(context: int, max_tokens: int | None, *, floor: int = 16) -> int:
+    """Tokens kept free for the reply when fitting history: the reply limit, at most a quarter of the window.
+
+    The quarter is at least ``floor`` tokens (the knowledge base's answers keep 256).
+    """
+    quarter = max(floor, context // 4)
     return min(max_tokens, quarter) if max_tokens else quarter
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,27 +215,10 @@ class _Reader:
         raise self.fail(f"unknown metadata value type {vtype}")
 
 
-@functools.lru_cache(maxsize=1)
-def _quant_sizes() -> dict[int, tuple[int, int]]:
-    """gguf's table of (block size, bytes per block) by tensor type.
-
-    Read from ``gguf/constants.py`` alone: importing the ``gguf`` package loads numpy and its
-    readers and writers, 70 ms of every command's start-up for one table.
-    """
-    spec = importlib.util.find_spec("gguf")
-    if spec is None or not spec.submodule_search_locations:
-        return {}
-    path = Path(next(iter(spec.submodule_search_locations))) / "constants.py"
-    module_spec = importlib.util.spec_from_file_location("_gptcli_gguf_constants", path)
-    if module_spec is None or module_spec.loader is None:
-        return {}
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return {int(kind): sizes for kind, sizes in module.GGML_QUANT_SIZES.items()}
-
-
 def _tensor_nbytes(t: TensorInfo) -> int | None:
-    sizes = _quant_sizes().get(t.ggml_type)
+    from gptcli.compat import gguf_quant_sizes
+
+    sizes = gguf_quant_sizes().get(t.ggml_type)
     if sizes is None:
         return None
     block, type_size = sizes

@@ -8,7 +8,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -452,16 +452,6 @@ def _sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """The same per-blob lock huggingface_hub takes, so two pulls never write one file at once."""
-    from huggingface_hub.utils import WeakFileLock
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with WeakFileLock(str(path)):
-        yield
-
-
 def download_file(
     repo_id: str,
     filename: str,
@@ -479,10 +469,10 @@ def download_file(
     name the server chose is checked before it becomes part of a path.
     """
     hf = _hf()
-    from huggingface_hub.file_download import get_hf_file_metadata, hf_hub_url, http_get
-    from huggingface_hub.utils import build_hf_headers
+    from huggingface_hub.file_download import get_hf_file_metadata, hf_hub_url
 
     from gptcli import __version__
+    from gptcli.compat import hf_file_lock, hf_headers, hf_http_get
 
     ep = endpoint()
     cache = cache_dir()
@@ -507,12 +497,12 @@ def download_file(
 
     incomplete = _inside(blob.with_name(blob.name + ".incomplete"), cache, repo_id)
     lock = _inside(cache / ".locks" / folder.name / f"{meta.etag}.lock", cache, repo_id)
-    with _file_lock(lock):
+    with hf_file_lock(lock):
         if blob.exists() and (meta.size is None or blob.stat().st_size == meta.size):
             result.already_cached = True
         else:
             blob.parent.mkdir(parents=True, exist_ok=True)
-            headers = build_hf_headers(library_name="gptcli", library_version=__version__)
+            headers = hf_headers(__version__)
             if not _same_origin(url, meta.location):
                 headers.pop("authorization", None)  # a signed CDN address: the token stays with the Hub
             resume = incomplete.stat().st_size if incomplete.exists() else 0
@@ -525,7 +515,7 @@ def download_file(
             with incomplete.open("ab") as out:
                 start = out.tell()
                 try:
-                    http_get(
+                    hf_http_get(
                         meta.location,
                         out,
                         resume_size=resume,

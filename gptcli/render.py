@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
@@ -380,6 +380,49 @@ class MarkdownRenderer:
             self.cursor_hidden = False
 
 
+def plain_columns(rows: Sequence[Sequence[str]], *, gap: int = 2) -> list[str]:
+    """``rows`` as lines of left-aligned columns ``gap`` spaces apart, for a pipe: a Rich table, no styles.
+
+    Widths are terminal cells (a CJK title takes two per character); trailing spaces are dropped.
+    """
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    if not rows:
+        return []
+    table = Table(box=None, show_header=False, pad_edge=False, padding=(0, gap, 0, 0), collapse_padding=False)
+    for _ in rows[0]:
+        table.add_column(no_wrap=True, overflow="ignore")
+    for row in rows:
+        table.add_row(*(Text(cell) for cell in row))
+    buffer = io.StringIO()
+    Console(file=buffer, width=1_000_000, color_system=None, force_terminal=False, legacy_windows=False).print(table)
+    return [line.rstrip() for line in buffer.getvalue().splitlines()]
+
+
+def write_json(stream: IO[str], value: Any) -> None:
+    """The ``--json`` of a listing or a show: one indented JSON document, non-ASCII text as it is."""
+    stream.write(json.dumps(value, ensure_ascii=False, indent=2) + "\n")
+    stream.flush()
+
+
+def write_event(stream: IO[str], event: dict[str, Any]) -> None:
+    """The one writer of ``--json`` events: one JSON object a line, flushed at once.
+
+    A closed pipe raises ``OutputClosed``; another write failure (a full disk) ``OutputFailed``.
+    """
+    try:
+        stream.write(json.dumps(event, ensure_ascii=False) + "\n")
+        stream.flush()
+    except BrokenPipeError:
+        raise OutputClosed from None
+    except OSError as exc:
+        raise _output_error(exc) from None
+
+
 class JsonRenderer:
     """JSON lines: ``{"type": "chunk", "text"}`` per piece, then ``{"type": "done", "text", "usage"}``."""
 
@@ -389,13 +432,7 @@ class JsonRenderer:
         self.extra = extra or {}
 
     def emit(self, event: dict[str, Any]) -> None:
-        try:
-            self.stream.write(json.dumps(event, ensure_ascii=False) + "\n")
-            self.stream.flush()
-        except BrokenPipeError:
-            raise OutputClosed from None
-        except OSError as exc:
-            raise _output_error(exc) from None
+        write_event(self.stream, event)
 
     def feed(self, text: str) -> None:
         if text:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from gptcli.config import KEYS, Settings, data_dir, ensure_private_dir
-from gptcli.conversation import POLICIES, Conversation, Turn, turns_from_messages
+from gptcli.conversation import POLICIES, Conversation, Turn
 from gptcli.engines import Engine, Message, Sampling, choose, sampling_from
 from gptcli.errors import ContextOverflowError, GptcliError, StoreError, Terminated, UsageError
 from gptcli.flow import OutputMode, generate
@@ -278,10 +278,11 @@ class ChatSession:
     def say(self, text: str) -> None:
         """What a command was asked to show, on stdout (an ``info`` event with ``--json``)."""
         if self.mode.json:
-            import json
+            from gptcli.render import write_event
 
-            text = json.dumps({"type": "info", "text": text}, ensure_ascii=False)
-        elif self.env.stdout_isatty:  # a terminal breaks words; wrap them whole
+            write_event(self.env.stdout, {"type": "info", "text": text})
+            return
+        if self.env.stdout_isatty:  # a terminal breaks words; wrap them whole
             text = wrap_words(text, self.width())
         try:
             print(text, file=self.env.stdout, flush=True)
@@ -516,24 +517,22 @@ class ChatSession:
             from gptcli import sessionlock
 
             sessionlock.claim(info.id)  # another chat adding turns to it: refused, not interleaved
-        stored = self._store_call(lambda: store.messages(info.id))
-        if stored is None:
+        from gptcli.session import Session
+
+        session = Session(self.settings, self.notice, store, info)
+        loaded = self._store_call(session.turns)
+        if loaded is None:
             return
         if self.session_id is not None and self.session_id != info.id:
             self.keep_state()
-        rows = [(m.role, m.content, bool(getattr(m, "interrupted", False))) for m in stored]
-        system, turns = turns_from_messages(rows)
-        system = getattr(info, "system", None) or system
+        system, turns = loaded
         self.conversation = Conversation(system=system, turns=turns)
         self.last_finish = ""
         self.session_id = info.id if self.saving else None  # history off: new turns are not added to it
         self.session_title = getattr(info, "title", None)
         self.template_name = getattr(info, "template", None)
-        name = self.session_title or f"#{info.id}"
-        self.notice(f"resumed {name}: {len(turns)} exchange{'s' if len(turns) != 1 else ''}")
-        from gptcli import kvstate
-
-        kvstate.restore_session(self.settings, info.id, self.engine, self.notice)
+        session.resumed_notice(len(turns))
+        session.restore_state(self.engine)
         self.state_unsaved = False
         if show:
             self.show_turns(turns[-SHOWN_ON_RESUME:])
@@ -580,16 +579,10 @@ class ChatSession:
         """
         if not self.state_unsaved:
             return
-        from gptcli import kvstate
+        from gptcli.session import keep_state
 
         self.state_unsaved = False
-        if self.store is not None and self.session_id is not None:
-            try:
-                self.store.find_session(str(self.session_id))
-            except GptcliError:  # deleted meanwhile (`history rm` elsewhere): nothing may stay of it
-                kvstate.forget_session(str(self.session_id))
-                return
-        kvstate.keep_session(self.settings, self.session_id, self.engine, self.notice)
+        keep_state(self.settings, self.store, self.session_id, self.engine, self.notice)
 
     def cmd_new(self, command: Command) -> None:
         self.keep_state()

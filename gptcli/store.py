@@ -97,8 +97,15 @@ def default_store_path() -> Path:
     return data_dir() / STORE_FILENAME
 
 
+class _Record:
+    """A stored row as a dataclass; ``as_dict`` is what ``--json`` prints."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]  # every subclass is a dataclass
+
+
 @dataclass(frozen=True)
-class SessionInfo:
+class SessionInfo(_Record):
     """One stored conversation, without its messages."""
 
     id: str
@@ -110,12 +117,9 @@ class SessionInfo:
     system: str | None
     turns: int
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class StoredMessage:
+class StoredMessage(_Record):
     """One stored message; the token figures are set on replies only."""
 
     id: int
@@ -127,9 +131,6 @@ class StoredMessage:
     completion_tokens: int | None
     tokens_per_second: float | None
     interrupted: bool
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

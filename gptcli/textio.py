@@ -246,12 +246,16 @@ def sweep_stale_temporaries(folder: Path, name: str) -> int:
 
 def _temporary_beside(target: Path) -> tuple[int, str]:
     """A new locked temporary file in ``target``'s folder (stale ones of earlier runs removed first)."""
-    folder = target.parent if str(target.parent) else Path(".")
-    sweep_stale_temporaries(folder, target.name)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=folder)
+        return _new_temporary(target)
     except OSError as exc:
         raise InputError(f"cannot write {target}: {exc.strerror or exc}") from None
+
+
+def _new_temporary(target: Path) -> tuple[int, str]:
+    folder = target.parent if str(target.parent) else Path(".")
+    sweep_stale_temporaries(folder, target.name)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=folder)
     _lock(fd)
     return fd, tmp
 
@@ -263,8 +267,20 @@ def atomic_write(path: str | Path, text: str, *, encoding: str = "utf-8", mode: 
 
 def atomic_write_bytes(path: str | Path, data: bytes, *, mode: int | None = None) -> None:
     """Write ``data`` to a temporary file beside ``path``, fsync it, then rename it into place."""
+    try:
+        replace_file(path, data, mode=mode)
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def replace_file(path: str | Path, data: bytes, *, mode: int | None = None) -> None:
+    """The one atomic write: ``data`` into a temporary file beside ``path``, fsynced, renamed over it.
+
+    ``mode`` defaults to what a plain open() would make (0666 less the umask). Raises ``OSError``,
+    for callers that word the failure their own way; the temporary file never stays behind.
+    """
     target = Path(path)
-    fd, tmp = _temporary_beside(target)
+    fd, tmp = _new_temporary(target)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -276,11 +292,9 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, mode: int | None = None
             mode = 0o666 & ~umask
         os.chmod(tmp, mode)
         os.replace(tmp, target)
-    except BaseException as exc:
+    except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise InputError(f"cannot write {target}: {exc.strerror or exc}") from None
         raise
 
 

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import stat
 import signal
 import sys
 
 import typer
-from typer._click import exceptions as click_exceptions  # Typer ships its own copy of Click
 
 # importing a command module registers its commands on `app`
 from gptcli.cli import (  # noqa: F401
@@ -26,9 +24,13 @@ from gptcli.cli import (  # noqa: F401
     writing,
 )
 from gptcli.cli.app import AppState, app, unwrap_help
-from gptcli.cli.completion import named_shell_completion, use_first_tab_zsh_script
+from gptcli.cli.completion import named_shell_completion
+from gptcli.compat import click_exceptions as _click_exceptions
+from gptcli.compat import use_first_tab_zsh_script
 from gptcli.errors import GptcliError, Terminated
 from gptcli.render import Env, OutputClosed, OutputFailed
+
+click_exceptions = _click_exceptions()  # Typer ships its own copy of Click
 
 __all__ = ["app", "main", "run"]
 
@@ -41,12 +43,10 @@ def wants_json(argv: list[str]) -> bool:
 
 def _error_event(env: Env, message: str, exit_code: int) -> None:
     """With ``--json``, an error is also a JSON line on stdout, so a script reading it sees why."""
-    event = {"type": "error", "message": message, "exit_code": exit_code}
-    try:
-        env.stdout.write(json.dumps(event, ensure_ascii=False) + "\n")
-        env.stdout.flush()
-    except (BrokenPipeError, OSError, ValueError):
-        pass
+    from gptcli.render import write_event
+
+    with contextlib.suppress(OutputClosed, OutputFailed, ValueError):  # ValueError: stdout was closed
+        write_event(env.stdout, {"type": "error", "message": message, "exit_code": exit_code})
 
 
 def _show_usage_error(env: Env, exc: click_exceptions.UsageError) -> None:

@@ -9,109 +9,12 @@ from typing import Annotated, Any, Optional
 import typer
 
 from gptcli import __version__
+from gptcli.compat import patch_typer_help
 from gptcli.config import Settings, load_settings
 from gptcli.errors import ConfigError, UsageError
 from gptcli.render import Env
 
-
-def _plain_type_labels() -> None:
-    """Help labels option values TEXT, INTEGER, FLOAT, as click always did, not ``<str>``.
-
-    Typer 0.28 prints the Python annotation (``--model <str>``); flags show no label.
-    """
-    option = getattr(getattr(typer, "core", None), "TyperOption", None)
-    original = getattr(option, "make_metavar", None)
-    if original is None or getattr(original, "_gptcli", False):
-        return
-    import re
-
-    plain = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "list[str]": "TEXT", "list[int]": "INTEGER"}
-
-    def make_metavar(self: Any, *args: Any, **kwargs: Any) -> Any:
-        label = original(self, *args, **kwargs)
-        if not isinstance(label, str):
-            return label
-        return re.sub(r"<([a-z\[\]]+)>", lambda m: plain.get(m.group(1), m.group(0)), label)
-
-    make_metavar._gptcli = True  # type: ignore[attr-defined]
-    option.make_metavar = make_metavar
-
-
-_plain_type_labels()
-
-TYPE_LABELS = {"str": "TEXT", "text": "TEXT", "int": "INTEGER", "integer": "INTEGER", "int range": "INTEGER",
-               "float": "FLOAT", "float range": "FLOAT", "path": "PATH", "filename": "FILE"}
-
-
-def _readable_help() -> None:
-    """Help pages that read well: one placeholder style, ranges that do not squeeze the text.
-
-    Typer 0.28 writes an argument as ``[prompt]`` or ``{repo}`` in the usage line and ``<str>`` in
-    its table, an IntRange as ``<int range> [1<=x<=64]`` (a column so wide that the descriptions
-    beside it wrap every few words), and joins an option's names without a space
-    (``--temperature,--temp``). Here: ``[PROMPT]`` / ``REPO``, ``TEXT``/``INTEGER``, the range on
-    a line of its own, and ``--temperature, --temp``.
-    """
-    from typer import core
-    from typer._click import types
-
-    if getattr(core.TyperArgument.make_metavar, "_gptcli", False):
-        return
-
-    def make_metavar(self: Any, ctx: Any, *, usage: bool = False) -> str:
-        var = self.metavar or (self.name or "").upper()
-        if not usage or var.startswith("["):
-            return var
-        if self.nargs != 1:
-            var += "..."
-        return var if self.required else f"[{var}]"
-
-    make_metavar._gptcli = True  # type: ignore[attr-defined]
-    core.TyperArgument.make_metavar = make_metavar
-
-    base_metavar = types.ParamType.get_metavar
-
-    def get_metavar(self: Any, param: Any, ctx: Any) -> str | None:
-        return base_metavar(self, param, ctx) or TYPE_LABELS.get(str(self.name))
-
-    types.ParamType.get_metavar = get_metavar  # type: ignore[method-assign]
-
-    # Typer imports its Rich help module (35 ms) only to draw a help page: patch it then, not at
-    # every command
-    for command_class in (core.TyperCommand, core.TyperGroup):
-        command_class.format_help = _patching_rich_help(command_class.format_help)  # type: ignore[method-assign]
-
-
-def _patching_rich_help(format_help: Any) -> Any:
-    def patched(self: Any, ctx: Any, formatter: Any) -> Any:
-        _patch_rich_utils()
-        return format_help(self, ctx, formatter)
-
-    return patched
-
-
-def _patch_rich_utils() -> None:
-    from typer import rich_utils
-
-    if getattr(rich_utils, "_gptcli", False):
-        return
-    rich_utils._gptcli = True  # type: ignore[attr-defined]
-    rich_utils.RANGE_STRING = "\n[{}]"
-
-    class Spaced:
-        """An option highlighter given ``--a, --b`` where Typer passes ``--a,--b``."""
-
-        def __init__(self, inner: Any) -> None:
-            self.inner = inner
-
-        def __call__(self, text: Any) -> Any:
-            return self.inner(text.replace(",-", ", -") if isinstance(text, str) else text)
-
-    rich_utils.highlighter = Spaced(rich_utils.highlighter)
-    rich_utils.negative_highlighter = Spaced(rich_utils.negative_highlighter)
-
-
-_readable_help()
+patch_typer_help()
 
 
 def unwrap_paragraphs(text: str) -> str:
@@ -152,6 +55,13 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
 )
+
+
+def command_group(name: str, help: str, **options: Any) -> typer.Typer:
+    """A group of subcommands (``gptcli NAME ...``), registered on ``app``; its bare name shows its help."""
+    group = typer.Typer(help=help, no_args_is_help=True, **options)
+    app.add_typer(group, name=name)
+    return group
 
 
 @dataclass

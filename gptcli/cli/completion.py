@@ -154,37 +154,6 @@ def complete_config_value(ctx: typer.Context, incomplete: str) -> Suggestions:
     return _matching([(c, str(key)) for c in choices.get(str(key), [])], incomplete)
 
 
-# Typer's zsh script only registers itself when zsh autoloads it from $fpath (the way
-# `--install-completion` installs it), so the first TAB of every new shell completes nothing. This
-# one (Click's pattern) answers that first TAB too, and still works when sourced.
-ZSH_SCRIPT = """
-#compdef %(prog_name)s
-
-%(complete_func)s() {
-  eval $(env _TYPER_COMPLETE_ARGS="${words[1,$CURRENT]}" %(autocomplete_var)s=complete_zsh %(prog_name)s)
-}
-
-if [[ $zsh_eval_context[-1] == loadautofunc ]]; then
-  # autoloaded from $fpath by compinit: complete this TAB already
-  %(complete_func)s "$@"
-else
-  # sourced: register for the next TAB
-  compdef %(complete_func)s %(prog_name)s
-fi
-"""
-
-
-def use_first_tab_zsh_script() -> None:
-    """Make ``--show-completion``/``--install-completion`` (and completions/generate) write ``ZSH_SCRIPT``."""
-    try:
-        from typer import _completion_shared
-    except ImportError:  # a Typer without it: its own script still works from the second TAB
-        return
-    scripts = getattr(_completion_shared, "_completion_scripts", None)
-    if isinstance(scripts, dict) and "zsh" in scripts:
-        scripts["zsh"] = ZSH_SCRIPT
-
-
 SHELLS = ("bash", "zsh", "fish", "powershell", "pwsh")
 
 
@@ -202,12 +171,11 @@ def named_shell_completion(args: list[str], out: Any) -> int | None:
     shell = args[1]
     if shell not in SHELLS:
         raise UsageError(f"unknown shell '{shell}' for {args[0]} (one of: {', '.join(SHELLS)})")
-    from typer._completion_shared import get_completion_script, install
+    from gptcli import compat
 
-    use_first_tab_zsh_script()
     if args[0] == "--show-completion":
-        out.write(get_completion_script(prog_name="gptcli", complete_var="_GPTCLI_COMPLETE", shell=shell) + "\n")
+        out.write(compat.completion_script(shell) + "\n")
         return 0
-    _, path = install(shell=shell, prog_name="gptcli", complete_var="_GPTCLI_COMPLETE")
+    path = compat.install_completion(shell)
     out.write(f"{shell} completion installed in {path}\nCompletion will take effect once you restart the terminal\n")
     return 0

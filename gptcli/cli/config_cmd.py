@@ -2,25 +2,22 @@
 
 import json
 import os
-import shlex
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
-from gptcli.cli.app import AppState, app, state
+from gptcli.cli.app import AppState, command_group, state
 from gptcli.cli.completion import complete_config_key, complete_config_value
 from gptcli.config import KEYS, Settings, config_path, hide_credentials, known_key, load_settings
-from gptcli.errors import ConfigError, GptcliError, UsageError
+from gptcli.errors import ConfigError
+from gptcli.render import write_json
 
-config_app = typer.Typer(
-    help="Settings: show them and where each came from, edit the config file, set or unset one key.\n\n"
+config_app = command_group(
+    "config",
+    "Settings: show them and where each came from, edit the config file, set or unset one key.\n\n"
     "Example: gptcli config set temperature 0.3",
-    no_args_is_help=True,
 )
-app.add_typer(config_app, name="config")
 
 KeyArgument = Annotated[str, typer.Argument(help="The setting, e.g. temperature.", metavar="KEY", autocompletion=complete_config_key)]
 
@@ -112,7 +109,7 @@ def _show(st: AppState, settings: Settings, path: Path, setting: Optional[str], 
             "settings": _records(settings),
             "profiles": {name: _profile_shown(profile) for name, profile in settings.profiles.items()},
         }
-        _write(st, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+        write_json(st.env.stdout, data)
         return
     _print_table(st, settings, path, broken is not None)
 
@@ -199,19 +196,6 @@ def unset_command(ctx: typer.Context, setting: KeyArgument) -> None:
         st.env.notice(f"{name} is not set in {config_path()}: nothing to do")
 
 
-def _editor_command(st: AppState, path: Path) -> list[str]:
-    editor = os.environ.get("VISUAL") or os.environ.get("EDITOR")
-    if not editor:
-        if st.env.stdin_isatty and st.env.stdout_isatty and shutil.which("vi"):
-            editor = "vi"
-        else:
-            raise ConfigError(f"no editor: set $EDITOR (or $VISUAL); the config file is {path}")
-    try:
-        return [*shlex.split(editor), str(path)]
-    except ValueError:
-        raise UsageError(f"cannot parse $EDITOR '{editor}'") from None
-
-
 @config_app.command("edit")
 def edit_command(ctx: typer.Context) -> None:
     """Open the config file in $EDITOR (created with every key commented out), then check it.
@@ -219,18 +203,16 @@ def edit_command(ctx: typer.Context) -> None:
     Example: EDITOR=nano gptcli config edit
     """
     from gptcli.config import config_scaffold, read_config_file, write_config_text
+    from gptcli.editor import edit_file, editor_command
 
     st = state(ctx)
     path = config_path()
     if not path.exists():
         write_config_text(path, config_scaffold())
-    command = _editor_command(st, path)
-    try:
-        code = subprocess.call(command)
-    except OSError as exc:
-        raise GptcliError(f"cannot start the editor '{command[0]}': {exc.strerror or exc}") from None
-    if code != 0:
-        raise GptcliError(f"the editor '{command[0]}' exited with status {code}; {path} is kept as it is")
+    command = editor_command(st.env.stdin_isatty and st.env.stdout_isatty)
+    if command is None:
+        raise ConfigError(f"no editor: set $EDITOR (or $VISUAL); the config file is {path}")
+    edit_file(command, path)
     try:
         values, profiles = read_config_file(path)
     except ConfigError as exc:

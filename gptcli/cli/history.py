@@ -1,6 +1,5 @@
 """``gptcli history``: list, show, search, export, rename and delete saved conversations."""
 
-import json
 import os
 import re
 import time
@@ -9,20 +8,19 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from gptcli.cli.app import app, state
+from gptcli.cli.app import command_group, state
 from gptcli.cli.completion import complete_session
 from gptcli.errors import InputError, UsageError
-from gptcli.render import Env
+from gptcli.render import Env, write_json
 
 if TYPE_CHECKING:
     from gptcli.store import ConversationStore, SessionInfo
 
-history_app = typer.Typer(
-    help="Saved conversations: list, show, search, export, rename and delete them.\n\n"
+history_app = command_group(
+    "history",
+    "Saved conversations: list, show, search, export, rename and delete them.\n\n"
     "Example: gptcli history search \"docker compose\"",
-    no_args_is_help=True,
 )
-app.add_typer(history_app, name="history")
 
 IdArgument = Annotated[str, typer.Argument(help="Session id, the start of one (4+ characters), or its exact title.", metavar="ID", autocompletion=complete_session)]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
@@ -62,7 +60,7 @@ def list_sessions(
     with _open() as store:
         sessions = store.list_sessions(limit)
     if as_json:
-        _write(env, json.dumps([s.as_dict() for s in sessions], ensure_ascii=False, indent=2) + "\n")
+        write_json(env.stdout, [s.as_dict() for s in sessions])
         return
     if not sessions:
         env.notice("no saved conversations yet")
@@ -129,7 +127,7 @@ def search(
     with _open() as store:
         hits = store.search(query, limit)
     if as_json:
-        _write(env, json.dumps([h.as_dict() for h in hits], ensure_ascii=False, indent=2) + "\n")
+        write_json(env.stdout, [h.as_dict() for h in hits])
         return
     if not hits:
         env.notice(f"nothing in the history matches '{query}'")

@@ -5,19 +5,19 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from gptcli.cli.app import AppState, app, state
+from gptcli.cli.app import AppState, app, command_group, state
 from gptcli.cli.completion import complete_model
 from gptcli.errors import ConfigError, UsageError
 from gptcli.textio import plural
+from gptcli.render import write_json
 
-models_app = typer.Typer(
-    help="Get, list, inspect and remove GGUF models (Hugging Face Hub pulls, local files).\n\n"
+models_app = command_group(
+    "models",
+    "Get, list, inspect and remove GGUF models (Hugging Face Hub pulls, local files).\n\n"
     "Example: gptcli models pull bartowski/SmolLM2-360M-Instruct-GGUF --quant Q4_K_M",
-    no_args_is_help=True,
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-app.add_typer(models_app, name="models")
 
 
 def _size(n: int) -> str:
@@ -32,7 +32,7 @@ def _print(st: AppState, text: str = "") -> None:
 
 
 def _print_json(st: AppState, data: Any) -> None:
-    _print(st, json.dumps(data, indent=2, ensure_ascii=False))
+    write_json(st.env.stdout, data)
 
 
 def _model_setting(st: AppState) -> Optional[str]:
@@ -44,8 +44,9 @@ def _model_setting(st: AppState) -> Optional[str]:
 
 
 def _columns(rows: list[list[str]]) -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    from gptcli.render import plain_columns
+
+    return plain_columns(rows)
 
 
 @models_app.command("pull")

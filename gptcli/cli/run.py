@@ -19,7 +19,8 @@ from gptcli.textio import read_stream, read_text
 
 if TYPE_CHECKING:
     from gptcli.schema import Structure
-    from gptcli.store import ConversationStore, SessionInfo
+    from gptcli.session import Session
+    from gptcli.store import ConversationStore
 
 MessageBuilder = Callable[[Template, str, dict[str, str], Engine, Sampling], list[Message]]
 
@@ -121,24 +122,21 @@ def run_template(
     if build_messages is not None:
         messages = build_messages(template, text, values, engine, sampling)
     if history.resumed is not None:
-        from gptcli import kvstate
-
         messages = history.continued(messages, engine, settings, sampling)
-        kvstate.restore_session(settings, history.resumed.id, engine, st.env.notice)
     basis = (prompt or instructions or text).strip()
     title = (basis if template_name == "ask" else f"{template_name}: {basis}") if basis else None
     try:
-        reply = generate(engine, messages, sampling, st.env, output_mode(gen, settings), structure)
-    except (GptcliError, OutputClosed) as exc:  # a server died mid-reply, stdout closed or full: keep what came
-        partial = getattr(exc, "partial_reply", None)
-        if partial is not None:
-            history.save(messages, partial, model=engine.model_name, template=template_name, title=title)
-        raise
-    history.save(messages, reply, model=engine.model_name, template=template_name, title=title)
-    if history.resumed is not None and history.saving:
-        from gptcli import kvstate
-
-        kvstate.keep_session(settings, history.resumed.id, engine, st.env.notice)
+        try:
+            reply = generate(engine, messages, sampling, st.env, output_mode(gen, settings), structure)
+        except (GptcliError, OutputClosed) as exc:  # a server died mid-reply, stdout closed or full: keep what came
+            partial = getattr(exc, "partial_reply", None)
+            if partial is not None:
+                history.save(messages, partial, model=engine.model_name, template=template_name, title=title)
+            raise
+        history.save(messages, reply, model=engine.model_name, template=template_name, title=title)
+        history.keep_state(engine)
+    finally:
+        history.close()
     return 130 if reply.interrupted else 0
 
 
@@ -216,9 +214,9 @@ def _engine_for(settings: Settings, messages: list[Message], sampling: Sampling,
 
 
 class OneShotHistory:
-    """The store side of a one-shot command: the session it continues, and saving the exchange."""
+    """The store side of a one-shot command: the session it continues (a ``Session``), and saving the exchange."""
 
-    def __init__(self, env: Env, store: ConversationStore | None, resumed: SessionInfo | None, saving: bool) -> None:
+    def __init__(self, env: Env, store: ConversationStore | None, resumed: Session | None, saving: bool) -> None:
         self.env = env
         self.store = store
         self.resumed = resumed
@@ -235,47 +233,48 @@ class OneShotHistory:
 
         if not (continue_ or session):
             return cls(env, open_history(settings, env), None, True)
+        from gptcli.session import Session
+
         store = ConversationStore.open()  # reading works with history off; saving does not
-        resumed = store.find_session(session) if session else store.latest_session()
-        if resumed is None:
-            env.notice("no saved conversation to continue: starting a new one")
+        resumed = Session.latest_or_named(settings, env.notice, store, session)
         return cls(env, store, resumed, bool(settings.history))
 
     def continued(self, messages: list[Message], engine: Engine, settings: Settings, sampling: Sampling) -> list[Message]:
-        """The resumed conversation, fitted to the context window, then the new prompt."""
-        from gptcli.conversation import Conversation, turns_from_messages
-
-        assert self.store is not None and self.resumed is not None
-        stored = self.store.messages(self.resumed.id)
-        stored_system, turns = turns_from_messages([(m.role, m.content, m.interrupted) for m in stored])
+        """The resumed conversation, fitted to the context window, then the new prompt; its saved model state restored."""
+        assert self.resumed is not None
         template_system = next((m["content"] for m in messages if m["role"] == "system"), None)
-        system = self.resumed.system or stored_system or template_system
+        conversation = self.resumed.conversation(fallback_system=template_system)
         pending = messages[-1]["content"]
-        conversation = Conversation(system=system, turns=turns)
         policy = "stop" if settings.overflow == "stop" else "drop"  # one-shot: no summarizing pass
         fitted = conversation.fit(engine, pending, policy=policy, max_tokens=sampling.max_tokens)
         if fitted.notice:
             self.env.notice(fitted.notice)
+        self.resumed.restore_state(engine)
         return fitted.messages
 
     def save(self, messages: list[Message], reply: Reply, *, model: str, template: str, title: str | None) -> None:
         """Save the exchange (also when interrupted); a store failure is a notice, not an error."""
-        if self.store is None:
+        if self.store is None or not self.saving:
             return
         user = messages[-1]["content"] if messages else ""
         try:
-            if not self.saving:
-                return
             if self.resumed is None:
                 system = next((m["content"] for m in messages if m["role"] == "system"), None)
                 self.store.save_exchange(
                     user, reply.text, reply.usage, reply.interrupted, model=model, template=template, system=system, title=title
                 )
                 return
-            if self.resumed.model != model:
+            if self.resumed.info.model != model:
                 self.store.set_model(self.resumed.id, model)
             self.store.add_turn(self.resumed.id, user, reply.text, usage=reply.usage, interrupted=reply.interrupted)
         except StoreError as exc:
             self.env.notice(f"history not saved: {exc}")
-        finally:
+
+    def keep_state(self, engine: Engine) -> None:
+        """After a saved turn of a continued session: keep the model's KV state for the next one."""
+        if self.resumed is not None and self.saving:
+            self.resumed.keep_state(engine)
+
+    def close(self) -> None:
+        if self.store is not None:
             self.store.close()

@@ -1,30 +1,23 @@
 """``gptcli templates``: list, show, render, create and edit prompt templates."""
 
-import json
-import os
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
-from gptcli.cli.app import AppState, app, state
-from gptcli.errors import GptcliError, TemplateError, UsageError
+from gptcli.cli.app import AppState, command_group, state
+from gptcli.cli.completion import complete_template
+from gptcli.errors import TemplateError, UsageError
+from gptcli.render import write_json
 
-templates_app = typer.Typer(
-    help="Prompt templates: the shipped ones and your own (in the config folder's templates/).\n\n"
+templates_app = command_group(
+    "templates",
+    "Prompt templates: the shipped ones and your own (in the config folder's templates/).\n\n"
     "Example: gptcli templates new standup",
-    no_args_is_help=True,
 )
-app.add_typer(templates_app, name="templates")
 
 
-def _names(incomplete: str) -> list[str]:
-    from gptcli.templates import TemplateLibrary
-
-    return [name for name in TemplateLibrary.load().names() if name.startswith(incomplete)]
-
-
-NameArgument = Annotated[str, typer.Argument(help="Template name.", autocompletion=_names)]
+NameArgument = Annotated[str, typer.Argument(help="Template name.", autocompletion=complete_template)]
 
 
 def _source_label(entry: Any) -> str:
@@ -63,16 +56,16 @@ def list_templates(
             else:
                 record["error"] = str(entry.error)
             records.append(record)
-        st.env.stdout.write(json.dumps(records, ensure_ascii=False, indent=2) + "\n")
+        write_json(st.env.stdout, records)
         return
     rows = [("NAME", "SOURCE", "DESCRIPTION")]
     for entry in entries:
         description = entry.description if entry.template else "BROKEN: see the error below"
         rows.append((entry.name, _source_label(entry), description))
-    width_name = max(len(r[0]) for r in rows)
-    width_source = max(len(r[1]) for r in rows)
-    for name, source, description in rows:
-        st.env.stdout.write(f"{name:<{width_name}}  {source:<{width_source}}  {description}".rstrip() + "\n")
+    from gptcli.render import plain_columns
+
+    for line in plain_columns(rows):
+        st.env.stdout.write(line + "\n")
     st.env.stdout.flush()
     for entry in entries:
         if entry.error is not None:
@@ -159,7 +152,7 @@ def render(
     parts = [p for p in (text, material) if p and p.strip()]
     messages = template.render("\n\n".join(parts), values)
     if as_json:
-        st.env.stdout.write(json.dumps(messages, ensure_ascii=False, indent=2) + "\n")
+        write_json(st.env.stdout, messages)
         return
     blocks = [f"--- {m['role']} ---\n{m['content']}" for m in messages]
     st.env.stdout.write("\n\n".join(blocks) + "\n")
@@ -167,27 +160,13 @@ def render(
 
 def _open_editor(st: AppState, path: Path) -> bool:
     """Open ``path`` in $VISUAL or $EDITOR (vi on a terminal when neither is set). False: no editor."""
-    import shlex
-    import shutil
-    import subprocess
+    from gptcli.editor import edit_file, editor_command
 
-    editor = os.environ.get("VISUAL") or os.environ.get("EDITOR")
-    if not editor:
-        if st.env.stdin_isatty and st.env.stdout_isatty and shutil.which("vi"):
-            editor = "vi"
-        else:
-            st.env.notice(f"set $EDITOR to open templates in your editor; the file is {path}")
-            return False
-    try:
-        command = shlex.split(editor)
-    except ValueError:
-        raise UsageError(f"cannot parse $EDITOR '{editor}'") from None
-    try:
-        code = subprocess.call([*command, str(path)])
-    except OSError as exc:
-        raise GptcliError(f"cannot start the editor '{editor}': {exc.strerror or exc}") from None
-    if code != 0:
-        raise GptcliError(f"the editor '{editor}' exited with status {code}; {path} is kept as it is")
+    command = editor_command(st.env.stdin_isatty and st.env.stdout_isatty)
+    if command is None:
+        st.env.notice(f"set $EDITOR to open templates in your editor; the file is {path}")
+        return False
+    edit_file(command, path)
     return True
 
 
@@ -269,7 +248,7 @@ def edit(ctx: typer.Context, name: NameArgument) -> None:
 @templates_app.command()
 def path(
     ctx: typer.Context,
-    name: Annotated[Optional[str], typer.Argument(help="A template: print the file in use for it.", autocompletion=_names)] = None,
+    name: Annotated[Optional[str], typer.Argument(help="A template: print the file in use for it.", autocompletion=complete_template)] = None,
     builtin: Annotated[bool, typer.Option("--builtin", help="Print the folder of the shipped templates.")] = False,
 ) -> None:
     """Print your templates folder, the built-in folder, or the file a template comes from.

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from gptcli.cli.app import AppState, app, state
+from gptcli.cli.completion import complete_template
 from gptcli.cli.options import GenOptions, generation_options
 from gptcli.cli.run import output_mode, read_material, run_template
 from gptcli.cli.structured import StructOptions, structured_options
@@ -17,12 +18,6 @@ if TYPE_CHECKING:
     from gptcli.knowledge import Grounding
 
 FileOption = Annotated[Optional[str], typer.Option("--file", "-f", help="Read the text from a file instead of stdin ('-' is stdin).")]
-
-
-def _template_names(incomplete: str) -> list[str]:
-    from gptcli.templates import TemplateLibrary
-
-    return [name for name in TemplateLibrary.load().names() if name.startswith(incomplete)]
 
 
 def _show_sources(st: AppState, gen: GenOptions, grounding: "Grounding") -> None:
@@ -74,7 +69,7 @@ def support(
         Optional[str],
         typer.Option("--embed-model", help="Vectors for ranking: 'static' (built in), 'none' (BM25 only), or an embedding GGUF.", metavar="MODEL"),
     ] = None,
-    template: Annotated[Optional[str], typer.Option("--template", "-t", help="Template to use instead of 'support'.", autocompletion=_template_names)] = None,
+    template: Annotated[Optional[str], typer.Option("--template", "-t", help="Template to use instead of 'support'.", autocompletion=complete_template)] = None,
     file: FileOption = None,
     var: Annotated[Optional[list[str]], typer.Option("--var", "-v", help="Template variable key=value: company, product, tone.", metavar="KEY=VALUE")] = None,
     gen: GenOptions = GenOptions(),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -29,25 +28,14 @@ class StaticEmbedder:
     dimensions = 256
 
     def __init__(self) -> None:
-        root = logging.getLogger()
-        level, handlers = root.level, list(root.handlers)
+        from gptcli import compat
+
         try:
-            import wordllama
-            from wordllama import WordLlama
+            wordllama = compat.import_wordllama()
         except ImportError as exc:  # pragma: no cover - a declared dependency
             raise ModelError(f"the static embeddings need the wordllama package: {exc}") from None
-        finally:
-            # wordllama calls logging.basicConfig(level=INFO) on import, which would print llama.cpp's
-            # log lines (routed through logging) on the user's terminal
-            root.setLevel(level)
-            for handler in root.handlers[:]:
-                if handler not in handlers:
-                    root.removeHandler(handler)
-        package = Path(wordllama.__file__).parent
-        # wordllama looks for its bundled tokenizer in a folder it misnames ("tokenizer" for
-        # "tokenizers") and then downloads it; as the cache folder, the package folder is found
         try:
-            self._model = WordLlama.load(cache_dir=package, disable_download=True, dim=self.dimensions)
+            self._model = compat.load_wordllama(wordllama, self.dimensions)
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot load wordllama's bundled vectors: {exc}") from None
         version = getattr(wordllama, "__version__", "")

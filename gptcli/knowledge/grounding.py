@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from gptcli import conversation
 from gptcli.engines import Engine, Message
 from gptcli.errors import ContextOverflowError
 from gptcli.knowledge.passages import Passage
@@ -44,10 +46,8 @@ class Grounding:
     signals: tuple[str, ...] = ()
 
 
-def reply_reserve(context: int, max_tokens: int | None) -> int:
-    """Tokens kept free for the reply: the reply limit, at most a quarter of the context (256 minimum)."""
-    cap = max(256, context // 4)
-    return min(max_tokens, cap) if max_tokens else cap
+# Tokens kept free for the reply: the reply limit, at most a quarter of the context (256 minimum).
+reply_reserve = functools.partial(conversation.reply_reserve, floor=256)
 
 
 def matching_part(passage: Passage, question: str, limit: int, engine: Engine, number: int = 1) -> Passage | None:

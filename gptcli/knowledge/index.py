@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 from gptcli.engines import Embedding
 from gptcli.knowledge.dense import StaticEmbedder, embed_array, embedded_text, model_key
 from gptcli.knowledge.passages import PASSAGE_CHARS, KbFile
+from gptcli.textio import replace_file
 
 INDEX_VERSION = 1  # bump when passage splitting or what is embedded changes: old entries are then unused
 MANIFEST = "files.json"  # which entry each file path last had, so a changed or deleted file's old entry goes
@@ -80,15 +80,9 @@ class VectorIndex:
     def _write(self, path: Path, arrays: dict[str, np.ndarray]) -> None:
         try:
             self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".tmp-", suffix=".npz")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    np.savez(f, **arrays)
-                os.replace(tmp, path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            buffer = io.BytesIO()
+            np.savez(buffer, **arrays)
+            replace_file(path, buffer.getvalue(), mode=0o600)
         except OSError as exc:  # a read-only or full cache folder costs speed next time, nothing else
             if self.notice:
                 self.notice(f"knowledge-base index not saved: {exc.strerror or exc}")
@@ -160,9 +154,6 @@ class VectorIndex:
     def _write_json(self, path: Path, data: dict[str, str]) -> None:
         try:
             self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".tmp-", suffix=".json")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=0)
-            os.replace(tmp, path)
+            replace_file(path, json.dumps(data, indent=0).encode("utf-8"), mode=0o600)
         except OSError:
             pass  # the manifest only tidies the cache
