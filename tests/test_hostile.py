@@ -501,6 +501,7 @@ def test_a_full_data_folder_only_warns_and_the_translation_is_written(cli, tmp_p
     from tests.test_translate import ScriptedTranslator
 
     monkeypatch.setattr("gptcli.engines.choose.open_engine", lambda settings: ScriptedTranslator(transform=str.upper))
+    monkeypatch.setattr("gptcli.translate.checks.detect_language", lambda text: None)  # upper case is no French
     source = make_document(tmp_path, paragraphs=6)
     out = tmp_path / "guide.fr.md"
     result = cli(["translate", str(source), "--to", "fr", "-o", str(out)])

@@ -132,7 +132,10 @@ class SchemaAware(FakeEngine):
 
 
 if "translate" in sys.argv[1:]:
+    import gptcli.translate.checks
+
     engine = ScriptedTranslator(transform=str.upper)
+    gptcli.translate.checks.detect_language = lambda text: None  # upper case is no French
 else:
     engine = SchemaAware(replies=["A short reply from the scripted engine.", "And another one."])
 choose.open_engine = lambda settings: engine

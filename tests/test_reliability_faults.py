@@ -48,8 +48,10 @@ engine = FakeEngine(replies=["Short first answer.", "".join(f"word{i} " for i in
 """
 
 SLOW_TRANSLATOR = """
+import gptcli.translate.checks
 from tests.test_translate import ScriptedTranslator
 engine = ScriptedTranslator(transform=str.upper, delay=0.15, context_size=512)
+gptcli.translate.checks.detect_language = lambda text: None  # upper case is no French: no language check
 """
 
 
@@ -302,6 +304,7 @@ def test_translate_with_a_data_folder_that_cannot_be_written_still_translates(tm
     from tests.test_translate import ScriptedTranslator
 
     monkeypatch.setattr("gptcli.engines.choose.open_engine", lambda settings: ScriptedTranslator(transform=str.upper))
+    monkeypatch.setattr("gptcli.translate.checks.detect_language", lambda text: None)  # upper case is no French
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
     monkeypatch.setenv("GPTCLI_HOME", str(blocker / "gptcli"))
