@@ -48,7 +48,7 @@ def _plain_type_labels() -> None:
         return re.sub(r"<([a-z\[\]]+)>", lambda m: plain.get(m.group(1), m.group(0)), label)
 
     make_metavar._gptcli = True  # type: ignore[attr-defined]
-    option.make_metavar = make_metavar
+    option.make_metavar = make_metavar  # type: ignore[union-attr]
 
 
 TYPE_LABELS = {"str": "TEXT", "text": "TEXT", "int": "INTEGER", "integer": "INTEGER", "int range": "INTEGER",
@@ -79,7 +79,7 @@ def _readable_help() -> None:
         return var if self.required else f"[{var}]"
 
     make_metavar._gptcli = True  # type: ignore[attr-defined]
-    core.TyperArgument.make_metavar = make_metavar
+    core.TyperArgument.make_metavar = make_metavar  # type: ignore[method-assign]
 
     base_metavar = types.ParamType.get_metavar
 
@@ -119,8 +119,8 @@ def _patch_rich_utils() -> None:
         def __call__(self, text: Any) -> Any:
             return self.inner(text.replace(",-", ", -") if isinstance(text, str) else text)
 
-    rich_utils.highlighter = Spaced(rich_utils.highlighter)
-    rich_utils.negative_highlighter = Spaced(rich_utils.negative_highlighter)
+    rich_utils.highlighter = Spaced(rich_utils.highlighter)  # type: ignore[assignment]
+    rich_utils.negative_highlighter = Spaced(rich_utils.negative_highlighter)  # type: ignore[assignment]
 
 
 def click_exceptions() -> Any:
@@ -186,7 +186,7 @@ def install_completion(shell: str) -> Path:
 @contextlib.contextmanager
 def hf_file_lock(path: Path) -> Iterator[None]:
     """The same per-blob lock huggingface_hub takes, so two pulls never write one file at once."""
-    from huggingface_hub.utils import WeakFileLock
+    from huggingface_hub.utils import WeakFileLock  # type: ignore[attr-defined]
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with WeakFileLock(str(path)):
@@ -195,7 +195,7 @@ def hf_file_lock(path: Path) -> Iterator[None]:
 
 def hf_headers(version: str) -> dict[str, str]:
     """The request headers huggingface_hub sends (user agent, the token when one is set)."""
-    from huggingface_hub.utils import build_hf_headers
+    from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
 
     return dict(build_hf_headers(library_name="gptcli", library_version=version))
 

@@ -101,7 +101,7 @@ def _ctx(v: Any) -> int:
     v = _positive_int(v)
     if v < 256 or v % 256:
         raise ValueError("must be a multiple of 256 (256, 512, 1024, ...)")
-    return v
+    return int(v)
 
 
 def _float_range(lo: float, hi: float, lo_open: bool = False) -> Callable[[Any], float]:
@@ -111,7 +111,7 @@ def _float_range(lo: float, hi: float, lo_open: bool = False) -> Callable[[Any],
         v = float(v)
         if not lo <= v <= hi or (lo_open and v == lo):  # NaN fails too
             raise ValueError(f"must be {'>' if lo_open else '>='} {lo:g} and <= {hi:g}")
-        return v
+        return float(v)
 
     return check
 
@@ -120,7 +120,7 @@ def _choice(*options: str) -> Callable[[Any], str]:
     def check(v: Any) -> str:
         if v not in options:
             raise ValueError(f"must be one of: {', '.join(options)}")
-        return v
+        return str(v)
 
     return check
 

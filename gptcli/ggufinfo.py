@@ -156,7 +156,7 @@ class _Reader:
         n = self.unpack("<Q")
         if n * item_bytes > self.size:  # every item takes at least item_bytes
             raise self.fail(f"absurd {what} ({n}) for a file of {self.size} bytes")
-        return n
+        return int(n)
 
     def string(self) -> str:
         n = self.count("string length")

@@ -723,7 +723,8 @@ class ChatSession:
             self.notice("schema set: replies are JSON that follows it (/schema off stops)")
 
     def cmd_tokens(self, command: Command) -> None:
-        self.say(budget_line(self.conversation.budget(self.engine, self.sampling().max_tokens), self.sampling().max_tokens))
+        cap = self.sampling().max_tokens
+        self.say(budget_line(self.conversation.budget(self.engine, cap), cap or self.engine.context_length))
 
     def cmd_stats(self, command: Command) -> None:
         choice = command.arg.lower()
@@ -1280,7 +1281,7 @@ def run_chat(settings: Settings, env: Env, request: ChatRequest, mode: OutputMod
         if not env.stdout_isatty:  # `gptcli chat > log`: the prompt goes to the terminal on stderr
             from prompt_toolkit.output import create_output
 
-            output = create_output(stdout=env.stderr)
+            output = create_output(stdout=env.stderr)  # type: ignore[arg-type]
         return run_interactive(chat, make_prompt_session(chat, output=output))
     finally:
         if chat is not None:

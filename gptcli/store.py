@@ -101,7 +101,7 @@ class _Record:
     """A stored row as a dataclass; ``as_dict`` is what ``--json`` prints."""
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)  # type: ignore[call-overload]  # every subclass is a dataclass
+        return dict(asdict(self))  # type: ignore[call-overload]  # every subclass is a dataclass
 
 
 @dataclass(frozen=True)
@@ -216,6 +216,7 @@ def _sigint_deferred() -> Iterator[None]:
         return
     caught: list[int] = []
     previous: dict[int, Any] = {}
+    signum: int
     try:
         for signum in _DEFERRED_SIGNALS:
             previous[signum] = signal.signal(signum, lambda signum, frame: caught.append(signum))
@@ -578,7 +579,7 @@ class ConversationStore:
             " tokens_per_second, interrupted FROM messages WHERE session_id = ? ORDER BY id",
             (session_id,),
         )
-        return [StoredMessage(*row[:8], bool(row[8])) for row in rows]  # type: ignore[misc]
+        return [StoredMessage(*row[:8], bool(row[8])) for row in rows]  # type: ignore[call-arg]
 
     def drop_last_exchange(self, session_id: str) -> None:
         """Remove the last prompt and everything after it (its reply): ``/undo``."""

@@ -63,8 +63,9 @@ def decode_text(data: bytes, name: str, encoding: str | None = None, *, advice: 
             except UnicodeDecodeError:
                 raise InputError(f"{name} is not valid {codec} text") from None
     if b"\x00" in data[:8192]:
-        codec = _utf16_without_bom(data[:8192])
-        if codec:
+        guessed = _utf16_without_bom(data[:8192])
+        if guessed:
+            codec = guessed
             how = f"pass --encoding {codec}" if advice == ENCODING_OPTION_ADVICE else advice
             raise InputError(f"{name} looks like UTF-16 text without a byte-order mark; {how}")
         raise InputError(f"{name} looks like a binary file, not text")
@@ -182,7 +183,7 @@ def read_stream_bytes(stream: IO[str], name: str = "standard input") -> bytes:
             raise InputError(f"{name} is not valid UTF-8") from None
     if len(data) > _max_input_bytes:
         raise _too_large(name)
-    return data
+    return bytes(data)
 
 
 def read_stream(stream: IO[str], name: str = "standard input", encoding: str | None = None) -> str:

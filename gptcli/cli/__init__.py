@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import stat
 import signal
+import stat
 import sys
+from typing import Any
 
 import typer
 
@@ -49,7 +50,7 @@ def _error_event(env: Env, message: str, exit_code: int) -> None:
         write_event(env.stdout, {"type": "error", "message": message, "exit_code": exit_code})
 
 
-def _show_usage_error(env: Env, exc: click_exceptions.UsageError) -> None:
+def _show_usage_error(env: Env, exc: Any) -> None:  # a Click UsageError (Typer's copy)
     """The usage line, where to find help, then the one ``error:`` line."""
     ctx = exc.ctx
     if ctx is not None:
@@ -112,7 +113,7 @@ def run(argv: list[str] | None = None, env: Env | None = None) -> int:
         return exc.exit_code
     except click_exceptions.NoArgsIsHelpError as exc:
         env.stdout.write(exc.format_message())  # `gptcli` alone, `gptcli models`: the help (Rich printed it already)
-        return exc.exit_code  # 2, as in Typer and Click
+        return int(exc.exit_code)  # 2, as in Typer and Click
     except click_exceptions.UsageError as exc:
         _show_usage_error(env, exc)
         return fail(exc.format_message(), exc.exit_code)

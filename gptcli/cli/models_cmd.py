@@ -38,7 +38,8 @@ def _print_json(st: AppState, data: Any) -> None:
 def _model_setting(st: AppState) -> Optional[str]:
     """The `model` setting (env, config): the default model when no --model is given."""
     try:
-        return st.settings.model
+        model: str | None = st.settings.model
+        return model
     except ConfigError:
         return None
 

@@ -77,14 +77,17 @@ class StaticEmbedder:
         """The question's vector: its token vectors averaged with ``weights`` (see :meth:`query_weights`), unit length."""
         ids = self._ids([text])[0]
         if not ids:
-            return self.embed_array([text])[0]
+            first: np.ndarray = self.embed_array([text])[0]
+            return first
         vector = (self._model.embedding[ids] * weights[ids][:, None]).sum(axis=0)
         norm = float(np.linalg.norm(vector))
-        return (vector / norm if norm else vector).astype(np.float32)
+        unit: np.ndarray = (vector / norm if norm else vector).astype(np.float32)
+        return unit
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """One unit-length vector per text, in order."""
-        return self.embed_array(texts).tolist()
+        vectors: list[list[float]] = self.embed_array(texts).tolist()
+        return vectors
 
     def close(self) -> None:
         pass

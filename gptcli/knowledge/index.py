@@ -81,7 +81,7 @@ class VectorIndex:
         try:
             self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
             buffer = io.BytesIO()
-            np.savez(buffer, **arrays)
+            np.savez(buffer, **arrays)  # type: ignore[arg-type]
             replace_file(path, buffer.getvalue(), mode=0o600)
         except OSError as exc:  # a read-only or full cache folder costs speed next time, nothing else
             if self.notice:
