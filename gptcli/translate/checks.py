@@ -7,6 +7,7 @@ check below is cheap and errs on the side of passing: a piece too short to judge
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from collections import Counter
@@ -46,21 +47,28 @@ _identifier_lock = threading.Lock()
 
 
 def _langid() -> Any:
-    """py3langid's identifier (its model ships in the package: no network), loaded once (~0.6 s)."""
+    """py3langid's identifier (its model ships in the package: no network), loaded once (~0.6 s);
+    None when it cannot be loaded (it unpacks its model into a temporary file: a full temporary
+    folder), and then no language is checked: a translation is not stopped for it."""
     global _identifier
     with _identifier_lock:
         if _identifier is None:
             from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
-            _identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
-        return _identifier
+            try:
+                _identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+            except OSError as exc:
+                logging.getLogger("gptcli").warning("the language identifier could not be loaded (%s): languages are not checked", exc)
+                _identifier = False
+        return _identifier or None
 
 
 def langid_code(code: str) -> str | None:
     """The identifier's code for a language code (``zh-CN`` -> ``zh``); None if it does not know it."""
     base = code.split("-")[0].lower()
     base = _LANGID_CODE.get(base, base)
-    return base if base in _langid().nb_classes else None
+    identifier = _langid()
+    return base if identifier is not None and base in identifier.nb_classes else None
 
 
 def _words_only(text: str) -> str:
@@ -77,9 +85,10 @@ def letters(text: str) -> int:
 def detect_language(text: str) -> str | None:
     """The language of a document (the identifier's code), from its words; None if too little to tell."""
     words = _words_only(text[:20000])
-    if letters(words) < LANGUAGE_MIN_LETTERS:
+    identifier = _langid()
+    if identifier is None or letters(words) < LANGUAGE_MIN_LETTERS:
         return None
-    code, _ = _langid().classify(words)
+    code, _ = identifier.classify(words)
     return str(code)
 
 
