@@ -92,11 +92,31 @@ class ThreadGovernor:
         busy = (stat1[0] - stat0[0]) / self.tick
         return max(0.0, (busy - (own1 - own0)) / wall)
 
+    @staticmethod
+    def running_now() -> float | None:
+        """Other processes' threads that are running at this instant (``/proc/loadavg``'s runnable
+        count less this process's running threads): the first check, before any interval to
+        measure over has passed (a command's first prompt)."""
+        try:
+            with open("/proc/loadavg", encoding="ascii") as f:
+                total = int(f.read().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        ours = 0
+        for stat in Path("/proc/self/task").glob("*/stat"):
+            try:
+                ours += stat.read_text().rsplit(")", 1)[1].split()[0] == "R"
+            except (OSError, IndexError):
+                pass
+        return float(max(0, total - ours))
+
     def check(self) -> None:
         """Set the thread count from what other processes use now (before a prompt, or every few steps)."""
         if self.full <= 1:
             return
         others = self.others()
+        if others is None and self.steps == 0:
+            others = self.running_now()
         if others is None:
             return
         n = max(1, min(self.full, self.usable - math.ceil(others - 0.25)))
