@@ -16,7 +16,7 @@ from gptcli.config import KEYS, Settings, config_path, data_dir
 from gptcli.errors import GptcliError
 
 if TYPE_CHECKING:
-    from gptcli.engines.llama import Backend
+    from gptcli.engines.devices import Backend
 
 OK, INFO, WARN, FAIL = "ok", "info", "warn", "fail"
 INSTALL_HINT = "see the README's 'GPU offload' section (CMAKE_ARGS=\"-DGGML_CUDA=on\" or -DGGML_METAL=on)"
@@ -49,7 +49,7 @@ def _version(dist: str) -> str | None:
 
 def backend_info() -> Backend:
     """Ask llama.cpp about itself: version, CPU features, backends and devices (the llama layer)."""
-    from gptcli.engines.llama import backend
+    from gptcli.engines.devices import backend
 
     return backend()
 

@@ -62,7 +62,7 @@ def test_a_broken_config_file_fails_and_says_where(run_gptcli, tmp_path):
 
 
 def test_gpu_layers_on_a_cpu_only_build_is_reported(run_gptcli):
-    from gptcli.engines.llama import backend
+    from gptcli.engines.devices import backend
 
     proc = run_gptcli("doctor", "--no-load", env={"GPTCLI_GPU_LAYERS": "all"})
     if backend().gpus:  # a CUDA/Metal build with a device: offload works
@@ -144,7 +144,7 @@ def test_an_unknown_engine_fails(run_gptcli):
 def test_a_gpu_build_names_its_backend_device_and_memory():
     """As llama.cpp's backend registry reports a CUDA build on an H200 (``ggml_backend_dev_*``)."""
     from gptcli.doctor import device_checks
-    from gptcli.engines.llama import Backend, Device
+    from gptcli.engines.devices import Backend, Device
 
     gib = 1 << 30
     cuda = Backend(

@@ -16,7 +16,8 @@ from typing import Any
 
 from gptcli.config import use_flash_attention
 from gptcli.engines import Chunk, Message, Sampling
-from gptcli.engines.llama import LlamaContext, LlamaModel, gpu_free_memory, llama_cpp_version
+from gptcli.engines.devices import gpu_free_memory
+from gptcli.engines.llama import LlamaContext, LlamaModel, llama_cpp_version
 from gptcli.engines.parallel import ParallelEngine, auto_parallel
 from gptcli.engines.threads import ThreadGovernor, default_threads, physical_cores
 from gptcli.engines.reply import ReplyState, refuse_overflow, shared_prefix
