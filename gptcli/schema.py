@@ -159,12 +159,38 @@ def schema_grammar(schema: dict[str, Any]) -> str:
     from gptcli.engines.llama import json_schema_to_grammar
 
     try:
-        grammar = json_schema_to_grammar(schema)
+        grammar = json_schema_to_grammar(split_type_lists(schema))
     except (ValueError, AssertionError, KeyError, TypeError, NotImplementedError, RecursionError) as exc:
         # the converter asserts on what it cannot handle (an unresolved $ref, an unknown type)
         why = str(exc).removeprefix("the schema cannot be turned into a grammar: ")
         raise SchemaError(f"llama.cpp's grammar cannot express this schema: {_one_line(why)}") from None
     return grammar.replace(_LOOSE_CHAR, _STRICT_CHAR)
+
+
+_VALUES = frozenset({"enum", "const", "default", "examples"})  # JSON values, not schemas
+
+
+def split_type_lists(schema: Any) -> Any:
+    """``schema`` with every ``"type": [A, B]`` written as ``anyOf`` of one type each, constraints kept.
+
+    llama-cpp-python's converter turns a type list into a union of the bare types and drops the
+    rest (``{"type": ["string", "null"], "maxLength": 40}`` became an unbounded string): a small
+    model then wrote an order number until the length limit and the reply did not parse. llama.cpp's
+    own converter keeps them the same way as here. Only the grammar sees this form; replies are
+    validated against the schema as written.
+    """
+    if isinstance(schema, list):
+        return [split_type_lists(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: value if key in _VALUES else split_type_lists(value) for key, value in schema.items()}
+    types = out.get("type")
+    if isinstance(types, list):
+        rest = {key: value for key, value in out.items() if key != "type"}
+        if len(types) == 1:
+            return {**rest, "type": types[0]}
+        return {"anyOf": [{**rest, "type": t} for t in types]}
+    return out
 
 
 def load_grammar(path: str) -> str:

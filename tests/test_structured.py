@@ -19,6 +19,7 @@ from gptcli.schema import (
     concise_schema,
     parse_schema,
     schema_grammar,
+    split_type_lists,
 )
 from tests.fakes import FakeEngine
 from tests.remote_fake_server import FakeOpenAIServer
@@ -80,6 +81,15 @@ def test_bad_schemas_say_why(spec: str, message: str):
 def test_a_schema_the_grammar_cannot_express_is_an_error():
     with pytest.raises(SchemaError, match="grammar cannot express"):
         schema_grammar({"type": "object", "properties": {"a": {"$ref": "#/nowhere"}}})
+
+
+def test_a_type_lists_constraints_reach_the_grammar():
+    nullable = {"type": "object", "properties": {"order": {"type": ["string", "null"], "maxLength": 3, "enum": ["a", ["x"]]}}}
+    split = split_type_lists(nullable)["properties"]["order"]
+    assert split == {"anyOf": [{"maxLength": 3, "enum": ["a", ["x"]], "type": "string"}, {"maxLength": 3, "enum": ["a", ["x"]], "type": "null"}]}
+    # the string is bounded (three optional chars after the first quote), not `char*`
+    grammar = schema_grammar({"type": "object", "properties": {"order": {"type": ["string", "null"], "maxLength": 3}}})
+    assert "char*" not in grammar and "null" in grammar
 
 
 def test_the_grammar_keeps_control_characters_out_of_strings():

@@ -16,10 +16,14 @@ from gptcli.templates import load_template
 pytestmark = pytest.mark.model
 
 # bounded strings: every reply the grammar allows fits in the token budget, so none can be cut short
+# (the nullable one too: a type list's maxLength once went missing from the grammar)
 BOUNDED = {
     "type": "object",
-    "properties": {"name": {"type": "string", "maxLength": 24}, "age": {"type": "integer"}, "city": {"type": "string", "maxLength": 24}},
-    "required": ["name", "age", "city"],
+    "properties": {
+        "name": {"type": "string", "maxLength": 24}, "age": {"type": "integer"}, "city": {"type": "string", "maxLength": 24},
+        "nickname": {"type": ["string", "null"], "maxLength": 8},
+    },
+    "required": ["name", "age", "city", "nickname"],
     "additionalProperties": False,
 }
 MESSAGE = [{"role": "user", "content": "Hi, I'm Maria, 34 years old, from Lisbon. Give my details as JSON."}]
