@@ -144,7 +144,7 @@ class MultilingualEmbedder:
         self._loader.join()
         if self._error is not None:
             error, self._error = self._error, None
-            if isinstance(error, (OSError, ValueError, KeyError)):
+            if isinstance(error, Exception):  # a damaged install (zip, numpy, OS errors): one line, no traceback
                 raise ModelError(f"cannot load the multilingual sentence encoder's bundled weights: {error}") from None
             raise error
         if self._loaded is None:
