@@ -237,6 +237,18 @@ def test_a_corrupt_entry_is_rebuilt_with_a_notice_not_an_error(tmp_path, static)
     assert again.stats.cached == 1
 
 
+def test_a_large_knowledge_base_says_it_is_being_indexed_once_and_not_again(tmp_path, static):
+    from gptcli.knowledge.index import NOTICE_PASSAGES
+
+    text = "# FAQ\n\n" + "".join(f"## Question {i}\n\nAnswer number {i} about item {i}.\n\n" for i in range(NOTICE_PASSAGES))
+    files = knowledge.load_files([str(write_kb(tmp_path / "kb", text))])
+    notices: list[str] = []
+    VectorIndex(static, notice=notices.append).vectors(files)
+    assert len(notices) == 1 and f"indexing {NOTICE_PASSAGES}" in notices[0] and "once" in notices[0]
+    VectorIndex(static, notice=notices.append).vectors(files)
+    assert len(notices) == 1  # cached: silent
+
+
 def test_a_repeated_kb_is_read_once_and_the_same_content_shares_an_entry(tmp_path, static):
     path = write_kb(tmp_path / "a")
     copy = write_kb(tmp_path / "b")
