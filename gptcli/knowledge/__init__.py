@@ -26,7 +26,9 @@ from gptcli.knowledge.passages import (
 from gptcli.knowledge.ranking import (
     BM25,
     DENSE_WEIGHTS,
+    SCORE_WEIGHTS,
     SIGNALS,
+    DenseSignal,
     Ranker,
     ScoredPassage,
     grams,
@@ -51,12 +53,15 @@ def build_ranker(
     passages = [p for f in files for p in f.passages]
     if embedder is None:
         return Ranker(passages)
-    from gptcli.knowledge.dense import query_embedder
+    from gptcli.knowledge.dense import DefaultEmbedders, query_embedder
     from gptcli.knowledge.index import VectorIndex
 
-    index = VectorIndex(embedder, notice=notice)
-    vectors = index.vectors(files)
-    return Ranker(passages, vectors, query_embedder(embedder, index.token_df, len(passages)), weights=DENSE_WEIGHTS)
+    signals = []
+    for part in embedder.parts if isinstance(embedder, DefaultEmbedders) else (embedder,):
+        index = VectorIndex(part, notice=notice)
+        vectors = index.vectors(files)
+        signals.append(DenseSignal(part.model_name, vectors, query_embedder(part, index.token_df, len(passages))))
+    return Ranker(passages, more=signals)
 
 
 def close_embedder(embedder: Embedding | None) -> None:
@@ -82,9 +87,12 @@ def open_embedder(spec: str | None, settings: Settings | None = None) -> Embeddi
 
 __all__ = [
     "BM25",
+    "DENSE_WEIGHTS",
     "MAX_PASSAGES",
     "NO_MATCH",
+    "SCORE_WEIGHTS",
     "SIGNALS",
+    "DenseSignal",
     "Grounding",
     "KbFile",
     "Passage",

