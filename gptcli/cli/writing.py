@@ -67,7 +67,7 @@ def support(
     show_sources: Annotated[bool, typer.Option("--show-sources", help="List the knowledge-base passages used (stderr, or a JSON event with --json).")] = False,
     embed_model: Annotated[
         Optional[str],
-        typer.Option("--embed-model", help="Vectors for ranking: 'static' (built in), 'none' (BM25 only), or an embedding GGUF.", metavar="MODEL"),
+        typer.Option("--embed-model", help="Vectors for ranking: 'static' (built in, multilingual), 'none' (BM25 and 4-grams only), or an embedding GGUF.", metavar="MODEL"),
     ] = None,
     template: Annotated[Optional[str], typer.Option("--template", "-t", help="Template to use instead of 'support'.", autocompletion=complete_template)] = None,
     file: FileOption = None,
@@ -78,7 +78,7 @@ def support(
     """Reply to a customer from your knowledge base: polite, grounded, and honest when it does not know.
 
     The knowledge base is split into sections and paragraphs, ranked against the question (BM25 and
-    word vectors, fused) and the best few that fit the context are sent; the reply cites them.
+    multilingual sentence vectors, fused) and the best few that fit the context are sent; the reply cites them.
 
     Example: gptcli support "How do I get a refund?" --kb faq.md -v company=Acme --show-sources
     """
