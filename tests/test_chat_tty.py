@@ -21,7 +21,7 @@ import pytest
 from rich.console import Console
 
 from gptcli.render import reply_markdown
-from gptcli.repl import CONTINUE_PROMPT
+from gptcli.chat.handlers import CONTINUE_PROMPT
 from gptcli.store import ConversationStore
 from tests.conftest import ROOT
 

@@ -19,15 +19,9 @@ from gptcli.engines import Chunk, Message, Sampling, Usage
 from gptcli.errors import GptcliError, ModelError, UsageError
 from gptcli.flow import OutputMode
 from gptcli.render import Env
-from gptcli.repl import (
-    ChatCompleter,
-    ChatSession,
-    Command,
-    UnknownCommand,
-    make_prompt_session,
-    parse_command,
-    run_interactive,
-)
+from gptcli.chat.commands import Command, UnknownCommand, parse_command
+from gptcli.chat.prompt import ChatCompleter, make_prompt_session
+from gptcli.repl import ChatSession, run_interactive
 from tests.fakes import FakeEngine
 
 ENTER = "\r"
@@ -239,12 +233,19 @@ def test_unknown_command_is_a_hint_not_an_error(repl, fake_engine):
 
 
 def test_help_lists_every_command(repl):
-    from gptcli.repl import COMMANDS
+    from gptcli.chat.commands import COMMANDS
 
     result = repl("/help" + ENTER)
     for name in COMMANDS:
         assert f"/{name}" in result.stdout
     assert "Alt-Enter" in result.stdout
+
+
+def test_every_command_help_lists_has_a_handler_and_no_handler_is_unlisted():
+    from gptcli.chat.commands import COMMANDS
+    from gptcli.chat.handlers import HANDLERS
+
+    assert set(HANDLERS) == set(COMMANDS)
 
 
 def test_tokens_shows_the_budget(repl, fake_engine):
@@ -427,7 +428,7 @@ def test_template_takes_variables_in_the_chat(repl, fake_engine):
 
 
 def test_help_fits_a_narrow_window_without_breaking_words():
-    from gptcli.repl import COMMANDS, help_text
+    from gptcli.chat.commands import COMMANDS, help_text
 
     for width in (40, 60, 100):
         text = help_text(width)
