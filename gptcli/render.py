@@ -17,7 +17,7 @@ from typing import IO, Any, Protocol
 from rich.console import Console
 
 from gptcli.engines import Chunk, Usage
-from gptcli.errors import GptcliError
+from gptcli.errors import GptcliError, ReplyCut
 
 
 @dataclass
@@ -702,9 +702,8 @@ def render_stream(chunks: Iterable[Chunk], renderer: Renderer, activity: Activit
         usage = Usage(total_time=time.perf_counter() - started)
     if interrupted or output_lost is not None:
         usage.finish_reason = "interrupted"
-    if output_lost is not None:  # nothing more can be shown; callers that save history find the reply on it
-        output_lost.partial_reply = Reply("".join(parts), usage, interrupted=True)  # type: ignore[union-attr]
-        raise output_lost
+    if output_lost is not None:  # nothing more can be shown; callers that save history find the reply on the ReplyCut
+        raise ReplyCut(output_lost, Reply("".join(parts), usage, interrupted=True)) from output_lost
     if failure is not None:
         usage.finish_reason = "error"
     try:
@@ -712,9 +711,8 @@ def render_stream(chunks: Iterable[Chunk], renderer: Renderer, activity: Activit
     except KeyboardInterrupt:
         pass
     if failure is not None:
-        # the partial reply is on screen; callers that save history find it on the error
-        failure.partial_reply = Reply("".join(parts), usage, interrupted=True)  # type: ignore[attr-defined]
-        raise failure
+        # the partial reply is on screen; callers that save history find it on the ReplyCut
+        raise ReplyCut(failure, Reply("".join(parts), usage, interrupted=True)) from failure
     return Reply("".join(parts), usage, interrupted)
 
 

@@ -18,7 +18,7 @@ from gptcli.chat.prompt import PROMPT, typing_not_echoed
 from gptcli.config import Settings
 from gptcli.conversation import Conversation, Turn
 from gptcli.engines import Engine, Message, Sampling, choose, sampling_from
-from gptcli.errors import ContextOverflowError, GptcliError, StoreError, Terminated, UsageError
+from gptcli.errors import ContextOverflowError, GptcliError, ReplyCut, StoreError, Terminated, UsageError
 from gptcli.flow import OutputMode, generate
 from gptcli.render import Env, OutputClosed, OutputFailed, Reply, wrap_words
 
@@ -199,22 +199,26 @@ class ChatSession:
         try:
             waiting = f"reading {fitted.prompt_tokens} tokens" if fitted.prompt_tokens else "thinking"
             reply = generate(self.engine, fitted.messages, sampling, self.env, self._output_mode(), self.structure, waiting=waiting)
-        except (GptcliError, OutputClosed) as exc:
-            # stdout closed or full: the turn is kept, then the chat ends (the command reports it once)
-            output_lost = isinstance(exc, (OutputClosed, OutputFailed))
+        except ReplyCut as cut:  # a remote server died mid-reply, JSON off its schema, stdout closed or full
+            # stdout lost: the turn is kept, then the chat ends (the command reports it once)
+            output_lost = isinstance(cut.cause, (OutputClosed, OutputFailed))
             if not output_lost:
-                self.env.error(str(exc))
-            partial: Reply | None = getattr(exc, "partial_reply", None)  # a remote server died mid-reply
-            if partial is None or not partial.text:
+                self.env.error(str(cut.cause))
+            if not cut.partial.text:
                 if output_lost:
-                    raise
+                    raise cut.cause from None
                 return None
-            reply, failed = Reply(partial.text, partial.usage, interrupted=True), True
+            reply, failed = cut.partial, True
             if output_lost:
                 self.conversation.add_turn(text, reply.text, reply.interrupted)
                 if save:
                     self.save_turn(text, reply)
+                raise cut.cause from None
+        except (GptcliError, OutputClosed) as exc:  # before the reply began
+            if isinstance(exc, (OutputClosed, OutputFailed)):
                 raise
+            self.env.error(str(exc))
+            return None
         if reply.interrupted and not failed and not reply.text.strip():  # Ctrl-C before the first token
             self.last_interrupted = True
             self.notice("cancelled: nothing was sent or saved")
