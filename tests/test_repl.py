@@ -241,6 +241,28 @@ def test_help_lists_every_command(repl):
     assert "Alt-Enter" in result.stdout
 
 
+def test_edit_without_an_editor_off_a_terminal_is_one_error_line_and_the_chat_goes_on(repl, monkeypatch):
+    monkeypatch.delenv("VISUAL", raising=False)
+    monkeypatch.delenv("EDITOR", raising=False)
+    result = repl("/edit a draft" + ENTER, "hi" + ENTER)
+    assert result.stderr.splitlines()[0] == "error: no editor: set $EDITOR (or $VISUAL)"
+    assert [t.user for t in result.chat.conversation.turns] == ["hi"]
+
+
+def test_edit_sends_what_the_editor_saved(repl, monkeypatch, tmp_path):
+    editor = tmp_path / "editor.sh"
+    editor.write_text('#!/bin/sh\nprintf "%s, edited\\n" "$(cat "$1")" > "$1"\n')
+    editor.chmod(0o755)
+    monkeypatch.delenv("VISUAL", raising=False)
+    monkeypatch.setenv("EDITOR", str(editor))
+    drafts = tmp_path / "drafts"
+    drafts.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(drafts))
+    result = repl("/edit a draft" + ENTER)
+    assert [t.user for t in result.chat.conversation.turns] == ["a draft, edited"]
+    assert list(drafts.iterdir()) == []  # the draft's file is gone once sent
+
+
 def test_every_command_help_lists_has_a_handler_and_no_handler_is_unlisted():
     from gptcli.chat.commands import COMMANDS
     from gptcli.chat.handlers import HANDLERS

@@ -213,7 +213,9 @@ def cmd_copy(chat: ChatSession, command: Command) -> None:
 
 
 def cmd_edit(chat: ChatSession, command: Command) -> None:
-    text = edit_text(command.arg)
+    from gptcli.editor import edit_text
+
+    text = edit_text(command.arg, on_terminal=chat.env.stdin_isatty and chat.env.stdout_isatty).rstrip("\n")
     if not text.strip():
         chat.hint("nothing sent: the message was left empty")
         return
@@ -354,17 +356,6 @@ def copy_to_clipboard(text: str, env: Env) -> list[str]:
             ways.append(tool[0])
             break
     return ways
-
-
-def edit_text(text: str = "") -> str:
-    """``text`` edited in ``$VISUAL``/``$EDITOR`` (click finds one); what was saved comes back."""
-    import click
-
-    try:
-        edited = click.edit(text, extension=".md", require_save=False)
-    except click.ClickException as exc:
-        raise UsageError(f"cannot open an editor: {exc.format_message()} (set $EDITOR)") from None
-    return (edited or "").rstrip("\n")
 
 
 def _release_local(engine: Engine) -> None:
