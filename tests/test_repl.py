@@ -440,6 +440,23 @@ def test_a_failing_completion_source_offers_nothing_instead_of_crashing():
     assert completions("/template ", templates=broken) == []
 
 
+def test_the_chat_offers_usable_templates_and_templates_list_shows_the_broken_one_too(repl, cli, fake_engine):
+    from gptcli.templates import user_dir
+
+    user_dir().mkdir(parents=True)
+    (user_dir() / "greet.toml").write_text('description = "Hello"\nuser = "Hi {input}"\n', encoding="utf-8")
+    (user_dir() / "broken.toml").write_text('user = "{input}" {{{', encoding="utf-8")
+    chat = ChatSession(load_settings(), Env(stdin=io.StringIO(), stdout=io.StringIO(), stderr=io.StringIO()))
+    with create_pipe_input() as pipe:
+        session = make_prompt_session(chat, input=pipe, output=DummyOutput())
+    offered = [c.text for c in session.completer.get_completions(Document("/template "), None)]
+    assert "greet" in offered and "ask" in offered and "broken" not in offered
+    listed = repl("/template" + ENTER).stdout
+    assert "greet" in listed and "broken" not in listed
+    table = cli(["templates", "list"])
+    assert "greet" in table.stdout and "broken" in table.stdout  # with its error, so the user can fix it
+
+
 def test_template_takes_variables_in_the_chat(repl, fake_engine):
     result = repl("/template translate" + ENTER, "/template translate target='Brazilian Portuguese'" + ENTER, "hi" + ENTER)
     assert "error: template 'translate' needs target=..." in result.stderr

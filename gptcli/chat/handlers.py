@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from gptcli.chat.attachments import read_attachment
 from gptcli.chat.commands import Command, help_text
-from gptcli.chat.prompt import PROMPT, template_names
+from gptcli.chat.prompt import PROMPT
 from gptcli.conversation import Conversation
 from gptcli.engines import Engine, choose
 from gptcli.errors import GptcliError, StoreError, UsageError
@@ -81,7 +81,9 @@ def cmd_template(chat: ChatSession, command: Command) -> None:
     import shlex
 
     if not command.arg:
-        names = template_names()
+        from gptcli.templates import template_names
+
+        names = template_names(usable=True)
         current = f" (in use: {chat.template_name})" if chat.template_name else ""
         chat.say(f"templates{current}: " + ", ".join(names) + "\n/template NAME [KEY=VALUE...] uses one")
         return

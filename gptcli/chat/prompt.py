@@ -141,12 +141,6 @@ def _safe(source: Callable[[], Iterable[str]]) -> list[str]:
         return []
 
 
-def template_names() -> list[str]:
-    from gptcli.templates import TemplateLibrary
-
-    return sorted(TemplateLibrary.load().templates)
-
-
 def model_names() -> list[str]:
     """The embedded model, models the registry knows (when it offers a list), GGUF files here."""
     from gptcli import models
@@ -179,7 +173,12 @@ def make_prompt_session(chat: ChatSession, *, input: Any = None, output: Any = N
             return []
         return [str(getattr(s, "title", None) or s.id) for s in chat.store.list_sessions(limit=50)]
 
-    completer = ChatCompleter(template_names, model_names, sessions)
+    def templates() -> list[str]:
+        from gptcli.templates import template_names
+
+        return template_names(usable=True)  # a broken file cannot be used: not offered
+
+    completer = ChatCompleter(templates, model_names, sessions)
 
     def continuation(width: int, line_number: int, wrap_count: int) -> str:
         # the marker starts each line of a multi-line message, not each wrapped row of one line
