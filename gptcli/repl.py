@@ -6,7 +6,6 @@ prompt-toolkit prompt is ``gptcli.chat.prompt``.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,8 @@ from gptcli.conversation import Conversation, Turn
 from gptcli.engines import Engine, Message, Sampling, choose, sampling_from
 from gptcli.errors import ContextOverflowError, GptcliError, ReplyCut, StoreError, Terminated, UsageError
 from gptcli.flow import OutputMode, generate
-from gptcli.render import Env, OutputClosed, OutputFailed, Reply, wrap_words
+from gptcli import render
+from gptcli.render import Env, OutputClosed, OutputFailed, Reply
 
 SHOWN_ON_RESUME = 3  # exchanges printed when a stored chat is resumed
 
@@ -78,19 +78,7 @@ class ChatSession:
 
     def say(self, text: str) -> None:
         """What a command was asked to show, on stdout (an ``info`` event with ``--json``)."""
-        if self.mode.json:
-            from gptcli.render import write_event
-
-            write_event(self.env.stdout, {"type": "info", "text": text})
-            return
-        if self.env.stdout_isatty:  # a terminal breaks words; wrap them whole
-            text = wrap_words(text, self.width())
-        try:
-            print(text, file=self.env.stdout, flush=True)
-        except BrokenPipeError:
-            from gptcli.render import OutputClosed
-
-            raise OutputClosed from None
+        render.say(self.env, text, json_events=self.mode.json)
 
     def width(self) -> int:
         """The terminal's width now (it may have been resized)."""
@@ -101,10 +89,8 @@ class ChatSession:
         self.env.notice(text)
 
     def hint(self, text: str) -> None:
-        """A one-line hint (an unknown command...): dim, on stderr, shown even with --quiet."""
-        if self.env.stderr_isatty:
-            text = wrap_words(text, self.env.err_console.width)
-        self.env.err_console.print(text, style="dim", markup=False, highlight=False, soft_wrap=True)
+        """A one-line hint (an unknown command, nothing to undo): dim, on stderr."""
+        render.hint(self.env, text)
 
     def banner(self) -> None:
         ctx = self.engine.context_length
@@ -344,26 +330,8 @@ class ChatSession:
 
     def show_turns(self, turns: Sequence[Turn]) -> None:
         """Print exchanges as they looked: the user's line, then the reply (Markdown on a terminal)."""
-        styled = not self.mode.plain and self.env.styled_output()
-        console = self.env.console()
-        if self.env.stdout_isatty and not self.env.raw:  # stored replies may hold a model's escape sequences
-            from gptcli.textio import sanitize_terminal
-
-            turns = [dataclasses.replace(t, user=sanitize_terminal(t.user), reply=sanitize_terminal(t.reply)) for t in turns]
-        for turn in turns:
-            if styled:
-                from rich.text import Text
-
-                from gptcli.render import reply_markdown
-
-                console.print(Text(PROMPT + turn.user, style="bold"))
-                if turn.reply.strip():
-                    console.print(reply_markdown(turn.reply))
-                if turn.interrupted:
-                    console.print(Text("(interrupted)", style="dim"))
-            else:
-                self.say(PROMPT + turn.user)
-                self.say(turn.reply + (" (interrupted)" if turn.interrupted else ""))
+        exchanges = [(t.user, t.reply, t.interrupted) for t in turns]
+        render.show_exchanges(self.env, exchanges, prompt=PROMPT, plain=self.mode.plain, json_events=self.mode.json)
 
     # ------------------------------------------------------------ slash commands
 
