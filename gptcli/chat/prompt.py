@@ -31,15 +31,18 @@ def input_history_path() -> Path:
     return path
 
 
-def chat_key_bindings() -> Any:
+def chat_key_bindings(edit: Callable[[str], str | None] = lambda text: None) -> Any:
     """Enter sends; Alt-Enter (Esc Enter) inserts a newline; pasted text stays whole (bracketed paste).
 
     In a Ctrl-R search, Enter sends the line found.
 
     Ctrl-J sends too: an Enter typed while a reply streams reaches the prompt as Ctrl-J (the
     terminal turns CR into LF outside raw mode), and it must not become a newline.
+
+    Ctrl-X Ctrl-E (vi: ``v`` in normal mode) hands the message to ``edit`` (the editor, as ``/edit``
+    opens it) and sends what comes back; ``None`` (no editor, or it failed) leaves the message as it was.
     """
-    from prompt_toolkit.filters import is_searching
+    from prompt_toolkit.filters import emacs_mode, has_selection, is_searching, vi_navigation_mode
     from prompt_toolkit.key_binding import KeyBindings
     from prompt_toolkit.key_binding.bindings.search import (
         accept_search_and_accept_input,
@@ -60,7 +63,25 @@ def chat_key_bindings() -> Any:
     def _newline(event: Any) -> None:
         event.current_buffer.insert_text("\n")
 
+    @bindings.add("c-x", "c-e", filter=emacs_mode & ~has_selection)
+    @bindings.add("v", filter=vi_navigation_mode)
+    def _edit(event: Any) -> None:
+        event.app.create_background_task(edit_and_send(event.current_buffer, edit))
+
     return bindings
+
+
+async def edit_and_send(buffer: Any, edit: Callable[[str], str | None]) -> None:
+    """Run ``edit`` on the message with the prompt set aside (the editor owns the terminal), then send what it saved."""
+    from prompt_toolkit.application import run_in_terminal
+    from prompt_toolkit.document import Document
+
+    text = await run_in_terminal(lambda: edit(buffer.text), in_executor=True)
+    if text is None:
+        return
+    text = text.removesuffix("\n")  # editors end the file with a newline; the message does not need it
+    buffer.document = Document(text, cursor_position=len(text))
+    buffer.validate_and_handle()
 
 
 class ChatCompleter:
@@ -180,6 +201,16 @@ def make_prompt_session(chat: ChatSession, *, input: Any = None, output: Any = N
 
     completer = ChatCompleter(templates, model_names, sessions)
 
+    def edit(text: str) -> str | None:
+        from gptcli.editor import edit_text
+        from gptcli.errors import GptcliError
+
+        try:
+            return edit_text(text, on_terminal=chat.env.stdin_isatty and chat.env.stdout_isatty)
+        except GptcliError as exc:
+            chat.env.error(str(exc))
+            return None
+
     def continuation(width: int, line_number: int, wrap_count: int) -> str:
         # the marker starts each line of a multi-line message, not each wrapped row of one line
         return CONTINUATION.rjust(width) if wrap_count == 0 else " " * width
@@ -188,13 +219,13 @@ def make_prompt_session(chat: ChatSession, *, input: Any = None, output: Any = N
         message=FormattedText([("bold", PROMPT)]),
         multiline=True,
         prompt_continuation=continuation,
-        key_bindings=chat_key_bindings(),
+        key_bindings=chat_key_bindings(edit),
         history=history,
         auto_suggest=AutoSuggestFromHistory(),
         completer=completer.adapter,
         complete_while_typing=False,
         enable_history_search=True,  # Up/Down with text typed recall only lines starting with it
-        enable_open_in_editor=True,  # Ctrl-X Ctrl-E (vi: v) edits the message in $VISUAL/$EDITOR
+        enable_open_in_editor=False,  # Ctrl-X Ctrl-E (vi: v) is chat_key_bindings', through gptcli.editor as /edit
         vi_mode=bool(chat.settings.vi_mode),
         bottom_toolbar=lambda: chat.gauge(),
         mouse_support=False,
