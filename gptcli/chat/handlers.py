@@ -169,7 +169,7 @@ def cmd_schema(chat: ChatSession, command: Command) -> None:
 
 def cmd_tokens(chat: ChatSession, command: Command) -> None:
     cap = chat.sampling().max_tokens
-    chat.say(budget_line(chat.conversation.budget(chat.engine, cap), cap or chat.engine.context_length))
+    chat.say(chat.conversation.budget(chat.engine, cap).describe(cap or chat.engine.context_length))
 
 
 def cmd_stats(chat: ChatSession, command: Command) -> None:
@@ -308,21 +308,6 @@ HANDLERS: dict[str, Handler] = {
     "exit": cmd_exit,
 }
 """Each command's handler; ``False`` from one means the user leaves."""
-
-
-def budget_line(budget: Any, max_tokens: int) -> str:
-    """What ``/tokens`` says: the window's use (the figure the status line shows) and the reply's room."""
-    turns = f"{budget.visible_turns} turn{'s' if budget.visible_turns != 1 else ''}"
-    parts = [f"system {budget.system}"]
-    if budget.summary:
-        parts.append(f"summary {budget.summary}")
-    parts.append(f"history {budget.history} ({turns})")
-    line = f"context {budget.used}/{budget.context} tokens: " + " + ".join(parts)
-    room = min(max_tokens, budget.free)
-    line += f"; {budget.free} left: the next reply may use {room}" + (f" (capped at {max_tokens}: /set max_tokens)" if max_tokens <= budget.free else "")
-    if budget.hidden_turns:
-        line += f"; {budget.hidden_turns} older turn{'s' if budget.hidden_turns != 1 else ''} out of view (still stored)"
-    return line
 
 
 def copy_to_clipboard(text: str, env: Env) -> list[str]:
