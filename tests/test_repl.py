@@ -427,6 +427,19 @@ def test_tab_completes_commands_templates_models_and_settings():
     assert completions("plain text") == []
 
 
+def test_model_completion_offers_the_embedded_model_aliases_and_gguf_files_here(fake_engine, tmp_path, monkeypatch):
+    from gptcli.models import RegisteredModel, Registry
+
+    Registry(models={"qwen-small": RegisteredModel(name="qwen-small", path="/models/q.gguf", source="local")}).save()
+    (tmp_path / "local.gguf").write_bytes(b"GGUF")
+    monkeypatch.chdir(tmp_path)
+    chat = ChatSession(load_settings(), Env(stdin=io.StringIO(), stdout=io.StringIO(), stderr=io.StringIO()))
+    with create_pipe_input() as pipe:
+        session = make_prompt_session(chat, input=pipe, output=DummyOutput())
+    offered = [c.text for c in session.completer.get_completions(Document("/model "), None)]
+    assert offered == sorted({"smollm2-135m", "qwen-small", str(tmp_path / "local.gguf")})
+
+
 def test_tab_completes_gguf_paths(tmp_path):
     (tmp_path / "tiny.gguf").write_bytes(b"GGUF")
     (tmp_path / "notes.txt").write_text("x")

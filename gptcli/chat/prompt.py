@@ -163,20 +163,10 @@ def _safe(source: Callable[[], Iterable[str]]) -> list[str]:
 
 
 def model_names() -> list[str]:
-    """The embedded model, models the registry knows (when it offers a list), GGUF files here."""
+    """The names ``/model`` accepts (the embedded model, every alias), then the GGUF files here."""
     from gptcli import models
 
-    names = [models.EMBEDDED_NAME]
-    for attr in ("model_names", "known_models", "list_model_names"):
-        lister = getattr(models, attr, None)
-        if callable(lister):
-            try:
-                names += [str(getattr(m, "name", m)) for m in lister()]
-            except Exception:  # noqa: BLE001 - completion only
-                pass
-            break
-    names += [str(p) for p in Path.cwd().glob("*.gguf")]
-    return names
+    return [*models.model_names(), *(str(p) for p in Path.cwd().glob("*.gguf"))]
 
 
 def make_prompt_session(chat: ChatSession, *, input: Any = None, output: Any = None) -> Any:
