@@ -1,8 +1,4 @@
-"""The chat's session loop: one ``ChatSession`` (engine, conversation, store) fed lines from the prompt or a pipe.
-
-Slash commands are parsed in ``gptcli.chat.commands`` and run by ``gptcli.chat.handlers``; the
-prompt-toolkit prompt is ``gptcli.chat.prompt``.
-"""
+"""The chat's session loop: one ``ChatSession`` (engine, conversation, store) fed lines from the prompt or a pipe."""
 
 from __future__ import annotations
 
@@ -11,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from gptcli import render
 from gptcli.chat.attachments import ATTACHMENT, read_attachment, with_attachments
 from gptcli.chat.commands import Command, UnknownCommand, parse_command
 from gptcli.chat.prompt import PROMPT, typing_not_echoed
@@ -19,7 +16,6 @@ from gptcli.conversation import Conversation, Turn
 from gptcli.engines import Engine, Message, Sampling, choose, sampling_from
 from gptcli.errors import ContextOverflowError, GptcliError, ReplyCut, StoreError, Terminated, UsageError
 from gptcli.flow import OutputMode, generate
-from gptcli import render
 from gptcli.render import Env, OutputClosed, OutputFailed, Reply
 
 SHOWN_ON_RESUME = 3  # exchanges printed when a stored chat is resumed
@@ -37,7 +33,7 @@ def short_count(n: int) -> str:
 
 
 class ChatSession:
-    """One chat: the engine (loaded once), the conversation, the store, and what each command does.
+    """One chat: the engine (loaded once), the conversation, the store; ``gptcli.chat.handlers`` runs its slash commands.
 
     ``handle(line)`` takes one line of input (a message or a slash command) and returns ``False``
     when the user leaves. The input side (prompt-toolkit or plain lines) lives outside.
