@@ -51,15 +51,18 @@ class TokenBudget:
     def free(self) -> int:
         return max(0, self.context - self.used)
 
-    def describe(self) -> str:
-        """The one-paragraph answer to ``/tokens``."""
+    def describe(self, max_tokens: int) -> str:
+        """The answer to ``/tokens``: the window's use (the figure the status line shows) and the room
+        the next reply has, at most ``max_tokens``."""
         turns = f"{self.visible_turns} turn{'s' if self.visible_turns != 1 else ''}"
         parts = [f"system {self.system}"]
         if self.summary:
             parts.append(f"summary {self.summary}")
         parts.append(f"history {self.history} ({turns})")
         line = f"context {self.used}/{self.context} tokens: " + " + ".join(parts)
-        line += f"; {self.free} left for the reply"
+        room = min(max_tokens, self.free)
+        capped = f" (capped at {max_tokens}: /set max_tokens)" if max_tokens <= self.free else ""
+        line += f"; {self.free} left: the next reply may use {room}{capped}"
         if self.hidden_turns:
             line += f"; {self.hidden_turns} older turn{'s' if self.hidden_turns != 1 else ''} out of view (still stored)"
         return line

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gptcli.render import OutputClosed, Reply
+
 
 class GptcliError(Exception):
     """An error the user can act on. ``str(err)`` is the one line shown on stderr."""
@@ -57,3 +62,18 @@ class Terminated(KeyboardInterrupt):
     """
 
     received = False
+
+
+class ReplyCut(Exception):
+    """A reply cut short by a failure after it began: a server that died mid-reply, stdout closed or
+    full, JSON that does not follow the schema.
+
+    ``partial`` is what came (marked interrupted), for the caller to keep in the history; ``cause``
+    is the failure itself, which the caller then raises for the command layer to report. Not a
+    ``GptcliError``: it is caught where the reply is saved, never shown.
+    """
+
+    def __init__(self, cause: GptcliError | OutputClosed, partial: Reply) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.partial = partial

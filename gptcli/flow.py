@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gptcli.engines import Chunk, Engine, Message, Sampling
+from gptcli.errors import ReplyCut
 from gptcli.render import (
     Activity,
     Env,
@@ -49,7 +50,8 @@ def generate(
     ``waiting`` (such as "reading 1200 tokens") is shown with a spinner until the first token, on a terminal.
     With a ``structure`` holding a schema (``sampling`` already constrained by it), the reply is
     checked and shown as JSON; ``reply.data`` is its value and ``reply.text`` that value on one line.
-    A reply that is not valid raises ``StructuredReplyError`` carrying it as ``partial_reply``.
+    A reply that is not valid raises ``ReplyCut`` carrying it as ``partial`` and the ``StructuredReplyError``
+    as ``cause``; so do a failure mid-reply and stdout lost (``render_stream``).
     """
     checked = JsonValueRenderer(env, structure.check, json_lines=mode.json) if structure and structure.is_json else None
     renderer: Renderer = checked or make_renderer(
@@ -65,8 +67,7 @@ def generate(
         env.err_console.print(stats_line(reply.usage, used, engine.context_length), style="dim", markup=False, highlight=False, soft_wrap=True)
     if checked is not None and not reply.interrupted:
         if checked.error is not None:
-            checked.error.partial_reply = Reply(reply.text, reply.usage, interrupted=True)  # type: ignore[attr-defined]
-            raise checked.error
+            raise ReplyCut(checked.error, Reply(reply.text, reply.usage, interrupted=True)) from checked.error
         from gptcli.schema import dump
 
         reply.data = checked.value

@@ -333,15 +333,16 @@ class TemplateLibrary:
                 library.entries[name] = TemplateEntry(name, source, path, template=template, overrides=overrides)
         return library
 
-    def names(self) -> list[str]:
-        return sorted(self.entries)
+    def names(self, *, usable: bool = False) -> list[str]:
+        """Every name, sorted; ``usable`` leaves out the broken files (which ``templates list`` shows with their error)."""
+        return sorted(self.templates if usable else self.entries)
 
     def get(self, name: str) -> Template:
         if name in self.templates:
             return self.templates[name]
         if name in self.broken:
             raise self.broken[name]
-        known = ", ".join(sorted(self.templates)) or "none"
+        known = ", ".join(self.names(usable=True)) or "none"
         raise TemplateError(f"unknown template '{name}' (templates: {known}; see `gptcli templates list`)")
 
 
@@ -373,6 +374,11 @@ def read_template_file(path: Path) -> str:
         return data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")  # as a text-mode read would
     except UnicodeDecodeError:
         raise TemplateError(f"{path}: not UTF-8 text") from None
+
+
+def template_names(*, usable: bool = False) -> list[str]:
+    """The names of the shipped and the user's templates, sorted; ``usable`` leaves out broken files."""
+    return TemplateLibrary.load().names(usable=usable)
 
 
 def load_template(name: str) -> Template:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator, Sequence
 
 import pytest
@@ -233,6 +234,27 @@ def test_resuming_shows_the_last_exchanges(fake_engine):
     for i in (2, 3, 4):
         assert f"question {i}" in shown and f"answer {i}" in shown
     assert len(chat.conversation.turns) == 5
+
+
+@pytest.mark.parametrize("how", ["plain", "styled", "json"])
+def test_a_resumed_interrupted_reply_is_shown_marked(fake_engine, how):
+    from tests.conftest import TextStream
+
+    with ConversationStore.open() as store:
+        info = store.create_session(model="fake")
+        store.add_turn(info.id, "tell me **more**", "it began **well", interrupted=True)
+        env = Env(stdin=io.StringIO(), stdout=TextStream(tty=how == "styled"), stderr=io.StringIO(), color="always" if how == "styled" else "auto")
+        chat = ChatSession(load_settings(), env, store=store, mode=OutputMode(plain=how == "plain", json=how == "json"))
+        chat.resume(store.find_session(info.id))
+    shown = env.stdout.getvalue()
+    if how == "json":
+        texts = [json.loads(line)["text"] for line in shown.splitlines()]
+        assert texts == ["› tell me **more**", "it began **well (interrupted)"]
+    elif how == "plain":
+        assert shown == "› tell me **more**\nit began **well (interrupted)\n"
+    else:
+        assert "\x1b[1m› tell me **more**" in shown and "(interrupted)" in shown  # the user's line bold, as typed
+        assert "\x1b[2m(interrupted)" in shown
 
 
 @pytest.mark.parametrize("policy", ["drop", "summarize"])

@@ -14,14 +14,15 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pexpect
 import pyte
 import pytest
 from rich.console import Console
 
+from gptcli.chat.handlers import CONTINUE_PROMPT
 from gptcli.render import reply_markdown
-from gptcli.repl import CONTINUE_PROMPT
 from gptcli.store import ConversationStore
 from tests.conftest import ROOT
 
@@ -205,6 +206,52 @@ def test_ctrl_x_ctrl_e_and_edit_open_the_editor_and_send_what_it_saved(tmp_path)
         term.wait_for_prompt()
     term.enter("/edit from the command")
     assert stored_user_messages() == ["a draft\nwritten in the editor", "from the command\nwritten in the editor"]
+    assert term.leave() == 0
+
+
+def test_edit_without_editor_set_opens_vi_and_a_failing_editor_keeps_what_it_saved(tmp_path):
+    # no $VISUAL or $EDITOR: /edit and Ctrl-X Ctrl-E open vi (the one found on PATH), as `config edit` and `templates edit` do
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    vi = folder / "vi"
+    vi.write_text('#!/bin/sh\nprintf "%s\\nwritten in vi\\n" "$(cat "$1")" > "$1"\n')
+    vi.chmod(0o755)
+    term = Terminal(100, ["ok"], PATH=f"{folder}{os.pathsep}{os.environ['PATH']}")
+    term.enter("/edit from the command")
+    term.child.send("a draft\x18\x05")  # Ctrl-X Ctrl-E: the same editor (not prompt-toolkit's /usr/bin/editor)
+    for _ in range(2):
+        term.child.expect_exact(PROMPT_ACCEPTED)
+        term.wait_for_prompt()
+    assert stored_user_messages() == ["from the command\nwritten in vi", "a draft\nwritten in vi"]
+
+    vi.write_text('#!/bin/sh\nprintf "half a thought\\n" > "$1"\nexit 3\n')
+    for keys in ("/edit\r", "typed\x18\x05"):
+        start = len(term.writes)
+        term.child.send(keys)
+        term.child.expect_exact(PROMPT_ACCEPTED)
+        term.wait_for_prompt()
+        screen = " ".join(re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", term.output(start)).split())
+        kept = re.search(r"error: the editor 'vi' exited with status 3; what it saved is kept in (\S+\.md)", screen)
+        assert kept is not None, screen
+        assert Path(kept.group(1)).read_text() == "half a thought\n"  # nothing written is lost
+        Path(kept.group(1)).unlink()
+    term.enter("")  # the message typed before the editor failed is still at the prompt
+    assert stored_user_messages()[2:] == ["typed"]  # and the chat goes on
+    assert term.leave() == 0
+
+
+def test_v_in_vi_normal_mode_opens_the_editor_and_sends_what_it_saved(tmp_path):
+    editor = tmp_path / "editor.sh"
+    editor.write_text('#!/bin/sh\nprintf "%s, edited\\n" "$(cat "$1")" > "$1"\n')
+    editor.chmod(0o755)
+    term = Terminal(100, ["ok"], EDITOR=str(editor), GPTCLI_VI_MODE="true")
+    term.child.send("a draft\x1b")
+    time.sleep(0.3)  # Esc alone (normal mode), not the start of an Alt- key
+    term.child.send("v")
+    for _ in range(2):
+        term.child.expect_exact(PROMPT_ACCEPTED)
+        term.wait_for_prompt()
+    assert stored_user_messages() == ["a draft, edited"]
     assert term.leave() == 0
 
 

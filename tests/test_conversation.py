@@ -156,8 +156,9 @@ def test_budget_splits_system_summary_history_and_room_left():
     assert budget.history == engine.count_tokens(conv.messages()) - budget.system
     assert budget.used + budget.free == 1000
     assert budget.visible_turns == 2 and budget.hidden_turns == 0
-    text = budget.describe()
-    assert f"context {budget.used}/1000" in text and f"{budget.free} left for the reply" in text
+    text = budget.describe(100)
+    assert f"context {budget.used}/1000" in text and f"{budget.free} left: the next reply may use 100 (capped at 100" in text
+    assert budget.describe(5000).endswith(f"{budget.free} left: the next reply may use {budget.free}")
 
 
 def test_budget_counts_the_summary_and_hidden_turns():
@@ -166,7 +167,7 @@ def test_budget_counts_the_summary_and_hidden_turns():
     conv.hidden, conv.summary = 2, "a short note of four"
     budget = conv.budget(engine)
     assert budget.summary > 0 and budget.hidden_turns == 2 and budget.visible_turns == 1
-    assert "2 older turns out of view" in budget.describe()
+    assert "2 older turns out of view" in budget.describe(100)
 
 
 def test_undo_past_the_hidden_turns_clears_the_summary():

@@ -64,7 +64,7 @@ def test_loose_permissions_on_an_existing_history_are_tightened(cli, fake_engine
 
 
 def test_input_history_of_the_chat_prompt_is_0600(isolated_home, loose_umask):
-    from gptcli.repl import input_history_path
+    from gptcli.chat.prompt import input_history_path
 
     path = input_history_path()
     assert path.parent == isolated_home

@@ -20,7 +20,7 @@ from gptcli.config import KEYS, Settings, load_settings, read_config_file
 from gptcli.errors import ConfigError, GptcliError, InputError, ModelError, TemplateError, UsageError
 from gptcli.ggufinfo import read_gguf
 from gptcli.models import embedded_model_path
-from gptcli.repl import ALIASES, COMMANDS, parse_command
+from gptcli.chat.commands import ALIASES, COMMANDS, parse_command
 from gptcli.templates import parse_template, parse_vars, placeholders, render_text
 from gptcli.textio import decode_text
 from gptcli.translate import parse_document, plan_document, split_long_text

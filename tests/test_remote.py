@@ -18,7 +18,7 @@ from gptcli.config import load_settings
 from gptcli.engines import Sampling
 from gptcli.engines.choose import open_engine, remote_config
 from gptcli.engines.remote import RemoteConfig, RemoteEngine, estimate_tokens, normalize_base_url
-from gptcli.errors import ConfigError, EngineError
+from gptcli.errors import ConfigError, EngineError, ReplyCut
 from gptcli.flow import OutputMode, generate
 from gptcli.render import Env
 from tests.remote_fake_server import FakeOpenAIServer
@@ -335,9 +335,10 @@ def test_the_partial_reply_travels_on_the_error(fake_server):
     fake_server.cut_after = 3
     engine = RemoteEngine(RemoteConfig(base_url=fake_server.base_url))
     out = io.StringIO()
-    with pytest.raises(EngineError) as caught:
+    with pytest.raises(ReplyCut) as caught:
         generate(engine, [{"role": "user", "content": "Hi"}], Sampling(), Env(stdout=out, stderr=io.StringIO()), OutputMode(plain=True))
-    partial = caught.value.partial_reply  # type: ignore[attr-defined]
+    assert isinstance(caught.value.cause, EngineError)
+    partial = caught.value.partial
     assert partial.text == "Hello from the "
     assert partial.interrupted and partial.usage.finish_reason == "error"
     assert out.getvalue() == "Hello from the \n"

@@ -19,15 +19,9 @@ from gptcli.engines import Chunk, Message, Sampling, Usage
 from gptcli.errors import GptcliError, ModelError, UsageError
 from gptcli.flow import OutputMode
 from gptcli.render import Env
-from gptcli.repl import (
-    ChatCompleter,
-    ChatSession,
-    Command,
-    UnknownCommand,
-    make_prompt_session,
-    parse_command,
-    run_interactive,
-)
+from gptcli.chat.commands import Command, UnknownCommand, parse_command
+from gptcli.chat.prompt import ChatCompleter, make_prompt_session
+from gptcli.repl import ChatSession, run_interactive
 from tests.fakes import FakeEngine
 
 ENTER = "\r"
@@ -239,12 +233,41 @@ def test_unknown_command_is_a_hint_not_an_error(repl, fake_engine):
 
 
 def test_help_lists_every_command(repl):
-    from gptcli.repl import COMMANDS
+    from gptcli.chat.commands import COMMANDS
 
     result = repl("/help" + ENTER)
     for name in COMMANDS:
         assert f"/{name}" in result.stdout
     assert "Alt-Enter" in result.stdout
+
+
+def test_edit_without_an_editor_off_a_terminal_is_one_error_line_and_the_chat_goes_on(repl, monkeypatch):
+    monkeypatch.delenv("VISUAL", raising=False)
+    monkeypatch.delenv("EDITOR", raising=False)
+    result = repl("/edit a draft" + ENTER, "hi" + ENTER)
+    assert result.stderr.splitlines()[0] == "error: no editor: set $EDITOR (or $VISUAL)"
+    assert [t.user for t in result.chat.conversation.turns] == ["hi"]
+
+
+def test_edit_sends_what_the_editor_saved(repl, monkeypatch, tmp_path):
+    editor = tmp_path / "editor.sh"
+    editor.write_text('#!/bin/sh\nprintf "%s, edited\\n" "$(cat "$1")" > "$1"\n')
+    editor.chmod(0o755)
+    monkeypatch.delenv("VISUAL", raising=False)
+    monkeypatch.setenv("EDITOR", str(editor))
+    drafts = tmp_path / "drafts"
+    drafts.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(drafts))
+    result = repl("/edit a draft" + ENTER)
+    assert [t.user for t in result.chat.conversation.turns] == ["a draft, edited"]
+    assert list(drafts.iterdir()) == []  # the draft's file is gone once sent
+
+
+def test_every_command_help_lists_has_a_handler_and_no_handler_is_unlisted():
+    from gptcli.chat.commands import COMMANDS
+    from gptcli.chat.handlers import HANDLERS
+
+    assert set(HANDLERS) == set(COMMANDS)
 
 
 def test_tokens_shows_the_budget(repl, fake_engine):
@@ -404,6 +427,19 @@ def test_tab_completes_commands_templates_models_and_settings():
     assert completions("plain text") == []
 
 
+def test_model_completion_offers_the_embedded_model_aliases_and_gguf_files_here(fake_engine, tmp_path, monkeypatch):
+    from gptcli.models import RegisteredModel, Registry
+
+    Registry(models={"qwen-small": RegisteredModel(name="qwen-small", path="/models/q.gguf", source="local")}).save()
+    (tmp_path / "local.gguf").write_bytes(b"GGUF")
+    monkeypatch.chdir(tmp_path)
+    chat = ChatSession(load_settings(), Env(stdin=io.StringIO(), stdout=io.StringIO(), stderr=io.StringIO()))
+    with create_pipe_input() as pipe:
+        session = make_prompt_session(chat, input=pipe, output=DummyOutput())
+    offered = [c.text for c in session.completer.get_completions(Document("/model "), None)]
+    assert offered == sorted({"smollm2-135m", "qwen-small", str(tmp_path / "local.gguf")})
+
+
 def test_tab_completes_gguf_paths(tmp_path):
     (tmp_path / "tiny.gguf").write_bytes(b"GGUF")
     (tmp_path / "notes.txt").write_text("x")
@@ -417,6 +453,23 @@ def test_a_failing_completion_source_offers_nothing_instead_of_crashing():
     assert completions("/template ", templates=broken) == []
 
 
+def test_the_chat_offers_usable_templates_and_templates_list_shows_the_broken_one_too(repl, cli, fake_engine):
+    from gptcli.templates import user_dir
+
+    user_dir().mkdir(parents=True)
+    (user_dir() / "greet.toml").write_text('description = "Hello"\nuser = "Hi {input}"\n', encoding="utf-8")
+    (user_dir() / "broken.toml").write_text('user = "{input}" {{{', encoding="utf-8")
+    chat = ChatSession(load_settings(), Env(stdin=io.StringIO(), stdout=io.StringIO(), stderr=io.StringIO()))
+    with create_pipe_input() as pipe:
+        session = make_prompt_session(chat, input=pipe, output=DummyOutput())
+    offered = [c.text for c in session.completer.get_completions(Document("/template "), None)]
+    assert "greet" in offered and "ask" in offered and "broken" not in offered
+    listed = repl("/template" + ENTER).stdout
+    assert "greet" in listed and "broken" not in listed
+    table = cli(["templates", "list"])
+    assert "greet" in table.stdout and "broken" in table.stdout  # with its error, so the user can fix it
+
+
 def test_template_takes_variables_in_the_chat(repl, fake_engine):
     result = repl("/template translate" + ENTER, "/template translate target='Brazilian Portuguese'" + ENTER, "hi" + ENTER)
     assert "error: template 'translate' needs target=..." in result.stderr
@@ -427,7 +480,7 @@ def test_template_takes_variables_in_the_chat(repl, fake_engine):
 
 
 def test_help_fits_a_narrow_window_without_breaking_words():
-    from gptcli.repl import COMMANDS, help_text
+    from gptcli.chat.commands import COMMANDS, help_text
 
     for width in (40, 60, 100):
         text = help_text(width)

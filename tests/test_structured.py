@@ -152,6 +152,25 @@ def test_a_reply_that_does_not_validate_is_one_error_line(cli, fake_engine):
     assert result.stderr.strip() == "error: the reply does not match the schema at age: 'three' is not of type 'integer'"
 
 
+def test_a_reply_off_its_schema_is_kept_in_history_marked_interrupted(cli, fake_engine):
+    from gptcli.store import ConversationStore
+
+    fake_engine.replies = ['{"name": "Ann", "age": "three"}', '{"name": "Bo"}', '{"name": "Cy", "age": 9}']
+    result = cli(["ask", "who?", "--schema", "name, age int"])
+    assert result.exit_code == 1 and "does not match the schema" in result.stderr
+    chat = cli(["chat", "--commands"], stdin="/schema name, age int\nwho else?\nand now?\n")
+    assert chat.exit_code == 0 and chat.stderr.count("does not match the schema") == 1  # the chat goes on
+    with ConversationStore.open() as store:
+        kept = [
+            [(m.content, m.interrupted) for m in store.messages(info.id) if m.role == "assistant"]
+            for info in reversed(store.list_sessions(limit=5))
+        ]
+    assert kept == [
+        [('{"name": "Ann", "age": "three"}', True)],
+        [('{"name": "Bo"}', True), ('{"name": "Cy", "age": 9}', False)],
+    ]
+
+
 def test_an_invalid_schema_fails_before_the_model_runs(cli, fake_engine):
     result = cli(["ask", "who?", "--schema", '{"type": 5}'])
     assert result.exit_code == 1

@@ -190,6 +190,16 @@ def test_a_broken_user_template_names_its_file_and_others_keep_working():
     assert library.get("greet").name == "greet" and library.get("ask").source == BUILTIN
 
 
+def test_one_lister_names_every_template_or_only_the_usable_ones():
+    from gptcli.templates import template_names
+
+    write_user_template("broken", 'user = "{input}" {{{')
+    write_user_template("greet", GREETING)
+    every, usable = template_names(), template_names(usable=True)
+    assert every == sorted(every) and {"ask", "greet", "broken"} <= set(every)
+    assert usable == [name for name in every if name != "broken"]
+
+
 def test_a_broken_override_is_an_error_not_a_silent_fallback():
     bad = write_user_template("summarize", 'user = "no input"')
     with pytest.raises(TemplateError) as err:

@@ -11,9 +11,9 @@ from gptcli.cli.options import GenOptions
 from gptcli.cli.structured import StructOptions
 from gptcli.config import Settings
 from gptcli.engines import Engine, Message, Sampling, choose, sampling_from
-from gptcli.errors import GptcliError, InputError, StoreError, UsageError
+from gptcli.errors import InputError, ReplyCut, StoreError, UsageError
 from gptcli.flow import OutputMode, generate
-from gptcli.render import Env, OutputClosed, Reply
+from gptcli.render import Env, Reply
 from gptcli.templates import Template, load_template, parse_vars
 from gptcli.textio import read_stream, read_text
 
@@ -128,11 +128,9 @@ def run_template(
     try:
         try:
             reply = generate(engine, messages, sampling, st.env, output_mode(gen, settings), structure)
-        except (GptcliError, OutputClosed) as exc:  # a server died mid-reply, stdout closed or full: keep what came
-            partial = getattr(exc, "partial_reply", None)
-            if partial is not None:
-                history.save(messages, partial, model=engine.model_name, template=template_name, title=title)
-            raise
+        except ReplyCut as cut:  # a server died mid-reply, stdout closed or full, JSON off its schema: keep what came
+            history.save(messages, cut.partial, model=engine.model_name, template=template_name, title=title)
+            raise cut.cause from None
         history.save(messages, reply, model=engine.model_name, template=template_name, title=title)
         history.keep_state(engine)
     finally:

@@ -225,7 +225,7 @@ def edit(ctx: typer.Context, name: NameArgument) -> None:
     Example: gptcli templates edit support
     """
     from gptcli.config import ensure_private_dir
-    from gptcli.templates import BUILTIN, TemplateLibrary, builtin_dir, user_dir, valid_template_name
+    from gptcli.templates import BUILTIN, TemplateLibrary, builtin_dir, template_names, user_dir, valid_template_name
     from gptcli.textio import atomic_write_bytes
 
     st = state(ctx)
@@ -236,7 +236,7 @@ def edit(ctx: typer.Context, name: NameArgument) -> None:
         library = TemplateLibrary.load([(builtin_dir(), BUILTIN)])
         entry = library.entries.get(name)
         if entry is None:
-            known = ", ".join(TemplateLibrary.load().names()) or "none"
+            known = ", ".join(template_names()) or "none"
             raise TemplateError(f"unknown template '{name}' (templates: {known}); create it with `gptcli templates new {name}`")
         ensure_private_dir(user_dir())
         atomic_write_bytes(path, entry.path.read_bytes())  # a full disk leaves no empty copy behind
