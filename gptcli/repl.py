@@ -69,6 +69,7 @@ class ChatSession:
         self.state_unsaved = False  # a turn was added since the model state was last saved or loaded
         self._gauge: str | None = None
         self.structure: Any = None  # /schema: replies are JSON following it (a gptcli.schema.Structure)
+        self.structure_from_template = False  # the structure is the template's schema (a new template replaces it)
 
     # ------------------------------------------------------------ output helpers
 
@@ -359,6 +360,15 @@ class ChatSession:
     def use_template(self, name: str, pairs: Sequence[str] = ()) -> None:
         """Make the template's system prompt (its variables filled from ``key=value`` pairs) the chat's."""
         template, system = template_system(name, pairs)
+        if template.schema is not None:  # a template that declares a schema shapes the replies, as in `ask -t`
+            from gptcli.schema import Structure, check_schema, schema_grammar
+
+            check_schema(template.schema)
+            if choose.engine_kind(self.settings) == "local":
+                schema_grammar(template.schema)  # one the grammar cannot express fails now, not at the reply
+            self.structure, self.structure_from_template = Structure(schema=template.schema), True
+        elif self.structure_from_template:  # the previous template's schema goes with it; the user's own stays
+            self.structure, self.structure_from_template = None, False
         self.template_name = name
         self.template_temperature = template.temperature
         self.set_system(system)

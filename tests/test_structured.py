@@ -21,6 +21,7 @@ from gptcli.schema import (
     schema_grammar,
     split_type_lists,
 )
+from gptcli.templates import load_template
 from tests.fakes import FakeEngine
 from tests.remote_fake_server import FakeOpenAIServer
 from tests.test_oneshot import terminal_screen
@@ -331,6 +332,26 @@ def test_chat_schema_command_turns_json_replies_on_and_off(cli, fake_engine):
     assert result.exit_code == 0, result.stderr
     assert result.stdout.splitlines() == ['{"name": "Ann", "age": 3}', "free text"]
     assert fake_engine.samplings[0].json_schema is not None and fake_engine.samplings[1].json_schema is None
+
+
+def test_chat_with_a_schema_template_replies_with_its_json(cli, fake_engine):
+    triage = load_template("triage").schema
+    record = {"category": "shipping", "urgency": "high", "sentiment": "negative", "order_number": "A-1",
+              "summary": "Parcel late", "language": "English"}
+    fake_engine.replies = [json.dumps(record), "Hello!"]
+    # `chat -t triage` shapes replies as `ask -t triage` does; another template without a schema lifts it
+    result = cli(["chat", "-t", "triage", "--commands"], stdin="Where is order A-1?\n/template ask\nhi\n")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines() == [json.dumps(record), "Hello!"]
+    assert fake_engine.samplings[0].json_schema == triage and fake_engine.samplings[1].json_schema is None
+
+
+def test_a_users_schema_outlives_a_template_change(cli, fake_engine):
+    fake_engine.replies = ['{"n": 1}', '{"n": 2}']
+    result = cli(["chat", "--commands"], stdin="/schema n int\none\n/template ask\ntwo\n")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines() == ['{"n": 1}', '{"n": 2}']
+    assert all(s.json_schema is not None for s in fake_engine.samplings)
 
 
 # ---------------------------------------------------------------- the remote engine

@@ -92,7 +92,8 @@ def cmd_template(chat: ChatSession, command: Command) -> None:
     except ValueError as exc:
         raise UsageError(f"/template: {exc} (quote values like tone='very formal')") from None
     chat.use_template(name, pairs)
-    chat.notice(f"template '{name}': its system prompt applies from the next message")
+    shaped = " and replies are JSON that follows its schema (/schema off stops)" if chat.structure_from_template else ""
+    chat.notice(f"template '{name}': its system prompt applies from the next message{shaped}")
 
 
 def cmd_model(chat: ChatSession, command: Command) -> None:
@@ -157,13 +158,13 @@ def cmd_schema(chat: ChatSession, command: Command) -> None:
     if not command.arg:
         chat.say(dump(chat.structure.schema, pretty=True) if chat.structure else "(no schema: replies are free text)")
     elif command.arg.lower() in ("off", "none", "clear"):
-        chat.structure = None
+        chat.structure, chat.structure_from_template = None, False
         chat.notice("schema off: replies are free text")
     else:
         structure = Structure(schema=parse_schema(command.arg))
         if choose.engine_kind(chat.settings) == "local":
             schema_grammar(structure.schema or {})  # a schema the grammar cannot express fails now
-        chat.structure = structure
+        chat.structure, chat.structure_from_template = structure, False
         chat.notice("schema set: replies are JSON that follows it (/schema off stops)")
 
 
