@@ -9,6 +9,7 @@ from typing import Any
 
 from gptcli.engines import Batching, Chunk, Concurrent, Engine, Message, Sampling, Usage
 from gptcli.errors import ContextOverflowError, GptcliError, InputError
+from gptcli.progress import count_progress
 from gptcli.render import Env, OutputClosed, write_event
 from gptcli.schema import Structure, StructuredReplyError
 from gptcli.workers import run_workers
@@ -151,7 +152,7 @@ def run_batch(
             return Outcome(record, error=exc)
 
     writer = _LineWriter(env, json_events)
-    progress = _progress(env, len(jobs))
+    progress = count_progress(env)
     done: dict[int, Outcome] = {}  # finished records waiting for those before them
     next_out = 0
     try:
@@ -222,26 +223,3 @@ class _LineWriter:
             progress.console.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
         else:
             self.env.error(message)
-
-
-def _progress(env: Env, total: int) -> Any:
-    """A Rich progress bar on stderr: on a terminal only (a log file gets no redraws), not with --quiet."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=env.err_console,
-        transient=True,
-        disable=env.quiet or not env.stderr_isatty,
-    )

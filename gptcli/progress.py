@@ -1,4 +1,4 @@
-"""Progress on the terminal: a document's chunks (a bar, a preview of the reply, the text above them)."""
+"""Progress on the terminal: a count of things done, and a document's chunks (a bar, a preview of the reply, the text above them)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,23 @@ def _flush(stream: IO[str]) -> None:
     flush = getattr(stream, "flush", None)
     if flush is not None:
         flush()
+
+
+def count_progress(env: Env) -> Any:
+    """A Rich progress bar on stderr (a ``Progress``: done of total, time so far and left): on a
+    terminal only (a log file gets no redraws), not with --quiet."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=env.err_console,
+        transient=True,
+        disable=env.quiet or not env.stderr_isatty,
+    )
 
 
 class _Preview:
