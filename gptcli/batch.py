@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
-import queue
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from gptcli.engines import Batching, Chunk, Concurrent, Engine, Message, Sampling, Usage
-from gptcli.errors import ContextOverflowError, EngineError, GptcliError, InputError
+from gptcli.errors import ContextOverflowError, GptcliError, InputError
+from gptcli.progress import count_progress
 from gptcli.render import Env, OutputClosed, write_event
 from gptcli.schema import Structure, StructuredReplyError
+from gptcli.workers import run_workers
 
 REMOTE_WIDTH = 4  # requests in flight at once to a server, unless --parallel says otherwise
 
@@ -144,82 +144,38 @@ def run_batch(
         width = min(parallel or REMOTE_WIDTH, len(jobs))
     runner: Engine = batched if batched is not None else engine
 
-    work: queue.Queue[int] = queue.Queue()
-    for index in range(len(jobs)):
-        work.put(index)
-    results: queue.Queue[tuple[int, Outcome | None, BaseException | None]] = queue.Queue()
-    cancel = threading.Event()
-
-    def worker() -> None:
-        while not cancel.is_set():
-            try:
-                index = work.get_nowait()
-            except queue.Empty:
-                return
-            record, messages = jobs[index]
-            try:
-                outcome = run_one(runner, record, messages, sampling, structure)
-            except _RECORD_ERRORS as exc:
-                outcome = Outcome(record, error=exc)
-            except BaseException as exc:  # handed to the main thread, which stops the rest
-                results.put((index, None, exc))
-                return
-            finally:
-                if batched is not None:
-                    batched.wake()
-            results.put((index, outcome, None))
-
-    threads: list[threading.Thread] = []
-
-    def next_result() -> tuple[int, Outcome | None, BaseException | None]:
-        while True:
-            try:
-                if batched is None:
-                    return results.get(timeout=0.2)
-                batched.pump(0.2)
-                return results.get_nowait()
-            except queue.Empty:
-                if not any(t.is_alive() for t in threads) and results.empty():
-                    raise EngineError("the batch workers stopped without a result") from None
+    def attempt(job: Job) -> Outcome:
+        record, messages = job
+        try:
+            return run_one(runner, record, messages, sampling, structure)
+        except _RECORD_ERRORS as exc:
+            return Outcome(record, error=exc)
 
     writer = _LineWriter(env, json_events)
-    progress = _progress(env, len(jobs))
-    done: dict[int, Outcome] = {}
+    progress = count_progress(env)
+    done: dict[int, Outcome] = {}  # finished records waiting for those before them
     next_out = 0
     try:
         with progress:
             task = progress.add_task("lines", total=len(jobs))
             if width <= 1:  # one at a time, on this thread: no threads to start
-                for index, (record, messages) in enumerate(jobs):
-                    try:
-                        outcome = run_one(engine, record, messages, sampling, structure)
-                    except _RECORD_ERRORS as exc:
-                        outcome = Outcome(record, error=exc)
-                    _emit(writer, outcome, summary, progress, on_outcome)
+                for job in jobs:
+                    _emit(writer, attempt(job), summary, progress, on_outcome)
                     progress.advance(task)
-                    next_out = index + 1
             else:
-                threads = [threading.Thread(target=worker, daemon=True, name=f"batch-{k}") for k in range(width)]
-                for thread in threads:
-                    thread.start()
-                while next_out < len(jobs):
-                    index, result, error = next_result()
-                    if error is not None:
-                        raise error
-                    assert result is not None
-                    done[index] = result
+
+                def arrived(index: int, outcome: Outcome) -> None:
+                    nonlocal next_out
+                    done[index] = outcome
                     progress.advance(task)
                     while next_out in done:
                         _emit(writer, done.pop(next_out), summary, progress, on_outcome)
                         next_out += 1
+
+                run_workers(jobs, attempt, arrived, width=width, batched=batched, name="batch")
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
-        cancel.set()
-        if batched is not None:  # the workers' replies end with an error; the model is theirs no more
-            batched.close()
-            for thread in threads:
-                thread.join(timeout=5)
         summary.seconds = time.perf_counter() - started
     return summary
 
@@ -267,26 +223,3 @@ class _LineWriter:
             progress.console.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
         else:
             self.env.error(message)
-
-
-def _progress(env: Env, total: int) -> Any:
-    """A Rich progress bar on stderr: on a terminal only (a log file gets no redraws), not with --quiet."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=env.err_console,
-        transient=True,
-        disable=env.quiet or not env.stderr_isatty,
-    )

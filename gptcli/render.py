@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
@@ -401,6 +401,50 @@ def plain_columns(rows: Sequence[Sequence[str]], *, gap: int = 2) -> list[str]:
     buffer = io.StringIO()
     Console(file=buffer, width=1_000_000, color_system=None, force_terminal=False, legacy_windows=False).print(table)
     return [line.rstrip() for line in buffer.getvalue().splitlines()]
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column of a table written by ``write_table``: its heading and how its cells sit."""
+
+    heading: str
+    wrap: bool = True  # on a terminal, a cell too wide folds onto more lines; False: one line, cut with "…"
+
+
+def write_table(
+    env: Env,
+    columns: Sequence[Column],
+    rows: Sequence[Sequence[str]],
+    *,
+    bold: Collection[int] = (),
+    headings_on_pipe: bool = True,
+    above: str | None = None,
+) -> None:
+    """A table on stdout: on a terminal a Rich table with bold headings, the rows whose index is in
+    ``bold`` in bold; on a pipe the same cells in plain columns (``plain_columns``), the headings
+    left out unless ``headings_on_pipe``. ``above`` is a line before the table (dim on a terminal).
+
+    Cells are text as it is: a title such as ``[red]`` is never read as Rich markup.
+    """
+    if env.styled_output():
+        from rich.table import Table
+        from rich.text import Text
+
+        console = env.console()
+        if above is not None:
+            console.print(above, style="dim", markup=False, highlight=False, soft_wrap=True)
+        table = Table(box=None, pad_edge=False, header_style="bold")
+        for column in columns:
+            table.add_column(column.heading, no_wrap=not column.wrap, overflow="fold" if column.wrap else "ellipsis")
+        for index, row in enumerate(rows):
+            table.add_row(*(Text(cell) for cell in row), style="bold" if index in bold else None)
+        console.print(table)
+        return
+    lines = [] if above is None else [above]
+    headings = [[column.heading for column in columns]] if headings_on_pipe else []
+    lines += plain_columns([*headings, *rows])
+    env.stdout.write("".join(line + "\n" for line in lines))
+    env.stdout.flush()
 
 
 def write_json(stream: IO[str], value: Any) -> None:

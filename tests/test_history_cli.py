@@ -237,6 +237,19 @@ def test_history_list_on_a_terminal_is_a_table(cli, three_sessions):
     assert "TITLE" in screen and "Breakfast in Paris?" in screen and three_sessions[0] in screen
 
 
+def test_history_list_aligns_turns_and_shows_titles_as_written(cli, three_sessions):
+    """Titles are the user's text (never Rich markup); turn counts line up on a pipe and a terminal."""
+    assert cli(["history", "rename", three_sessions[0], "[bold]List<T>[/] notes"]).exit_code == 0
+    for _ in range(9):  # ten turns in the newest session
+        assert cli(["ask", "-c", "and then?"]).exit_code == 0
+    lines = cli(["history", "list"]).stdout.splitlines()
+    assert lines[0].endswith("[bold]List<T>[/] notes") and " 10 turns  fake " in lines[0]
+    assert " 1 turn    fake " in lines[1]
+    assert len({line.index(" fake ") for line in lines}) == 1  # the columns line up
+    screen = terminal_screen(cli(["history", "list"], tty=True).stdout)
+    assert "[bold]List<T>[/] notes" in screen and "10 turns" in screen
+
+
 def test_history_list_when_empty(cli):
     result = cli(["history", "list"])
     assert result.exit_code == 0 and result.stdout == "" and "no saved conversations" in result.stderr

@@ -299,6 +299,19 @@ def test_each_line_reports_failed_lines_and_writes_only_whole_ones(cli, echo_eng
     assert errors[2] == "error: 2 of 4 lines failed (reported above with their line numbers)"
 
 
+def test_each_line_shows_a_bar_on_a_terminal_with_failures_above_it(echo_engine):
+    from gptcli.cli import run
+    from gptcli.render import Env
+    from tests.conftest import TextStream
+
+    env = Env(stdin=TextStream("item 1\nitem 2 cut\nitem 3\nitem 4\n"), stdout=TextStream(), stderr=TextStream(tty=True))
+    assert run(["ask", "the number", "--schema", "n int", "--each-line", "--parallel", "2"], env=env) == 1
+    assert [json.loads(line) for line in env.stdout.getvalue().splitlines()] == [{"n": 1}, {"n": 3}, {"n": 4}]
+    screen = terminal_screen(env.stderr.getvalue())
+    assert "lines" in screen and "4/4" in env.stderr.getvalue()  # the bar was drawn (then erased)
+    assert "error: line 2: the reply reached the length limit" in screen
+
+
 def test_each_line_json_events_carry_line_numbers_and_errors(cli, echo_engine):
     result = cli(["ask", "n", "--schema", "n int", "--each-line", "--json"], stdin="a 1\nb 2 cut\n")
     events = [json.loads(line) for line in result.stdout.splitlines()]

@@ -11,7 +11,7 @@ from gptcli.cli.app import AppState, command_group, state
 from gptcli.cli.completion import complete_config_key, complete_config_value
 from gptcli.config import KEYS, Settings, config_path, hide_credentials, known_key, load_settings
 from gptcli.errors import ConfigError
-from gptcli.render import write_json
+from gptcli.render import Column, write_json, write_table
 
 config_app = command_group(
     "config",
@@ -118,24 +118,9 @@ def _print_table(st: AppState, settings: Settings, path: Path, broken: bool = Fa
     rows = [(name, _text(_shown(name, settings.values.get(name))), _source_label(settings, name)) for name in KEYS]
     state_note = " (not read: it has an error, below)" if broken else "" if path.is_file() else " (not created yet)"
     where = f"config file: {path}{state_note}"
-    if st.env.styled_output():
-        from rich.table import Table
-
-        console = st.env.console()
-        console.print(where, style="dim", markup=False, highlight=False, soft_wrap=True)
-        table = Table(box=None, pad_edge=False, header_style="bold")
-        for column in ("SETTING", "VALUE", "FROM"):
-            table.add_column(column, overflow="fold")
-        for name, value, source in rows:
-            style = None if source == "default" else "bold"
-            table.add_row(name, value, source, style=style)
-        console.print(table)
-    else:
-        width = max(len(name) for name, _, _ in rows)
-        value_width = min(40, max(len(value) for _, value, _ in rows))
-        lines = [where, f"{'SETTING':<{width}}  {'VALUE':<{value_width}}  FROM"]
-        lines += [f"{name:<{width}}  {value:<{value_width}}  {source}" for name, value, source in rows]
-        _write(st, "\n".join(lines) + "\n")
+    columns = [Column("SETTING"), Column("VALUE"), Column("FROM")]
+    changed = {index for index, (_, _, source) in enumerate(rows) if source != "default"}
+    write_table(st.env, columns, rows, bold=changed, above=where)
     for name, profile in settings.profiles.items():
         fields = ", ".join(f"{k}={v}" for k, v in _profile_shown(profile).items())
         _write(st, f"[engines.{name}] {fields}\n")

@@ -11,7 +11,8 @@ import typer
 from gptcli.cli.app import command_group, state
 from gptcli.cli.completion import complete_session
 from gptcli.errors import InputError, UsageError
-from gptcli.render import Env, write_json
+from gptcli.render import Column, Env, write_json, write_table
+from gptcli.textio import plural
 
 if TYPE_CHECKING:
     from gptcli.store import ConversationStore, SessionInfo
@@ -65,21 +66,15 @@ def list_sessions(
     if not sessions:
         env.notice("no saved conversations yet")
         return
-    if env.styled_output():
-        from rich.table import Table
-
-        table = Table(box=None, pad_edge=False, header_style="bold")
-        for column in ("ID", "UPDATED", "TURNS", "MODEL", "TITLE"):
-            table.add_column(column, justify="right" if column == "TURNS" else "left", no_wrap=column != "TITLE")
-        for s in sessions:
-            table.add_row(s.id, _when(s.updated), str(s.turns), _model_label(s.model), s.title or "(untitled)")
-        env.console().print(table)
-        return
-    lines = [
-        f"{s.id}  {_when(s.updated):<16}  {s.turns:>3} turn{'s' if s.turns != 1 else ' '}  {_model_label(s.model)}  {s.title}".rstrip()
-        for s in sessions
+    columns = [
+        Column("ID", wrap=False),
+        Column("UPDATED", wrap=False),
+        Column("TURNS", wrap=False),
+        Column("MODEL", wrap=False),
+        Column("TITLE"),
     ]
-    _write(env, "\n".join(lines) + "\n")
+    rows = [[s.id, _when(s.updated), plural(s.turns, "turn"), _model_label(s.model), s.title or "(untitled)"] for s in sessions]
+    write_table(env, columns, rows, headings_on_pipe=False)  # a pipe gets the rows alone, for cut and awk
 
 
 @history_app.command("show")

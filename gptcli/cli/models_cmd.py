@@ -1,6 +1,7 @@
 """`gptcli models ...` (pull, list, info, default, add, rm) and `gptcli doctor`."""
 
 import json
+from collections.abc import Sequence
 from typing import Annotated, Any, Optional
 
 import typer
@@ -44,7 +45,7 @@ def _model_setting(st: AppState) -> Optional[str]:
         return None
 
 
-def _columns(rows: list[list[str]]) -> list[str]:
+def _columns(rows: Sequence[Sequence[str]]) -> list[str]:
     from gptcli.render import plain_columns
 
     return plain_columns(rows)
@@ -161,9 +162,8 @@ def info(
         lines.append(("blob", data["real_path"]))
     if data.get("repo"):
         lines.append(("hub", f"{data['repo']}:{data['file']} @ {data['revision']} ({(data['commit'] or '')[:12]})"))
-    width = max(len(k) for k, _ in lines)
-    for key, value in lines:
-        _print(st, f"{key.ljust(width)}  {value}")
+    for line in _columns(lines):
+        _print(st, line)
 
 
 @models_app.command("default")
@@ -274,11 +274,13 @@ def doctor(
         _print(st, json.dumps({"ok": not failed, "checks": [c.as_dict() for c in checks]}, ensure_ascii=False))
     else:
         marks = {"ok": "ok", "info": "  ", "warn": "!!", "fail": "XX"}
-        width = max(len(c.label) for c in checks)
+        rows: list[tuple[str, str, str]] = []
         for c in checks:
-            _print(st, f"{marks[c.status]}  {c.label.ljust(width)}  {c.value}")
+            rows.append((marks[c.status], c.label, c.value))
             if c.detail and c.status in ("warn", "fail"):
-                _print(st, f"    {' ' * width}  -> {c.detail}")
+                rows.append(("", "", f"-> {c.detail}"))  # under the value
+        for line in _columns(rows):
+            _print(st, line)
     if failed:
         from gptcli.errors import GptcliError
 

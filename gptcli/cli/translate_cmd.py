@@ -1,8 +1,6 @@
 """``gptcli translate``: whole documents of any length, structure kept, finished chunks never lost."""
 
-import json
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated, Any, Optional
@@ -14,7 +12,8 @@ from gptcli.cli.completion import complete_language, complete_template
 from gptcli.cli.options import GenOptions, generation_options
 from gptcli.engines import Batching, choose, sampling_from
 from gptcli.errors import GptcliError, InputError, TemplateError, UsageError
-from gptcli.render import Env
+from gptcli.progress import DocumentProgress
+from gptcli.render import Env, write_event
 from gptcli.textio import plural
 
 if TYPE_CHECKING:
@@ -97,169 +96,6 @@ def _outputs(names: list[str], output: Optional[str], output_dir: Optional[str],
         if output and not target.parent.is_dir():
             raise InputError(f"cannot write {target}: the folder {target.parent} does not exist")
     return targets
-
-
-def _same_terminal(a: IO[str], b: IO[str]) -> bool:
-    try:
-        return a.isatty() and b.isatty() and os.fstat(a.fileno()).st_rdev == os.fstat(b.fileno()).st_rdev
-    except (AttributeError, OSError, ValueError):
-        return False
-
-
-class _Preview:
-    """The reply being generated for the current chunk: its last lines, dim, erased when the chunk is done."""
-
-    def __init__(self) -> None:
-        self.text = ""
-
-    def __rich_console__(self, console: Any, options: Any) -> Any:
-        from rich.text import Text
-
-        if self.text.strip():
-            lines = self.text.rstrip("\n").split("\n")[-4:]
-            yield Text("\n".join(lines), style="dim", overflow="ellipsis", no_wrap=True)
-
-
-class Display:
-    """Progress (Rich, on stderr when it is a terminal) and the translated text as it is finished.
-
-    When the text goes to the same terminal as the progress bar, it is printed through the live
-    display (above the bar) so neither garbles the other; a chunk's reply shows, dim, while it is
-    being generated and is replaced by the finished text.
-    """
-
-    def __init__(self, env: Env, name: str, sink: Optional[IO[str]], *, stream: bool, preview: bool) -> None:
-        self.env = env
-        self.name = name
-        self.sink = sink  # where the text goes: stdout, a file, or None (--json collects it)
-        self.stream = stream
-        self.held = ""
-        self.live: Any = None
-        self.progress: Any = None
-        self.task: Any = None
-        self.preview = _Preview()
-        self.show_preview = False
-        self.lock = threading.Lock()
-        to_terminal = sink is env.stdout and env.stdout_isatty and stream
-        progress_on = env.stderr_isatty and not env.quiet
-        self.via_live = False
-        console = None
-        if progress_on:
-            console = env.err_console
-            self.via_live = to_terminal and _same_terminal(env.stdout, env.stderr)
-        elif to_terminal:
-            console = env.console()
-            self.via_live = True
-        self.show_preview = self.via_live and preview
-        if console is not None:
-            from rich.console import Group
-            from rich.live import Live
-            from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
-
-            parts: list[Any] = [self.preview] if self.show_preview else []
-            if progress_on:
-                self.progress = Progress(
-                    SpinnerColumn(),
-                    TextColumn("{task.description}"),
-                    BarColumn(),
-                    TextColumn("{task.fields[chunks]}"),
-                    TextColumn("{task.fields[tokens]} tokens"),
-                    TimeRemainingColumn(),
-                    console=console,
-                    auto_refresh=False,
-                )
-                self.task = self.progress.add_task(name, total=None, chunks="", tokens=0)
-                parts.append(self.progress)
-            self.live = Live(
-                Group(*parts),
-                console=console,
-                refresh_per_second=8,
-                transient=True,
-                redirect_stdout=False,
-                redirect_stderr=False,
-            )
-            self.live.start()
-        self.total_chunks = 0
-        self.done_chunks = 0
-        self.tokens = 0
-
-    # ---------------------------------------------------------------- Events
-
-    def start(self, plan: "Plan", cached: int) -> None:
-        self.total_chunks = len(plan.chunks)
-        self.done_chunks = 0
-        if self.progress is not None:
-            todo = sum(c.source_tokens for c in plan.chunks) or 1
-            self.progress.update(self.task, total=todo, completed=0, chunks=f"0/{self.total_chunks} chunks")
-        if cached and not self.env.quiet:
-            self._notice(f"resuming: {cached} of {self.total_chunks} chunks of {self.name} already translated")
-
-    def attempt(self, index: int) -> None:
-        self.preview.text = ""
-
-    def token(self, index: int, text: str) -> None:
-        if self.show_preview:
-            self.preview.text += text
-
-    def chunk_done(self, chunk: "DocChunk", result: "ChunkResult") -> None:
-        self.done_chunks += 1
-        self.tokens += result.completion_tokens
-        self.preview.text = ""
-        if self.progress is not None:
-            self.progress.update(
-                self.task,
-                advance=chunk.source_tokens,
-                chunks=f"{self.done_chunks}/{self.total_chunks} chunks",
-                tokens=f"{self.tokens:,}",
-            )
-            self.live.refresh()
-
-    # ---------------------------------------------------------------- text
-
-    def write(self, text: str) -> None:
-        if not text or self.sink is None:
-            return
-        if not self.stream:
-            self.held += text
-            return
-        if self.via_live and self.live is not None:
-            from rich.text import Text
-
-            text, self.held = (self.held + text), ""
-            cut = text.rfind("\n") + 1
-            text, self.held = text[:cut], text[cut:]
-            if text:
-                self.live.console.print(Text(text.expandtabs(4)), end="", soft_wrap=True, markup=False, highlight=False)
-            return
-        try:
-            self.sink.write(text)
-            flush = getattr(self.sink, "flush", None)
-            if flush is not None:
-                flush()
-        except BrokenPipeError:
-            from gptcli.render import OutputClosed
-
-            raise OutputClosed from None
-
-    def _notice(self, text: str) -> None:
-        if self.live is not None:
-            self.live.console.print(text, style="dim", markup=False, highlight=False)
-        else:
-            self.env.notice(text)
-
-    def close(self, finished: bool) -> None:
-        """Stop the live display; write what was held back (a last line without a newline)."""
-        if self.live is not None:
-            self.live.stop()
-            self.live = None
-        if self.held and self.sink is not None and finished:
-            text, self.held = self.held, ""
-            if self.sink is self.env.stdout and self.env.stdout_isatty and not text.endswith("\n"):
-                text += "\n"  # the prompt starts on its own line
-            self.sink.write(text)
-            flush = getattr(self.sink, "flush", None)
-            if flush is not None:
-                flush()
 
 
 def _encoding_for(source: Source) -> str:
@@ -492,29 +328,25 @@ def _translate_one(
         sink = env.stdout
     # the text being written is shown when chunks go one at a time (a document of one chunk always does)
     one_at_a_time = translator.parallel == 1 or (plan is not None and len(plan.chunks) <= 1)
-    display = Display(env, src.name, sink, stream=not gen.no_stream, preview=one_at_a_time)
-
-    def write(text: str) -> None:
-        if gen.json and dest is None:
-            collected.append(text)
-        display.write(text)
-
-    events: Any = display
-    if gen.json:
-        events = _JsonEvents(env, src.name, display)
     summary = None
     try:
-        if plan is not None:
-            summary = translator.run(plan, write, events, spaceless=spaceless)
+        with DocumentProgress(env, src.name, sink, stream=not gen.no_stream, preview=one_at_a_time) as display:
+
+            def write(text: str) -> None:
+                if gen.json and dest is None:
+                    collected.append(text)
+                display.write(text)
+
+            if plan is not None:
+                events = _Events(display, env if gen.json else None, src.name)
+                summary = translator.run(plan, write, events, spaceless=spaceless)
     except BaseException as exc:
-        display.close(False)
         if out_file is not None:
             out_file.discard()
         if not isinstance(exc, KeyboardInterrupt):
             raise
         env.notice(f"interrupted: the finished chunks of {src.name} are kept; run the same command again to translate the rest")
         return 130
-    display.close(True)
     if out_file is not None:
         out_file.commit()
     if gen.json:
@@ -523,7 +355,7 @@ def _translate_one(
             event["text"] = "".join(collected)
         if summary is not None:
             event.update(_summary_fields(summary))
-        _emit(env, event)
+        write_event(env.stdout, event)
     elif summary is not None:
         if dest is not None or gen.stats:
             line = _summary_line(src.name, dest, summary)
@@ -565,42 +397,34 @@ def _summary_fields(summary: "Summary") -> dict[str, Any]:
     }
 
 
-def _emit(env: Env, event: dict[str, Any]) -> None:
-    try:
-        env.stdout.write(json.dumps(event, ensure_ascii=False) + "\n")
-        env.stdout.flush()
-    except BrokenPipeError:
-        from gptcli.render import OutputClosed
+class _Events:
+    """What the translator reports, shown by the progress display; with --json (``env``) also a
+    ``start`` event and one ``chunk`` event per finished chunk (in the order they finish)."""
 
-        raise OutputClosed from None
-
-
-class _JsonEvents:
-    """--json: one ``chunk`` event per finished chunk (in the order they finish), progress as usual."""
-
-    def __init__(self, env: Env, name: str, display: Display) -> None:
+    def __init__(self, display: DocumentProgress, env: Optional[Env], name: str) -> None:
+        self.display = display
         self.env = env
         self.name = name
-        self.display = display
 
     def start(self, plan: "Plan", cached: int) -> None:
-        self.display.start(plan, cached)
-        _emit(self.env, {"type": "start", "file": self.name, "chunks": len(plan.chunks), "cached": cached,
-                         "source_tokens": plan.source_tokens})
+        self.display.begin(len(plan.chunks), sum(c.source_tokens for c in plan.chunks), cached)
+        if self.env is not None:
+            write_event(self.env.stdout, {"type": "start", "file": self.name, "chunks": len(plan.chunks), "cached": cached,
+                                          "source_tokens": plan.source_tokens})
 
     def attempt(self, index: int) -> None:
-        self.display.attempt(index)
+        self.display.attempt()
 
     def token(self, index: int, text: str) -> None:
-        self.display.token(index, text)
+        self.display.token(text)
 
     def chunk_done(self, chunk: "DocChunk", result: "ChunkResult") -> None:
-        self.display.chunk_done(chunk, result)
-        _emit(self.env, {
-            "type": "chunk", "file": self.name, "index": chunk.index, "cached": result.cached,
-            "packed": result.packed, "source_tokens": chunk.source_tokens,
-            "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-            "translations": result.translations,
-            "failed": [list(failed) for failed in result.checks],  # per piece, the checks its last reply failed (then its source was kept)
-        })
-
+        self.display.chunk_done(chunk.source_tokens, result.completion_tokens)
+        if self.env is not None:
+            write_event(self.env.stdout, {
+                "type": "chunk", "file": self.name, "index": chunk.index, "cached": result.cached,
+                "packed": result.packed, "source_tokens": chunk.source_tokens,
+                "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+                "translations": result.translations,
+                "failed": [list(failed) for failed in result.checks],  # per piece, the checks its last reply failed (then its source was kept)
+            })

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -11,7 +10,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 
 from gptcli.engines import Batching, Chunk, Concurrent, Engine
-from gptcli.errors import EngineError, UsageError
+from gptcli.errors import UsageError
 from gptcli.repetition import SENTENCE_END, loop_start, repeats_itself
 from gptcli.translate.assembly import Assembler
 from gptcli.translate.cache import TranslationCache
@@ -22,6 +21,7 @@ from gptcli.translate.job import ChunkResult, Events, Job, Summary
 from gptcli.translate.planning import DEFAULT_CHUNK_TOKENS, EXPANSION, MARGIN, MIN_CHUNK_TOKENS, Atom, DocChunk, Plan, plan_document
 from gptcli.translate.replies import atom_reply_end, could_match, match_translation, normalize_atom, prompt_lines, strip_preamble
 from gptcli.translate.spans import RestoringEvents, protect_spans, restore_spans
+from gptcli.workers import run_workers
 
 RETRY_TEMPERATURE = 0.5  # a piece sent again after its reply failed a check is sampled at least this warm
 
@@ -346,57 +346,18 @@ class Translator:
         batched form of it, driven from this thread by ``pump``) is used that way; other engines
         (remote ones) are called from the threads directly.
         """
-        work: queue.Queue[DocChunk] = queue.Queue()
-        for chunk in todo:
-            work.put(chunk)
-        results: queue.Queue[tuple[ChunkResult | None, BaseException | None]] = queue.Queue()
         count = min(self.parallel, len(todo))
         # the longest request: prompt, source and room for the reply (the longest chunk's)
         longest = max(self.overhead + c.source_tokens + self._max_tokens(c.source_tokens) + 8 for c in todo)
         batched = self.engine.parallel(count, longest) if isinstance(self.engine, Batching) else None
         engine = batched or self.engine
-
-        def worker() -> None:
-            while not self.cancel.is_set():
-                try:
-                    chunk = work.get_nowait()
-                except queue.Empty:
-                    return
-                try:
-                    results.put((self.translate_chunk(chunk, None, markdown, engine), None))
-                except _Cancelled:
-                    return
-                except BaseException as exc:  # handed to the main thread, which stops the rest
-                    results.put((None, exc))
-                    return
-                finally:
-                    if batched is not None:
-                        batched.wake()
-
-        def next_result() -> tuple[ChunkResult | None, BaseException | None]:
-            while True:
-                try:
-                    if batched is None:
-                        return results.get(timeout=0.2)
-                    batched.pump(0.2)
-                    return results.get_nowait()
-                except queue.Empty:
-                    if not any(t.is_alive() for t in threads) and results.empty():
-                        raise EngineError("the translation workers stopped without a result") from None
-
-        threads = [threading.Thread(target=worker, daemon=True, name=f"translate-{k}") for k in range(count)]
-        for thread in threads:
-            thread.start()
-        try:
-            for _ in range(len(todo)):
-                result, error = next_result()
-                if error is not None:
-                    raise error
-                assert result is not None
-                finish(result)
-        finally:
-            self.cancel.set()
-            if batched is not None:  # the workers' replies end with an error; the model is theirs no more
-                batched.close()
-                for thread in threads:
-                    thread.join(timeout=5)
+        run_workers(
+            todo,
+            lambda chunk: self.translate_chunk(chunk, None, markdown, engine),
+            lambda _, result: finish(result),
+            width=count,
+            batched=batched,
+            cancel=self.cancel,
+            quiet=(_Cancelled,),
+            name="translation",
+        )
