@@ -19,6 +19,26 @@ BOMS = (
 )
 
 
+# a Markdown code fence's opening line: at most three spaces, then three or more ` or ~ (CommonMark)
+FENCE = re.compile(r"[ \t]{0,3}(`{3,}|~{3,})")
+
+
+def fence_mark(line: str) -> str | None:
+    """The fence's marker (```, ~~~~, ...) when ``line`` opens a Markdown code fence, else None."""
+    match = FENCE.match(line)
+    return match.group(1) if match else None
+
+
+def closes_fence(line: str, mark: str) -> bool:
+    """Whether ``line`` closes the fence ``mark`` opened: the same character, at least as many, nothing else.
+
+    The one fence rule the translator's document model and the knowledge base's splitter share: a
+    four-backtick fence around a three-backtick example stays open until its own closing line.
+    """
+    closing = line.strip()
+    return closing.startswith(mark) and set(closing) == {mark[0]}
+
+
 # C0 controls but tab and newline, DEL, and the C1 controls (U+009B is a one-character CSI)
 _TERMINAL_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 

@@ -72,6 +72,15 @@ def test_a_hash_inside_a_code_fence_is_not_a_heading():
     assert len(passages) == 1 and passages[0].title == "Setup" and "# install" in passages[0].text
 
 
+def test_a_longer_fence_stays_open_past_a_shorter_one_inside_it():
+    # a four-backtick fence showing a three-backtick example: the inner ``` does not close it,
+    # so "# comment" in the example is code, not a heading (the translator splits the same way)
+    text = "# Docs\n\n````md\n```sh\n# comment\n```\n````\n\nAfter.\n"
+    passages = split_passages(text, "kb.md")
+    assert [p.title for p in passages] == ["Docs"]
+    assert "# comment" in passages[0].text and "After." in passages[0].text
+
+
 def test_long_sections_split_at_paragraphs_and_long_paragraphs_at_sentences():
     paragraphs = [f"Paragraph {i} " + "word " * 60 for i in range(6)]
     long_one = " ".join(f"Sentence {i} is here." for i in range(200))

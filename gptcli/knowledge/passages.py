@@ -9,13 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gptcli.errors import InputError
-from gptcli.textio import CONVERT_ADVICE, decode_text, read_bytes
+from gptcli.textio import CONVERT_ADVICE, closes_fence, decode_text, fence_mark, read_bytes
 
 KB_SUFFIXES = (".md", ".markdown", ".txt", ".rst", ".text")
 PASSAGE_CHARS = 1000  # a section longer than this is split at paragraph boundaries
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
-_FENCE = re.compile(r"^\s*(```|~~~)")
 
 
 @dataclass(frozen=True)
@@ -47,14 +46,14 @@ def _blocks(lines: Sequence[str]) -> Iterable[tuple[str, int, str]]:
     for number, line in enumerate(lines, 1):
         if fence is not None:
             block.append(line)
-            if line.strip().startswith(fence):
+            if closes_fence(line, fence):
                 fence = None
             continue
-        if m := _FENCE.match(line):
+        if mark := fence_mark(line):
             if not block:
                 start = number
             block.append(line)
-            fence = m.group(1)
+            fence = mark
             continue
         if heading := _HEADING.match(line):
             if block:

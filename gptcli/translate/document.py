@@ -7,6 +7,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from gptcli.textio import FENCE, closes_fence
+
 
 # ---------------------------------------------------------------- the document model
 #
@@ -127,7 +129,6 @@ def _continuation(prefix: str) -> str:
 
 _PIPE = re.compile(r"(?<!\\)\|")
 _QUOTE = re.compile(r"((?:[ \t]{0,3}>[ \t]?)*)")
-_FENCE = re.compile(r"[ \t]{0,3}(`{3,}|~{3,})")
 # a heading's section number ("1.2", "3.", "A.1") is part of its marker: never sent, never changed
 _HEADING = re.compile(r"([ \t]{0,3}#{1,6}[ \t]+(?:(?:\d+(?:\.\d+)*\.?|[A-Z](?:\.\d+)+\.?|[A-Z]\.)[ \t]+(?=\S))?)(.*?)((?:[ \t]+#+)?[ \t]*)$")
 ITEM_MARKER = re.compile(r"[ \t]*(?:[-*+]|\d{1,9}[.)])(?:[ \t]+|$)(?:\[[ xX]\][ \t]+)?")
@@ -212,7 +213,7 @@ def parse_document(text: str, markdown: bool = True, *, in_table: bool = False, 
         if ITEM_MARKER.match(rest):
             return True
         if markdown and (
-            _FENCE.match(rest) or _HEADING.match(rest) or _HTML.match(rest) or is_row(k) or _LINK_DEF.match(rest)
+            FENCE.match(rest) or _HEADING.match(rest) or _HTML.match(rest) or is_row(k) or _LINK_DEF.match(rest)
         ):
             return True
         return False
@@ -223,13 +224,12 @@ def parse_document(text: str, markdown: bool = True, *, in_table: bool = False, 
 
     def verbatim_end(k: int, quote: str, rest: str, after_blank: bool, in_list: bool) -> int | None:
         """Where a block kept as it is (code, a comment, HTML) that starts at line ``k`` ends; None if none starts there."""
-        fence = _FENCE.match(rest)
+        fence = FENCE.match(rest)
         if fence:
             mark = fence.group(1)
 
             def closes(j: int) -> bool:
-                closing = quote_of(j)[1].strip()
-                return closing.startswith(mark[0] * len(mark)) and set(closing) == {mark[0]}
+                return closes_fence(quote_of(j)[1], mark)
 
             return min(first(k + 1, closes) + 1, n)
         if whole and not quote and after_blank and not in_list and rest.startswith(("    ", "\t")):
