@@ -56,3 +56,12 @@ class FakeEngine:
             yield Chunk(word if i == len(words) - 1 else word + " ", usage)
         usage.total_time = time.perf_counter() - start
         yield Chunk("", usage)
+
+
+def collect(chunks: Iterator[Chunk]) -> tuple[str, Usage | None]:
+    """A stream's whole text and its last usage (the one that says how the reply ended)."""
+    text, usage = "", None
+    for chunk in chunks:
+        text += chunk.text
+        usage = chunk.usage or usage
+    return text, usage

@@ -22,6 +22,7 @@ from gptcli.engines.llama import json_schema_to_grammar
 from gptcli.engines.threads import ThreadGovernor
 from gptcli.engines.local import LocalEngine
 from gptcli.errors import EngineError
+from tests.fakes import collect
 
 ROOT = Path(__file__).resolve().parent.parent
 GREEDY = Sampling(temperature=0, max_tokens=24, repeat_penalty=1.0, ignore_eos=True)
@@ -30,13 +31,6 @@ GREEDY = Sampling(temperature=0, max_tokens=24, repeat_penalty=1.0, ignore_eos=T
 def ask(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
 
-
-def reply(chunks) -> tuple[str, object]:
-    text, usage = "", None
-    for chunk in chunks:
-        text += chunk.text
-        usage = chunk.usage or usage
-    return text, usage
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +50,9 @@ def test_the_local_engine_declares_its_capabilities_as_protocols(engine):
 
 def test_the_same_seed_gives_the_same_reply_and_another_seed_another(engine):
     sampled = Sampling(temperature=1.0, max_tokens=24, seed=42, ignore_eos=True)
-    first, usage = reply(engine.stream(ask("hello"), sampled))
-    again, _ = reply(engine.stream(ask("hello"), sampled))
-    other, _ = reply(engine.stream(ask("hello"), Sampling(temperature=1.0, max_tokens=24, seed=43, ignore_eos=True)))
+    first, usage = collect(engine.stream(ask("hello"), sampled))
+    again, _ = collect(engine.stream(ask("hello"), sampled))
+    other, _ = collect(engine.stream(ask("hello"), Sampling(temperature=1.0, max_tokens=24, seed=43, ignore_eos=True)))
     assert first == again and first != other
     assert usage.completion_tokens == 24 and usage.finish_reason == "length"
 
@@ -67,41 +61,41 @@ def test_backend_sampling_draws_the_same_tokens_as_host_sampling(engine):
     # what a GPU build does (the chain runs in llama.cpp's graph); on the CPU the same code runs
     for sampling in (GREEDY, Sampling(temperature=0.8, max_tokens=24, seed=7, ignore_eos=True)):
         engine.offload_sampling = False
-        host, _ = reply(engine.stream(ask("same tokens?"), sampling))
+        host, _ = collect(engine.stream(ask("same tokens?"), sampling))
         engine.offload_sampling = True
         try:
-            backend, _ = reply(engine.stream(ask("same tokens?"), sampling))
+            backend, _ = collect(engine.stream(ask("same tokens?"), sampling))
         finally:
             engine.offload_sampling = False
         assert backend == host
 
 
 def test_the_next_turn_reuses_the_cache_and_predicts_as_a_fresh_context(engine, tiny_model):
-    first, _ = reply(engine.stream(ask("one"), GREEDY))
+    first, _ = collect(engine.stream(ask("one"), GREEDY))
     turn2 = ask("one") + [{"role": "assistant", "content": first}, {"role": "user", "content": "two"}]
-    second, usage = reply(engine.stream(turn2, GREEDY))
+    second, usage = collect(engine.stream(turn2, GREEDY))
     assert usage.cached_tokens > 10  # the first turn's prompt was not evaluated again
     fresh = LocalEngine(tiny_model, ctx=512)
     try:
-        again, fresh_usage = reply(fresh.stream(turn2, GREEDY))
+        again, fresh_usage = collect(fresh.stream(turn2, GREEDY))
     finally:
         fresh.close()
     assert fresh_usage.cached_tokens == 0 and again == second
 
 
 def test_a_reply_closed_early_leaves_the_cache_consistent(engine):
-    expected, _ = reply(engine.stream(ask("stop me"), GREEDY))
+    expected, _ = collect(engine.stream(ask("stop me"), GREEDY))
     stream = engine.stream(ask("stop me"), Sampling(temperature=0, max_tokens=200, repeat_penalty=1.0, ignore_eos=True))
     for _ in range(5):
         next(stream)
     stream.close()  # what Ctrl-C does through the renderer
     assert len(engine.kv_tokens) == engine.export_state()[0].__len__()
-    again, usage = reply(engine.stream(ask("stop me"), GREEDY))
+    again, usage = collect(engine.stream(ask("stop me"), GREEDY))
     assert again == expected and usage.cached_tokens == usage.prompt_tokens - 1
 
 
 def test_a_saved_state_restores_into_a_fresh_engine(engine, tiny_model):
-    reply(engine.stream(ask("remember"), GREEDY))
+    collect(engine.stream(ask("remember"), GREEDY))
     tokens, data = engine.export_state()
     fresh = LocalEngine(tiny_model, ctx=512)
     try:
@@ -115,12 +109,12 @@ def test_a_saved_state_restores_into_a_fresh_engine(engine, tiny_model):
 
 def test_replies_decoded_together_equal_replies_decoded_alone(engine):
     questions = ["a", "bb", "ccc", "dddd", "eeeee"]
-    alone = [reply(engine.stream(ask(q), GREEDY))[0] for q in questions]
+    alone = [collect(engine.stream(ask(q), GREEDY))[0] for q in questions]
     results: dict[int, str] = {}
     with engine.parallel(3) as batched:
         def worker(i: int) -> None:
             try:
-                results[i] = reply(batched.stream(ask(questions[i]), GREEDY))[0]
+                results[i] = collect(batched.stream(ask(questions[i]), GREEDY))[0]
             finally:
                 batched.wake()
 
@@ -135,14 +129,14 @@ def test_replies_decoded_together_equal_replies_decoded_alone(engine):
 
 def test_replies_follow_the_grammar_even_from_random_weights(engine):
     for seed in range(5):
-        text, _ = reply(engine.stream(ask("yes or no?"), Sampling(temperature=1.0, seed=seed, max_tokens=8, grammar='root ::= "yes" | "no"')))
+        text, _ = collect(engine.stream(ask("yes or no?"), Sampling(temperature=1.0, seed=seed, max_tokens=8, grammar='root ::= "yes" | "no"')))
         assert text in ("yes", "no")
     schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"], "additionalProperties": False}
-    text, usage = reply(engine.stream(ask("json"), Sampling(temperature=1.0, seed=3, max_tokens=40, grammar=json_schema_to_grammar(schema))))
+    text, usage = collect(engine.stream(ask("json"), Sampling(temperature=1.0, seed=3, max_tokens=40, grammar=json_schema_to_grammar(schema))))
     if usage.finish_reason == "stop":  # random weights may run out of tokens mid-number
         assert set(json.loads(text)) == {"n"}
     with pytest.raises(EngineError, match="grammar"):
-        reply(engine.stream(ask("x"), Sampling(max_tokens=4, grammar="root ::= (")))
+        collect(engine.stream(ask("x"), Sampling(max_tokens=4, grammar="root ::= (")))
 
 
 def test_embeddings_are_unit_vectors_stable_across_batches(tiny_model):

@@ -9,16 +9,10 @@ from gptcli.engines.local import LocalEngine
 from gptcli.engines.reply import StopFilter
 from gptcli.errors import ContextOverflowError
 from gptcli.models import embedded_model_path
+from tests.fakes import collect
 
 GREEDY = Sampling(temperature=0, max_tokens=24, repeat_penalty=1.0)
 
-
-def collect(chunks):
-    text, usage = "", None
-    for chunk in chunks:
-        text += chunk.text
-        usage = chunk.usage or usage
-    return text, usage
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,11 @@ fake engine) and in real processes of the installed executable with the real mod
 from __future__ import annotations
 
 import errno
-import json
 import os
 import socket
 import stat
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest

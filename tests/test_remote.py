@@ -127,7 +127,7 @@ context_length = 1024
 
 def test_flags_override_the_profile(cli, fake_server, isolated_home):
     fake_server.models = ["big", "small"]
-    write_config(isolated_home, f'[engines.box]\nbase_url = "http://127.0.0.1:1/v1"\nmodel = "small"\n')
+    write_config(isolated_home, '[engines.box]\nbase_url = "http://127.0.0.1:1/v1"\nmodel = "small"\n')
     result = cli(["ask", "Hi", "--engine", "box", "--base-url", fake_server.base_url, "--model", "big"])
     assert result.exit_code == 0, result.stderr
     assert fake_server.chat_requests()[-1].body["model"] == "big"

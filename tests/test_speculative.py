@@ -26,6 +26,7 @@ from gptcli.engines.speculative import (
 )
 from gptcli.models import embedded_model_path
 from gptcli.templates import load_template
+from tests.fakes import collect
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXT = (ROOT / "benchmarks" / "data" / "proofread.txt").read_text()
@@ -35,17 +36,10 @@ def ask(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
 
 
-def reply(chunks) -> tuple[str, object]:
-    text, usage = "", None
-    for chunk in chunks:
-        text += chunk.text
-        usage = chunk.usage or usage
-    return text, usage
-
 
 def both(engine: LocalEngine, messages, sampling: Sampling):
-    plain = reply(engine.stream(messages, dataclasses.replace(sampling, speculative=False)))
-    drafted = reply(engine.stream(messages, dataclasses.replace(sampling, speculative=True)))
+    plain = collect(engine.stream(messages, dataclasses.replace(sampling, speculative=False)))
+    drafted = collect(engine.stream(messages, dataclasses.replace(sampling, speculative=True)))
     return plain, drafted
 
 
@@ -71,23 +65,23 @@ def test_drafted_replies_equal_plain_ones_greedy_and_seeded(drafting):
         assert plain_usage.draft_tokens == 0 and usage.draft_tokens > 0
         assert 0 < usage.accepted_tokens <= usage.draft_tokens
         assert usage.completion_tokens == 64 and usage.finish_reason == "length"
-        again, _ = reply(drafting.stream(ask("hello there"), dataclasses.replace(sampling, speculative=True)))
+        again, _ = collect(drafting.stream(ask("hello there"), dataclasses.replace(sampling, speculative=True)))
         assert again == drafted  # reproducible
 
 
 def test_rejected_drafts_leave_the_cache_as_a_fresh_context_would(drafting, tiny_model):
     sampled = Sampling(temperature=1.0, max_tokens=48, seed=3, ignore_eos=True, speculative=True)
-    first, usage = reply(drafting.stream(ask("one"), sampled))
+    first, usage = collect(drafting.stream(ask("one"), sampled))
     assert usage.accepted_tokens < usage.draft_tokens  # some drafts were rejected and their cells dropped
     tokens, _ = drafting.export_state()
     assert tokens == drafting.kv_tokens
     turn2 = ask("one") + [{"role": "assistant", "content": first}, {"role": "user", "content": "two"}]
     greedy = Sampling(temperature=0, max_tokens=24, repeat_penalty=1.0, ignore_eos=True, speculative=True)
-    second, usage2 = reply(drafting.stream(turn2, greedy))
+    second, usage2 = collect(drafting.stream(turn2, greedy))
     assert usage2.cached_tokens >= usage.prompt_tokens  # the first turn's prompt was reused
     fresh = LocalEngine(tiny_model, ctx=512)
     try:
-        expected, fresh_usage = reply(fresh.stream(turn2, dataclasses.replace(greedy, speculative=False)))
+        expected, fresh_usage = collect(fresh.stream(turn2, dataclasses.replace(greedy, speculative=False)))
     finally:
         fresh.close()
     assert fresh_usage.cached_tokens == 0 and second == expected
@@ -95,7 +89,7 @@ def test_rejected_drafts_leave_the_cache_as_a_fresh_context_would(drafting, tiny
 
 def test_ctrl_c_during_a_verification_batch_stops_cleanly(drafting, monkeypatch):
     greedy = Sampling(temperature=0, max_tokens=64, repeat_penalty=1.0, ignore_eos=True, speculative=True)
-    expected, _ = reply(drafting.stream(ask("stop me"), greedy))
+    expected, _ = collect(drafting.stream(ask("stop me"), greedy))
     real_decode = drafting.context.decode
     batches = []
 
@@ -117,7 +111,7 @@ def test_ctrl_c_during_a_verification_batch_stops_cleanly(drafting, monkeypatch)
     assert partial and expected.startswith(partial) and partial != expected  # what came before the Ctrl-C stands
     tokens, _ = drafting.export_state()
     assert tokens == drafting.kv_tokens  # the aborted batch left no cells behind
-    again, usage = reply(drafting.stream(ask("stop me"), greedy))
+    again, usage = collect(drafting.stream(ask("stop me"), greedy))
     assert again == expected and usage.cached_tokens == usage.prompt_tokens - 1
 
 
@@ -169,7 +163,7 @@ def smol():
 
 def greedy_tokens(engine: LocalEngine, messages, speculative: bool) -> tuple[list[int], object]:
     prompt = engine.format(messages)
-    _, usage = reply(engine.stream(messages, Sampling(temperature=0, max_tokens=48, speculative=speculative)))
+    _, usage = collect(engine.stream(messages, Sampling(temperature=0, max_tokens=48, speculative=speculative)))
     return engine.kv_tokens[len(prompt) :], usage
 
 
@@ -212,8 +206,8 @@ def test_a_seeded_sampled_edit_with_drafts_is_reproducible(smol):
     # rounding and checks identity; benchmarks/README.md has the figures)
     messages = load_template("proofread").render(TEXT[:500], {})
     sampled = Sampling(temperature=0.7, max_tokens=40, seed=11, speculative=True)
-    drafted, usage = reply(smol.stream(messages, sampled))
-    again, usage2 = reply(smol.stream(messages, sampled))
+    drafted, usage = collect(smol.stream(messages, sampled))
+    again, usage2 = collect(smol.stream(messages, sampled))
     assert drafted == again and usage.draft_tokens == usage2.draft_tokens > 0
 
 
