@@ -184,6 +184,25 @@ def test_the_thread_governor_gives_cores_back_while_others_use_them(monkeypatch)
     assert governor.current == 1
 
 
+def test_the_batched_engine_is_governed_too(tiny_model: Path, monkeypatch):
+    # translate and --each-line run on the batched engine: beside a busy process its two spinning
+    # threads made each step ten times slower, so its thread count follows the others as one reply's does
+    monkeypatch.setattr(ThreadGovernor, "running_now", staticmethod(lambda: 3.0))  # three others running
+    monkeypatch.setattr("gptcli.engines.threads.usable_cores", lambda: 2)
+    governed = LocalEngine(tiny_model, ctx=512)
+    chosen = LocalEngine(tiny_model, ctx=512, threads=2)  # --threads: never governed
+    try:
+        batched = governed.parallel(2, 256)
+        text, usage = collect(batched.stream(ask("hello"), GREEDY))
+        assert usage is not None and usage.completion_tokens == 24 and text
+        assert batched.governor is not None and batched.governor.current == 1
+        batched.close()
+        assert chosen.parallel(2, 256).governor is None
+    finally:
+        governed.close()
+        chosen.close()
+
+
 def _imports(path: Path) -> list[tuple[str, list[str]]]:
     tree = ast.parse(path.read_text(encoding="utf-8"))
     found = []

@@ -183,6 +183,7 @@ class LocalEngine:
             threads=self.threads,
             flash_attn=self.flash_attn,
             name=self.model_name,
+            governed=self.governor is not None,
             on_close=self._parallel.remove,
         )
         self._parallel.append(engine)

@@ -36,6 +36,7 @@ from typing import Any
 from gptcli.engines import Chunk, Message, Sampling
 from gptcli.engines.llama import LlamaContext, LlamaModel, Sampler
 from gptcli.engines.reply import ReplyState, refuse_overflow, shared_prefix
+from gptcli.engines.threads import ThreadGovernor
 from gptcli.errors import EngineError, ModelError
 
 KV_BUDGET = 1 << 30  # bytes of KV cache the automatic choice of sequences may take
@@ -103,6 +104,7 @@ class ParallelEngine:
         threads: int,
         flash_attn: bool,
         name: str,
+        governed: bool = False,
         on_close: Callable[[ParallelEngine], None] | None = None,
     ) -> None:
         self.model = model
@@ -129,6 +131,14 @@ class ParallelEngine:
                 f"no memory for {self.n} replies at once of {self.n_ctx} tokens each ({exc}): use a smaller --parallel or --ctx"
             ) from None
         self._n_batch = self._context.n_batch
+        # the thread count follows what other processes leave free, as for one reply (engines.threads):
+        # with 2 spinning threads beside a busy process, the first batches of a translation ran at a
+        # tenth of their speed (300 ms a step against 25)
+        self.governor = ThreadGovernor(self._set_threads, threads) if governed else None
+
+    def _set_threads(self, n: int) -> None:
+        if self._context is not None:
+            self._context.set_threads(n, batch=n)
 
     # ------------------------------------------------------------ Engine
 
@@ -279,6 +289,10 @@ class ParallelEngine:
             if not slot.todo:
                 context.mark_logits(n - 1)
                 slot.logits_at = n - 1
+        if self.governor is not None:
+            if self.governor.steps == 0:
+                self.governor.check()  # the first batch: from the processes running now
+            self.governor.step()
         caught: list[int] = []
         if prompt_tokens:  # a long batch: Ctrl-C may stop it halfway (see LlamaContext.abort_on_signals)
             with context.abort_on_signals() as caught:
