@@ -447,6 +447,12 @@ def write_table(
     env.stdout.flush()
 
 
+def write_text(env: Env, text: str) -> None:
+    """``text`` on stdout as it is (data, a table already laid out, an export), flushed."""
+    env.stdout.write(text)
+    env.stdout.flush()
+
+
 def write_json(stream: IO[str], value: Any) -> None:
     """The ``--json`` of a listing or a show: one indented JSON document, non-ASCII text as it is."""
     stream.write(json.dumps(value, ensure_ascii=False, indent=2) + "\n")

@@ -11,7 +11,7 @@ from gptcli.cli.app import AppState, command_group, state
 from gptcli.cli.completion import complete_config_key, complete_config_value
 from gptcli.config import KEYS, Settings, config_path, hide_credentials, known_key, load_settings
 from gptcli.errors import ConfigError
-from gptcli.render import Column, write_json, write_table
+from gptcli.render import Column, write_json, write_table, write_text
 
 config_app = command_group(
     "config",
@@ -98,9 +98,9 @@ def _show(st: AppState, settings: Settings, path: Path, setting: Optional[str], 
         name = known_key(setting).name
         value = _shown(name, settings.values.get(name))
         if as_json:
-            _write(st, json.dumps({"key": name, "value": value, "source": settings.sources.get(name, "default")}) + "\n")
+            write_text(st.env, json.dumps({"key": name, "value": value, "source": settings.sources.get(name, "default")}) + "\n")
         else:
-            _write(st, ("" if value is None else _text(value)) + "\n")
+            write_text(st.env, ("" if value is None else _text(value)) + "\n")
         return
     if as_json:
         data = {
@@ -123,12 +123,8 @@ def _print_table(st: AppState, settings: Settings, path: Path, broken: bool = Fa
     write_table(st.env, columns, rows, bold=changed, above=where)
     for name, profile in settings.profiles.items():
         fields = ", ".join(f"{k}={v}" for k, v in _profile_shown(profile).items())
-        _write(st, f"[engines.{name}] {fields}\n")
+        write_text(st.env, f"[engines.{name}] {fields}\n")
 
-
-def _write(st: AppState, text: str) -> None:
-    st.env.stdout.write(text)
-    st.env.stdout.flush()
 
 
 @config_app.command("path")
@@ -139,7 +135,7 @@ def path_command(ctx: typer.Context) -> None:
     """
     st = state(ctx)
     path = config_path()
-    _write(st, f"{path}\n")
+    write_text(st.env, f"{path}\n")
     if not path.is_file():
         st.env.notice("(not created yet: `gptcli config set` or `gptcli config edit` creates it)")
 

@@ -11,7 +11,7 @@ import typer
 from gptcli.cli.app import command_group, state
 from gptcli.cli.completion import complete_session
 from gptcli.errors import InputError, UsageError
-from gptcli.render import Column, Env, write_json, write_table
+from gptcli.render import Column, Env, write_json, write_table, write_text
 from gptcli.textio import plural
 
 if TYPE_CHECKING:
@@ -41,10 +41,6 @@ def _when(timestamp: float) -> str:
 def _model_label(model: Optional[str]) -> str:
     return Path(model).name if model and ("/" in model and model.endswith(".gguf")) else (model or "-")
 
-
-def _write(env: Env, text: str) -> None:
-    env.stdout.write(text)
-    env.stdout.flush()
 
 
 @history_app.command("list")
@@ -90,7 +86,7 @@ def show(ctx: typer.Context, session: IdArgument, as_json: JsonOption = False) -
         info = store.find_session(session)
         messages = store.messages(info.id)
     if as_json:
-        _write(env, export_json(info, messages))
+        write_text(env, export_json(info, messages))
         return
     text = export_markdown(info, messages)
     if env.stdout_isatty and not env.raw:  # stored replies may hold a model's escape sequences
@@ -102,7 +98,7 @@ def show(ctx: typer.Context, session: IdArgument, as_json: JsonOption = False) -
 
         env.console().print(Markdown(text))
     else:
-        _write(env, text)
+        write_text(env, text)
 
 
 @history_app.command("search")
@@ -143,7 +139,7 @@ def search(
         return
     # a pipe: one line per conversation, the snippet without highlight markers (grep and cut read it)
     lines = [f"{h.session_id}  {_when(h.created)}  {h.title or '(untitled)'}: {_one_line(h.marked('', ''))}" for h in hits]
-    _write(env, "\n".join(lines) + "\n")
+    write_text(env, "\n".join(lines) + "\n")
 
 
 def _one_line(text: str) -> str:
@@ -177,7 +173,7 @@ def export(
         messages = store.messages(info.id)
     text = export_json(info, messages) if fmt == "json" else export_markdown(info, messages)
     if output is None or str(output) == "-":
-        _write(env, text)
+        write_text(env, text)
         return
     atomic_write(output, text, mode=0o600)  # a conversation is as private as the history it comes from
     env.notice(f"wrote {output}")
@@ -243,4 +239,4 @@ def path(ctx: typer.Context) -> None:
     """
     from gptcli.store import default_store_path
 
-    _write(state(ctx).env, f"{default_store_path()}\n")
+    write_text(state(ctx).env, f"{default_store_path()}\n")

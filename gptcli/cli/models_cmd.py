@@ -2,7 +2,7 @@
 
 import json
 from collections.abc import Sequence
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -10,7 +10,7 @@ from gptcli.cli.app import AppState, app, command_group, state
 from gptcli.cli.completion import complete_model
 from gptcli.errors import ConfigError, UsageError
 from gptcli.textio import plural
-from gptcli.render import write_json
+from gptcli.render import write_json, write_text
 
 models_app = command_group(
     "models",
@@ -26,14 +26,6 @@ def _size(n: int) -> str:
 
     return format_size(n) if n else "-"
 
-
-def _print(st: AppState, text: str = "") -> None:
-    st.env.stdout.write(text + "\n")
-    st.env.stdout.flush()
-
-
-def _print_json(st: AppState, data: Any) -> None:
-    write_json(st.env.stdout, data)
 
 
 def _model_setting(st: AppState) -> Optional[str]:
@@ -100,7 +92,7 @@ def list_(
     st = state(ctx)
     rows = list_models(_model_setting(st))
     if as_json:
-        _print_json(st, [r.as_dict() for r in rows])
+        write_json(st.env.stdout, [r.as_dict() for r in rows])
         return
     table = [["", "NAME", "SIZE", "QUANT", "ARCH", "CTX", "SOURCE", "FROM"]]
     for r in rows:
@@ -120,7 +112,7 @@ def list_(
             ]
         )
     for line in _columns(table):
-        _print(st, line)
+        write_text(st.env, line + "\n")
     if not any(r.default for r in rows):
         st.env.notice("the default model cannot be resolved: see `gptcli doctor`")
 
@@ -142,7 +134,7 @@ def info(
     st = state(ctx)
     data = model_info(name if name is not None else _model_setting(st))
     if as_json:
-        _print_json(st, data)
+        write_json(st.env.stdout, data)
         return
     params = data["parameters"]
     human = f"{params / 1e9:.2f} B" if params >= 1e9 else f"{params / 1e6:.1f} M"
@@ -163,7 +155,7 @@ def info(
     if data.get("repo"):
         lines.append(("hub", f"{data['repo']}:{data['file']} @ {data['revision']} ({(data['commit'] or '')[:12]})"))
     for line in _columns(lines):
-        _print(st, line)
+        write_text(st.env, line + "\n")
 
 
 @models_app.command("default")
@@ -271,7 +263,7 @@ def doctor(
     failed = checks_module.problems(checks)
     if as_json:
         # one line: with --json a failure adds its own error line after it (JSON lines)
-        _print(st, json.dumps({"ok": not failed, "checks": [c.as_dict() for c in checks]}, ensure_ascii=False))
+        write_text(st.env, json.dumps({"ok": not failed, "checks": [c.as_dict() for c in checks]}, ensure_ascii=False) + "\n")
     else:
         marks = {"ok": "ok", "info": "  ", "warn": "!!", "fail": "XX"}
         rows: list[tuple[str, str, str]] = []
@@ -280,7 +272,7 @@ def doctor(
             if c.detail and c.status in ("warn", "fail"):
                 rows.append(("", "", f"-> {c.detail}"))  # under the value
         for line in _columns(rows):
-            _print(st, line)
+            write_text(st.env, line + "\n")
     if failed:
         from gptcli.errors import GptcliError
 
