@@ -250,6 +250,7 @@ def translate(engine: RecordingEngine, job: Job, document: str, parallel: int, c
         "trusted": summary.trusted_share,
         "kept_source": summary.kept_source,
         "retried": summary.retried,
+        "not_retried": summary.not_retried,
         **{f"pass_{name}": summary.passed[name] / summary.pieces if summary.pieces else 1.0 for name in CHECKS},
         "source": summary.source_tokens,
         "span_pieces": sum(bool(SPAN_PATTERN.search(atom.text)) for chunk in plan.chunks for atom in chunk.atoms),
@@ -372,11 +373,11 @@ def trust(document: str, words: int, ctx: int, threads: int | None, checks: bool
 def print_trust(runs: list[dict[str, float]], words: int, untranslated: dict[str, tuple[int, int]], checks: bool = True) -> None:
     off = "" if checks else " (--no-checks: every reply passes, as before the checks)"
     print(f"## Trust: the first {words} words of benchmarks/data/manual.md, embedded SmolLM2-135M, one chunk at a time{off}\n")
-    print("| target | pieces | " + " | ".join(f"pass {name}" for name in CHECKS) + " | trusted | retried | kept source | prompt tokens / source token (sent / evaluated) | wall (s) |")
-    print("| --- " * (7 + len(CHECKS)) + "|")
+    print("| target | pieces | " + " | ".join(f"pass {name}" for name in CHECKS) + " | trusted | retried | not retried | kept source | prompt tokens / source token (sent / evaluated) | wall (s) |")
+    print("| --- " * (8 + len(CHECKS)) + "|")
     for run in runs:
         print(f"| {run['language']} | {run['pieces']:.0f} | " + " | ".join(f"{100 * run[f'pass_{name}']:.0f} %" for name in CHECKS)
-              + f" | **{100 * run['trusted']:.0f} %** | {run['retried']:.0f} | {run['kept_source']:.0f}"
+              + f" | **{100 * run['trusted']:.0f} %** | {run['retried']:.0f} | {run['not_retried']:.0f} | {run['kept_source']:.0f}"
               + f" | {run['prompt_per_source']:.1f} / {run['evaluated_per_source']:.1f} | {run['wall']:.0f} |")
     print("\nThe language check on the whole manual's pieces given back in English, each prefixed with \"So, \" (no model):\n")
     print("| target | pieces | failed the language check |")
