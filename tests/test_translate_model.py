@@ -270,7 +270,9 @@ def test_a_piece_sent_again_reads_its_prompt_from_the_kv_cache():
     from gptcli.translate.checks import Checker
 
     class FirstReplyFails(Checker):  # each piece's first reply is judged a failure, its retry is not
-        seen: set[str] = set()
+        def __init__(self, target: str, source: str) -> None:
+            super().__init__(target, source)
+            self.seen: set[str] = set()
 
         def failed(self, source: str, reply: str) -> tuple[str, ...]:
             first = source not in self.seen
