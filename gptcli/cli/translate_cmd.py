@@ -355,8 +355,9 @@ def translate(
     kept; code, front matter and URLs are never sent to the model. Finished chunks are cached, so
     running the same command again after Ctrl-C translates only what is left.
 
-    Each piece's reply is checked (language, length, added structure, numbers, code and links); one that fails twice
-    keeps the source text, and the summary says what share of the document is trusted.
+    Each piece's reply is checked (language, length, added structure, numbers, code and links); one that fails is
+    sent once more while retries pass in the document, then keeps the source text, and the summary says what share
+    of the document is trusted.
 
     Example: gptcli translate README.md --to fr -o README.fr.md
     """
