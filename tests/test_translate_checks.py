@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from gptcli.translate.checks import Checker, added_structure, language_ok, length_ok, numbers_kept
+from gptcli.translate.translator import RETRY_PROBE
 from tests.test_translate import ScriptedTranslator, user_text
 
 FRENCH = {
@@ -131,7 +132,7 @@ def test_the_warning_names_the_failed_checks_and_a_better_model_when_most_pieces
     lines = result.stderr.splitlines()
     assert any(line.endswith("; 25% of 4 pieces trusted") for line in lines)  # "Daily use" is too short to judge
     assert "warning: 3 of 4 pieces were kept in the source language: their replies failed the checks twice (language 3)" in lines
-    assert any(line.startswith("75% of the pieces of") and "the model is too small for this job; try `gptcli models pull Qwen/" in line for line in lines)
+    assert any(line.startswith("75% of the pieces of") and "the model is too small for this job; try `gptcli models pull qwen2.5-1.5b` (1.1 GB, multilingual)" in line for line in lines)
 
 
 def test_strict_exits_1_below_the_threshold_and_0_above(cli, engine, doc, tmp_path):
@@ -194,3 +195,60 @@ def test_length_structure_and_number_checks():
     assert added_structure("See the docs.", "Voir [2](https://b.example).") == ["URL"]
     assert numbers_kept("Costs 1,000.50 for 3 users", "Coûte 1 000,50 pour 3 utilisateurs")
     assert not numbers_kept("Section 1.2 has 3 parts", "La section 20 a 3 parties")
+
+
+# ---------------------------------------------------------------- what retries cost
+
+TOPICS = ("backups", "passwords", "invoices", "printers", "updates", "accounts", "licences", "reports", "folders", "servers")
+MANY = "\n\n".join(f"Read the guide about {topic} before you change any setting." for topic in TOPICS) + "\n"
+
+
+def test_a_failed_piece_is_sent_again_right_after_its_first_reply(cli, engine, tmp_path):
+    """Sent at once, a retry's prompt is the one the engine's KV cache holds (only its last token is read again)."""
+    spoil(engine, PARAGRAPH, "Le serveur.", times=1)
+    pieces = engine.transform
+    engine.transform = lambda text: "```" if "\n\n" in text else pieces(text)  # the whole chunk comes back broken
+    result = cli(["translate", str(write(tmp_path, DOC)), "--to", "fr", "--json"])
+    assert result.exit_code == 0, result.stderr
+    done = json.loads(result.stdout.splitlines()[-1])
+    texts = [user_text(call) for call in engine.calls]
+    assert PARAGRAPH in texts[0] and "Daily use" in texts[0]  # one chunk, sent whole, then piece by piece
+    first = texts.index(PARAGRAPH)
+    assert texts[first + 1] == PARAGRAPH and len(texts) == 6  # no other piece in between
+    assert done["retried"] == 1 and done["not_retried"] == 0 and done["trusted"] == 1.0 and done["fell_back"] == 1
+
+
+def test_retries_stop_in_a_document_where_they_do_not_pass(cli, engine, tmp_path):
+    engine.transform = lambda text: text  # every reply is the source: no retry can pass
+    done, result = run_json(cli, write(tmp_path, MANY))
+    assert result.exit_code == 0, result.stderr
+    assert (done["pieces"], done["retried"], done["not_retried"], done["kept_source"]) == (10, RETRY_PROBE, 10 - RETRY_PROBE, 10)
+    assert len(engine.calls) == 10 + RETRY_PROBE  # the last four were sent once
+    assert done["text"] == MANY  # kept as the source, as when retried
+    shown = cli(["translate", str(tmp_path / "doc.md"), "--to", "fr", "-o", str(tmp_path / "doc.fr.md"), "--chunk-tokens", "16", "--no-resume"])
+    assert (
+        f"warning: 10 of 10 pieces were kept in the source language: their replies failed the checks again (language 10);"
+        f" {10 - RETRY_PROBE} of them were not sent again: retries were not passing"
+    ) in shown.stderr.splitlines()
+
+
+def test_retries_go_on_in_a_document_where_they_pass(cli, engine, tmp_path):
+    asked: set[str] = set()
+
+    def first_reply_untranslated(text: str) -> str:  # each piece's first reply fails, its retry passes
+        if text in asked:
+            return "Lisez le guide avant de modifier le moindre réglage, je vous prie."
+        asked.add(text)
+        return text
+
+    engine.transform = first_reply_untranslated
+    done, result = run_json(cli, write(tmp_path, MANY))
+    assert result.exit_code == 0, result.stderr
+    assert (done["retried"], done["not_retried"], done["kept_source"], done["trusted"]) == (10, 0, 0, 1.0)
+    assert len(engine.calls) == 20
+
+
+def write(folder: Path, text: str) -> Path:
+    path = folder / "doc.md"
+    path.write_text(text, encoding="utf-8")
+    return path

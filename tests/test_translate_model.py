@@ -220,7 +220,7 @@ def test_no_output_has_an_unbalanced_fence_or_a_changed_heading_number_and_the_d
     assert done["pieces"] == 7 and set(done["checks"]) == {"language", "length", "structure", "numbers", "spans"}
     assert done["trusted"] == round((done["pieces"] - done["kept_source"]) / done["pieces"], 4)
     assert proc.stderr.count(DEMO_NOTE) == 1  # said once, and what to pull instead
-    assert "gptcli models pull Qwen/" in proc.stderr
+    assert "`gptcli models pull qwen2.5-1.5b` (1.1 GB, multilingual) and --model qwen2.5-1.5b" in proc.stderr
 
 
 def test_strict_fails_on_a_document_the_model_could_not_translate(run_gptcli, tmp_path):
@@ -233,3 +233,70 @@ def test_strict_fails_on_a_document_the_model_could_not_translate(run_gptcli, tm
     assert last == f"error: {src}: under 80% of the pieces passed the checks (--strict); the output was written"
     assert "of the pieces of" in proc.stderr and "are not translations" in proc.stderr
     assert out.read_text().count("```") == 2  # written, and whole
+
+
+class _Recording:
+    """The real engine, each reply's usage kept (for what a request cost)."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.usages = inner, []
+        self.model_name, self.context_length = inner.model_name, inner.context_length
+        self.count_tokens, self.tokenize_count = inner.count_tokens, inner.tokenize_count
+
+    def stream(self, messages, sampling):
+        return self._record(self.inner.stream(messages, sampling))
+
+    def _record(self, reply):
+        usage = None
+        try:
+            for chunk in reply:
+                usage = chunk.usage or usage
+                yield chunk
+        finally:
+            reply.close()
+            self.usages.append(usage)
+
+
+def test_a_piece_sent_again_reads_its_prompt_from_the_kv_cache():
+    """A chunk's failed piece is sent again right after its first reply (not after the chunk's
+    other pieces): the engine reuses the whole prompt from its KV cache, so the retry costs one
+    evaluated prompt token, not the piece again."""
+    from gptcli.engines import Sampling
+    from gptcli.engines.local import load_local_engine
+    from gptcli.languages import resolve_language
+    from gptcli.models import embedded_model_path
+    from gptcli.templates import load_template
+    from gptcli.translate import Glossary, Job, Translator
+    from gptcli.translate.checks import Checker
+
+    class FirstReplyFails(Checker):  # each piece's first reply is judged a failure, its retry is not
+        def __init__(self, target: str, source: str) -> None:
+            super().__init__(target, source)
+            self.seen: set[str] = set()
+
+        def failed(self, source: str, reply: str) -> tuple[str, ...]:
+            first = source not in self.seen
+            self.seen.add(source)
+            return ("language",) if first else ()
+
+    engine = _Recording(load_local_engine(embedded_model_path(), ctx=512))
+    job = Job(
+        target=resolve_language("fr"), source=resolve_language("en"), template=load_template("translate"),
+        values={"target": "French", "source": "English"}, glossary=Glossary(),
+        sampling=Sampling(temperature=0.0, seed=1), model="test", max_tokens=12,
+    )
+    translator = Translator(engine, job, checker=FirstReplyFails("fr", "en"))
+    text = (
+        "The server keeps every message of each conversation for a month.\n\n"
+        "The guide lists each setting and what it changes in the program.\n\n"
+        "Backups run at night and copy the whole folder to another disk.\n"
+    )
+    plan = translator.plan(text, markdown=True, chunk_tokens=96)
+    assert [len(chunk.atoms) for chunk in plan.chunks] == [3]
+    translator.packed_failed = 2  # as after two whole chunks came back broken: this one goes piece by piece
+    summary = translator.run(plan, lambda part: None)
+    assert (summary.pieces, summary.retried, summary.trusted_share) == (3, 3, 1.0)
+    assert len(engine.usages) == 6
+    for first, retry in zip(engine.usages[::2], engine.usages[1::2]):
+        assert first.prompt_tokens - first.cached_tokens >= 5  # the piece itself was read
+        assert retry.prompt_tokens == first.prompt_tokens and retry.cached_tokens == retry.prompt_tokens - 1

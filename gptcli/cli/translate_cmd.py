@@ -21,9 +21,6 @@ if TYPE_CHECKING:
 
 STDIN = "-"
 TRUSTED_MIN = 0.8  # below this share of pieces passing every check, a document is no translation to hand over
-# a model that translates (Apache-2.0, 29 languages), named when the embedded demo model cannot
-RECOMMENDED_MODEL = "Qwen/Qwen2.5-1.5B-Instruct-GGUF:qwen2.5-1.5b-instruct-q4_k_m.gguf"
-RECOMMENDED_SIZE = "1.1 GB"
 
 
 @dataclass
@@ -119,7 +116,8 @@ def _warnings(summary: "Summary") -> list[str]:
         failed = ", ".join(f"{name} {summary.pieces - passed}" for name, passed in summary.checks_passed().items() if passed < summary.pieces)
         notes.append(
             f"warning: {summary.kept_source} of {summary.pieces} pieces were kept in the source language:"
-            f" their replies failed the checks twice ({failed})"
+            f" their replies failed the checks {'twice' if not summary.not_retried else 'again'} ({failed})"
+            + (f"; {summary.not_retried} of them were not sent again: retries were not passing" if summary.not_retried else "")
         )
     if summary.truncated:
         notes.append(f"warning: {plural(summary.truncated, 'reply', 'replies')} {'was' if summary.truncated == 1 else 'were'} cut at the length limit")
@@ -193,13 +191,14 @@ def translate(
     kept; code, front matter and URLs are never sent to the model. Finished chunks are cached, so
     running the same command again after Ctrl-C translates only what is left.
 
-    Each piece's reply is checked (language, length, added structure, numbers, code and links); one that fails twice
-    keeps the source text, and the summary says what share of the document is trusted.
+    Each piece's reply is checked (language, length, added structure, numbers, code and links); one that fails is
+    sent once more while retries pass in the document, then keeps the source text, and the summary says what share
+    of the document is trusted.
 
     Example: gptcli translate README.md --to fr -o README.fr.md
     """
     from gptcli.languages import AUTO, resolve_language
-    from gptcli.models import EMBEDDED_NAME
+    from gptcli.models import demo_notice
     from gptcli.templates import load_template, parse_vars
 
     st = state(ctx)
@@ -267,11 +266,8 @@ def translate(
     except InputError as exc:  # an unwritable data folder: translate anyway, without resuming
         env.notice(f"{exc}: finished chunks are not kept for resuming")
     translator = Translator(engine, job, cache=cache, resume=resume, parallel=parallel)
-    if engine.model_name == EMBEDDED_NAME:
-        env.notice(
-            f"note: {EMBEDDED_NAME} is a 135M demo model and cannot really translate; for translations try"
-            f" `gptcli models pull {RECOMMENDED_MODEL}` ({RECOMMENDED_SIZE}, multilingual) and --model with it"
-        )
+    if (note := demo_notice(engine.model_name, "translate")) is not None:
+        env.notice(note)
     untrusted: list[str] = []
     try:
         for src, dest in zip(sources, targets):
@@ -366,10 +362,12 @@ def _translate_one(
         for note in _warnings(summary):
             env.notice(note)
     if summary is not None and summary.trusted_share < TRUSTED_MIN:
+        from gptcli.models import better_model
+
         untrusted.append(src.name)
         env.notice(
             f"{1 - summary.trusted_share:.0%} of the pieces of {src.name} are not translations (kept in the source language):"
-            f" the model is too small for this job; try `gptcli models pull {RECOMMENDED_MODEL}` ({RECOMMENDED_SIZE})"
+            f" the model is too small for this job; try {better_model()}"
         )
     return 0
 
@@ -385,6 +383,7 @@ def _summary_fields(summary: "Summary") -> dict[str, Any]:
         "checks": summary.checks_passed(),  # per check, the pieces whose (last) reply passed it
         "trusted": round(summary.trusted_share, 4),
         "retried": summary.retried,
+        "not_retried": summary.not_retried,
         "truncated": summary.truncated,
         "looped": summary.looped,
         "spans_lost": summary.spans_lost,

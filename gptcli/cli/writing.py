@@ -83,6 +83,7 @@ def support(
     Example: gptcli support "How do I get a refund?" --kb faq.md -v company=Acme --show-sources
     """
     from gptcli import knowledge
+    from gptcli.models import demo_notice
 
     st = state(ctx)
     if kb and any(pair.partition("=")[0].strip() == "knowledge" for pair in var or []):
@@ -92,7 +93,12 @@ def support(
     if files:
         knowledge.check_embed_model(embed_spec)  # a misspelt --embed-model fails before the chat model loads
 
+    noted: list[str] = []  # the demo model is named once, even when each input line is a request (--each-line)
+
     def build(tmpl: Template, text: str, values: dict[str, str], engine: Engine, sampling: Sampling) -> list[Message]:
+        if not noted and (note := demo_notice(engine.model_name, "write support replies")) is not None:
+            st.env.notice(note)
+            noted.append(note)
         if not files:
             return tmpl.render(text, values)
         if tmpl.variable("knowledge") is None:
