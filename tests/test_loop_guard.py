@@ -10,6 +10,7 @@ import pytest
 from gptcli.engines import Chunk, Usage
 from gptcli.repetition import guard_stream, loop_start
 from gptcli.store import ConversationStore
+from tests.fakes import collect
 
 LINE = "Please let me know if you have any questions about the launch."
 LOOPING = "Dear team,\n\nThe launch moves to May 3.\n\n" + "\n".join([LINE] * 40)
@@ -28,17 +29,9 @@ def scripted(text: str, log: list[str]) -> Iterator[Chunk]:
         log.append("<closed>")
 
 
-def drain(chunks: Iterator[Chunk]) -> tuple[str, Usage | None]:
-    text, usage = "", None
-    for chunk in chunks:
-        text += chunk.text
-        usage = chunk.usage or usage
-    return text, usage
-
-
 def test_a_line_written_again_and_again_is_cut_before_its_third_copy_and_the_engine_stops():
     log: list[str] = []
-    text, usage = drain(guard_stream(scripted(LOOPING, log)))
+    text, usage = collect(guard_stream(scripted(LOOPING, log)))
     assert usage is not None and usage.finish_reason == "loop"
     assert text.count(LINE) == 2  # a line may come back once (a refrain); the third time is the loop
     assert text.startswith("Dear team,") and text == text.rstrip()
@@ -49,7 +42,7 @@ def test_a_line_written_again_and_again_is_cut_before_its_third_copy_and_the_eng
 
 def test_a_phrase_loop_is_cut_at_its_second_copy():
     reply = "The answer is simple: " + "we keep the servers running all night " * 10
-    text, usage = drain(guard_stream(scripted(reply, [])))
+    text, usage = collect(guard_stream(scripted(reply, [])))
     assert usage is not None and usage.finish_reason == "loop"
     assert text.rstrip() == "The answer is simple: we keep the servers running all night"
 
@@ -74,7 +67,7 @@ def test_what_was_passed_on_is_the_reply_as_kept_nothing_of_the_loop_shows():
 )
 def test_replies_that_do_not_loop_pass_through_whole(reply):
     log: list[str] = []
-    text, usage = drain(guard_stream(scripted(reply, log)))
+    text, usage = collect(guard_stream(scripted(reply, log)))
     assert usage is not None and usage.finish_reason == "stop"
     assert text == reply + " "  # the scripted stream adds a space after each word
     assert log[-1] == "<closed>"
