@@ -178,7 +178,7 @@ KEYS: dict[str, Key] = {
         Key("repeat_penalty", _float_range(0, 10, lo_open=True), 1.1, "Penalty for repeated tokens (1 = none).", float),
         Key("max_tokens", _positive_int, 1024, "Most tokens in one reply.", int),
         Key("seed", _seed, None, "Random seed: the same seed and input give the same reply.", int),
-        Key("speculative", _boolean, None, "Speculative decoding (drafts from the prompt, or a draft model, checked in one batch); default: on for editing templates and translate.", bool),
+        Key("speculative", _boolean, None, "Speculative decoding (drafts from the prompt, or a draft model, checked in one batch); default: on for editing templates and translate with layers on a GPU.", bool),
         Key("draft_model", _string, None, "A small model with the same vocabulary that drafts tokens for the model to check (local engine)."),
         Key("history", _boolean, True, "Save conversations in the history database.", bool),
         Key("loop_guard", _boolean, True, "Stop a reply that starts repeating itself (a loop) and keep what came before it.", bool),

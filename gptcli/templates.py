@@ -109,7 +109,7 @@ class Template:
     path: Path | None = None
     input_required: bool = True
     schema: dict[str, Any] | None = None  # the JSON Schema replies follow (a ``schema`` table or string)
-    edits: bool = False  # the reply repeats much of its input (proofread, rewrite): speculative decoding pays
+    edits: bool = False  # the reply repeats much of its input (proofread, rewrite): speculative decoding pays on a GPU
 
     def variable(self, name: str) -> Variable | None:
         return next((v for v in self.variables if v.name == name), None)

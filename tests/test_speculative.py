@@ -144,11 +144,14 @@ def test_no_draft_where_drafts_do_not_pay_but_an_occasional_probe():
 
 
 def test_editing_templates_and_flags_choose_speculation(cli, fake_engine):
+    # on by default for an editing template where it pays (layers on a GPU), not on a CPU alone
+    cli(["proofread", "--no-history", "--gpu-layers", "all"], stdin="Their is a mistake.\n")
     cli(["proofread", "--no-history"], stdin="Their is a mistake.\n")
-    cli(["ask", "--no-history", "hello"])
-    cli(["proofread", "--no-history", "--no-speculative"], stdin="Their is a mistake.\n")
+    cli(["ask", "--no-history", "--gpu-layers", "all", "hello"])
+    cli(["proofread", "--no-history", "--gpu-layers", "all", "--no-speculative"], stdin="Their is a mistake.\n")
+    cli(["proofread", "--no-history", "--speculative"], stdin="Their is a mistake.\n")
     cli(["ask", "--no-history", "--speculative", "hello"])
-    assert [s.speculative for s in fake_engine.samplings] == [True, None, False, True]
+    assert [s.speculative for s in fake_engine.samplings] == [True, None, None, False, True, True]
 
 
 # ---------------------------------------------------------------- the embedded model

@@ -94,7 +94,7 @@ _OPTIONS: dict[str, Any] = {
     "repeat_penalty": Annotated[Optional[float], typer.Option("--repeat-penalty", help="Penalty for repeated tokens.", rich_help_panel=PANEL)],
     "max_tokens": Annotated[Optional[int], typer.Option("--max-tokens", "-n", help="Most tokens in the reply.", rich_help_panel=PANEL)],
     "seed": Annotated[Optional[int], typer.Option("--seed", help="Random seed: same seed and input, same reply.", rich_help_panel=PANEL)],
-    "speculative": Annotated[Optional[bool], typer.Option("--speculative/--no-speculative", help="Draft tokens from the input (or --draft-model) and check them in one batch; same reply, faster when it repeats its input. Default: on for editing templates and translate.", rich_help_panel=PANEL)],
+    "speculative": Annotated[Optional[bool], typer.Option("--speculative/--no-speculative", help="Draft tokens from the input (or --draft-model) and check them in one batch; same reply, faster when it repeats its input. Default: on for editing templates and translate with --gpu-layers (on a CPU alone it does not pay).", rich_help_panel=PANEL)],
     "draft_model": Annotated[Optional[str], typer.Option("--draft-model", help="A small model with the same vocabulary to draft tokens (local engine).", rich_help_panel=PANEL, autocompletion=complete_model)],
     "stats": Annotated[bool, typer.Option("--stats", help="Print tokens, time to first token and tokens/s on stderr.", rich_help_panel=OUT)],
     "no_stream": Annotated[bool, typer.Option("--no-stream", help="Print the reply when it is complete.", rich_help_panel=OUT)],

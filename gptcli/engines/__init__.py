@@ -41,7 +41,10 @@ def sampling_from(settings: Settings, temperature: float | None = None, max_toke
     """Sampling options from settings; a template's defaults apply where no flag/env/file set them.
 
     ``edits``: the reply repeats much of its input (an editing template, a translation), so
-    speculative decoding is on unless the ``speculative`` setting says otherwise.
+    speculative decoding is on where it pays, with layers on a GPU (a batch of a draft's tokens
+    costs about one step there), unless the ``speculative`` setting says otherwise. Not on a CPU
+    alone: there a draft's batch costs most of a step per token, and the embedded model's edits,
+    story, copy and translation all ran at 0.97-0.99x with drafts (benchmarks/README.md).
     """
     temp = settings.temperature
     if temperature is not None and settings.sources.get("temperature") == "default":
@@ -57,7 +60,7 @@ def sampling_from(settings: Settings, temperature: float | None = None, max_toke
         repeat_penalty=settings.repeat_penalty,
         max_tokens=limit,
         seed=settings.seed,
-        speculative=settings.speculative if settings.speculative is not None else (True if edits else None),
+        speculative=settings.speculative if settings.speculative is not None else (True if edits and settings.gpu_layers else None),
     )
 
 
