@@ -17,8 +17,7 @@ Usage: .venv/bin/python benchmarks/translate_bench.py [--document manual|synthet
 3. Trust (``--trust``, alone: minutes, not hours): the first ``--trust-words`` words of the
    document translated into French, German and Chinese, one chunk at a time; for each, the share
    of pieces whose reply passed each check (``gptcli.translate.checks``) and the share trusted,
-   and prompt tokens per source token (sent, and evaluated: not reused from the KV cache);
-   ``--always-retry`` sends every failed piece again (no retry budget). Also,
+   and prompt tokens per source token (sent, and evaluated: not reused from the KV cache). Also,
    without the model, what the language check says of the document's pieces given back
    untranslated (each should fail) and of the same pieces into English (each should pass).
 
@@ -49,7 +48,6 @@ from gptcli.engines import Chunk, Engine, Message, Sampling, Usage, choose  # no
 from gptcli.languages import resolve_language  # noqa: E402
 from gptcli.templates import load_template  # noqa: E402
 from gptcli.translate import ChunkResult, Glossary, Job, TranslationCache, Translator, SPAN_PATTERN, plan_document  # noqa: E402
-from gptcli.translate import translator as translator_module  # noqa: E402
 from gptcli.translate.checks import CHECKS, Checker  # noqa: E402
 
 WORDS = (
@@ -252,7 +250,6 @@ def translate(engine: RecordingEngine, job: Job, document: str, parallel: int, c
         "trusted": summary.trusted_share,
         "kept_source": summary.kept_source,
         "retried": summary.retried,
-        "not_retried": summary.not_retried,
         **{f"pass_{name}": summary.passed[name] / summary.pieces if summary.pieces else 1.0 for name in CHECKS},
         "source": summary.source_tokens,
         "span_pieces": sum(bool(SPAN_PATTERN.search(atom.text)) for chunk in plan.chunks for atom in chunk.atoms),
@@ -375,12 +372,12 @@ def trust(document: str, words: int, ctx: int, threads: int | None, checks: bool
 def print_trust(runs: list[dict[str, float]], words: int, untranslated: dict[str, tuple[int, int]], checks: bool = True) -> None:
     off = "" if checks else " (--no-checks: every reply passes, as before the checks)"
     print(f"## Trust: the first {words} words of benchmarks/data/manual.md, embedded SmolLM2-135M, one chunk at a time{off}\n")
-    print("| target | pieces | " + " | ".join(f"pass {name}" for name in CHECKS) + " | trusted | retried (passed) | not retried | kept source | prompt tokens / source token (sent / evaluated) | wall (s) |")
-    print("| --- " * (8 + len(CHECKS)) + "|")
+    print("| target | pieces | " + " | ".join(f"pass {name}" for name in CHECKS) + " | trusted | retried (passed) | kept source | prompt tokens / source token (sent / evaluated) | wall (s) |")
+    print("| --- " * (7 + len(CHECKS)) + "|")
     for run in runs:
         print(f"| {run['language']} | {run['pieces']:.0f} | " + " | ".join(f"{100 * run[f'pass_{name}']:.0f} %" for name in CHECKS)
-              + f" | **{100 * run['trusted']:.0f} %** | {run['retried']:.0f} ({run['retried'] - run['kept_source'] + run['not_retried']:.0f})"
-              + f" | {run['not_retried']:.0f} | {run['kept_source']:.0f}"
+              + f" | **{100 * run['trusted']:.0f} %** | {run['retried']:.0f} ({run['retried'] - run['kept_source']:.0f})"
+              + f" | {run['kept_source']:.0f}"
               + f" | {run['prompt_per_source']:.1f} / {run['evaluated_per_source']:.1f} | {run['wall']:.0f} |")
     print("\nThe language check on the whole manual's pieces given back in English, each prefixed with \"So, \" (no model):\n")
     print("| target | pieces | failed the language check |")
@@ -431,13 +428,10 @@ def main() -> None:
     parser.add_argument("--trust", action="store_true", help="only the trust report (checks per language, prompt tokens)")
     parser.add_argument("--trust-words", type=int, default=300)
     parser.add_argument("--no-checks", action="store_true", help="with --trust: every reply passes (the translator before its checks)")
-    parser.add_argument("--always-retry", action="store_true", help="with --trust: every failed piece is sent again (no retry budget)")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[attr-defined]  # nothing lost if the process dies at exit
     os.environ.setdefault("GPTCLI_HOME", tempfile.mkdtemp(prefix="gptcli-bench-"))
     if args.trust:
-        if args.always_retry:  # the budget's before/after: retries sent whatever share of them passes
-            translator_module.RETRY_PROBE = sys.maxsize
         document = MANUAL.read_text(encoding="utf-8")
         runs = trust(document, args.trust_words, args.ctx, args.threads, not args.no_checks)
         print_trust(runs, args.trust_words, language_check_on_untranslated(document), not args.no_checks)

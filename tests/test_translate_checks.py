@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from gptcli.translate.checks import Checker, added_structure, language_ok, length_ok, numbers_kept
-from gptcli.translate.translator import RETRY_PROBE
 from tests.test_translate import ScriptedTranslator, user_text
 
 FRENCH = {
@@ -215,21 +214,18 @@ def test_a_failed_piece_is_sent_again_right_after_its_first_reply(cli, engine, t
     assert PARAGRAPH in texts[0] and "Daily use" in texts[0]  # one chunk, sent whole, then piece by piece
     first = texts.index(PARAGRAPH)
     assert texts[first + 1] == PARAGRAPH and len(texts) == 6  # no other piece in between
-    assert done["retried"] == 1 and done["not_retried"] == 0 and done["trusted"] == 1.0 and done["fell_back"] == 1
+    assert done["retried"] == 1 and done["trusted"] == 1.0 and done["fell_back"] == 1
 
 
-def test_retries_stop_in_a_document_where_they_do_not_pass(cli, engine, tmp_path):
+def test_every_failed_piece_is_sent_once_more_then_kept_as_the_source(cli, engine, tmp_path):
     engine.transform = lambda text: text  # every reply is the source: no retry can pass
     done, result = run_json(cli, write(tmp_path, MANY))
     assert result.exit_code == 0, result.stderr
-    assert (done["pieces"], done["retried"], done["not_retried"], done["kept_source"]) == (10, RETRY_PROBE, 10 - RETRY_PROBE, 10)
-    assert len(engine.calls) == 10 + RETRY_PROBE  # the last four were sent once
-    assert done["text"] == MANY  # kept as the source, as when retried
+    assert (done["pieces"], done["retried"], done["kept_source"]) == (10, 10, 10)
+    assert len(engine.calls) == 20  # each piece twice, never a third time
+    assert done["text"] == MANY  # kept as the source
     shown = cli(["translate", str(tmp_path / "doc.md"), "--to", "fr", "-o", str(tmp_path / "doc.fr.md"), "--chunk-tokens", "16", "--no-resume"])
-    assert (
-        f"warning: 10 of 10 pieces were kept in the source language: their replies failed the checks again (language 10);"
-        f" {10 - RETRY_PROBE} of them were not sent again: retries were not passing"
-    ) in shown.stderr.splitlines()
+    assert "warning: 10 of 10 pieces were kept in the source language: their replies failed the checks twice (language 10)" in shown.stderr.splitlines()
 
 
 def test_retries_go_on_in_a_document_where_they_pass(cli, engine, tmp_path):
@@ -244,7 +240,7 @@ def test_retries_go_on_in_a_document_where_they_pass(cli, engine, tmp_path):
     engine.transform = first_reply_untranslated
     done, result = run_json(cli, write(tmp_path, MANY))
     assert result.exit_code == 0, result.stderr
-    assert (done["retried"], done["not_retried"], done["kept_source"], done["trusted"]) == (10, 0, 0, 1.0)
+    assert (done["retried"], done["kept_source"], done["trusted"]) == (10, 0, 1.0)
     assert len(engine.calls) == 20
 
 

@@ -116,8 +116,7 @@ def _warnings(summary: "Summary") -> list[str]:
         failed = ", ".join(f"{name} {summary.pieces - passed}" for name, passed in summary.checks_passed().items() if passed < summary.pieces)
         notes.append(
             f"warning: {summary.kept_source} of {summary.pieces} pieces were kept in the source language:"
-            f" their replies failed the checks {'twice' if not summary.not_retried else 'again'} ({failed})"
-            + (f"; {summary.not_retried} of them were not sent again: retries were not passing" if summary.not_retried else "")
+            f" their replies failed the checks twice ({failed})"
         )
     if summary.truncated:
         notes.append(f"warning: {plural(summary.truncated, 'reply', 'replies')} {'was' if summary.truncated == 1 else 'were'} cut at the length limit")
@@ -192,7 +191,7 @@ def translate(
     running the same command again after Ctrl-C translates only what is left.
 
     Each piece's reply is checked (language, length, added structure, numbers, code and links); one that fails is
-    sent once more while retries pass in the document, then keeps the source text, and the summary says what share
+    sent once more, then keeps the source text, and the summary says what share
     of the document is trusted.
 
     Example: gptcli translate README.md --to fr -o README.fr.md
@@ -383,7 +382,6 @@ def _summary_fields(summary: "Summary") -> dict[str, Any]:
         "checks": summary.checks_passed(),  # per check, the pieces whose (last) reply passed it
         "trusted": round(summary.trusted_share, 4),
         "retried": summary.retried,
-        "not_retried": summary.not_retried,
         "truncated": summary.truncated,
         "looped": summary.looped,
         "spans_lost": summary.spans_lost,

@@ -65,7 +65,6 @@ class ChunkResult:
     looped: int = 0  # replies stopped where they began repeating themselves
     spans_lost: int = 0  # pieces whose reply lost an inline code span, a link target or a URL (kept as the source)
     retried: int = 0  # pieces sent again because their first reply failed a check
-    not_retried: int = 0  # pieces whose reply failed and were not sent again: retries were not passing in this document
     checks: list[tuple[str, ...]] = field(default_factory=list)  # per piece, the checks its last reply failed
     prompt_tokens: int = 0
     cached_tokens: int = 0  # of the prompt tokens, those the engine reused from its KV cache (not evaluated again)
@@ -100,7 +99,6 @@ class Summary:
     looped: int = 0
     spans_lost: int = 0
     retried: int = 0
-    not_retried: int = 0
     pieces: int = 0  # pieces judged (the texts the model translates: paragraphs, items, cells, sentences)
     passed: Counter[str] = field(default_factory=Counter)  # check name -> pieces whose last reply passed it
     trusted: int = 0  # pieces whose translation passed every check
@@ -121,7 +119,6 @@ class Summary:
         self.looped += result.looped
         self.spans_lost += result.spans_lost
         self.retried += result.retried
-        self.not_retried += result.not_retried
         self.pieces += len(result.checks)
         self.passed.update(passed_counts(result.checks))
         self.trusted += sum(not failed for failed in result.checks)

@@ -24,14 +24,6 @@ from gptcli.translate.spans import RestoringEvents, protect_spans, restore_spans
 from gptcli.workers import run_workers
 
 RETRY_TEMPERATURE = 0.5  # a piece sent again after its reply failed a check is sampled at least this warm
-# A failed piece is sent again only while retries pay in this document: the first RETRY_PROBE are
-# always sent, then only while at least RETRY_MIN_SUCCESS of them passed. Measured with the embedded
-# 135M model on benchmarks/data/manual.md: 12-14 of 97 retries passed in French (3 of 24 in the
-# first 300 words into fr/de/zh), each costing a reply as long as the first; stopping them after
-# six cut sent prompt tokens from 6.1 to 3.9 per source token and the trusted share from 49-51 % to
-# 42 % (benchmarks/README.md). A model whose retries pass a quarter of the time retries every piece.
-RETRY_PROBE = 6
-RETRY_MIN_SUCCESS = 0.25
 
 
 class _Cancelled(Exception):
@@ -72,8 +64,6 @@ class Translator:
         self.packed_ok = 0
         self.packed_failed = 0
         self.packed_trying = 0
-        self.retries_sent = 0  # this document's retries, and how many of them passed every check
-        self.retries_passed = 0
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------ planning
@@ -204,8 +194,7 @@ class Translator:
         as it is complete); others get them one by one.
 
         One by one, with ``judge`` (atom ``k``'s reply -> the checks it fails), a reply that fails
-        is sent again at once, when retries still pay (``_retries_allowed``), its index added to
-        ``retried``: its prompt is then the very one the engine's KV cache holds, so only its last
+        is sent again at once, its index added to ``retried``: its prompt is then the very one the engine's KV cache holds, so only its last
         token is evaluated again (sent later, after other pieces, the whole piece would be)."""
         if isinstance(engine, Concurrent) and len(atoms) > 1:
             outputs = self._read_together(engine, atoms, result, retry)
@@ -213,27 +202,14 @@ class Translator:
         replies = []
         for k, atom in enumerate(atoms):  # one at a time: each request is sent when the one before it is done
             reply = self._translate_atom(engine, atom, result, events, retry)
-            if judge is not None and retried is not None and judge(k, reply) and self._retries_allowed(1):
+            if judge is not None and retried is not None and judge(k, reply):
                 reply = self._translate_atom(engine, atom, result, events, retry=True)
-                self._count_retries(1, 0 if judge(k, reply) else 1)
                 retried.add(k)
             replies.append(reply)
         return replies
 
     def _translate_atom(self, engine: Engine, atom: Atom, result: ChunkResult, events: Events | None, retry: bool = False) -> str:
         return normalize_atom(atom, self._read_atom(self._open_atom(engine, atom, result, events, retry), atom, result, events), self.echoes)
-
-    def _retries_allowed(self, failed: int) -> int:
-        """How many of ``failed`` pieces to send again: all while this document's retries pay (the
-        first ``RETRY_PROBE``, then while ``RETRY_MIN_SUCCESS`` of them passed), else none."""
-        with self._lock:
-            paying = self.retries_sent < RETRY_PROBE or self.retries_passed >= RETRY_MIN_SUCCESS * self.retries_sent
-            return failed if paying else 0
-
-    def _count_retries(self, sent: int, passed: int) -> None:
-        with self._lock:
-            self.retries_sent += sent
-            self.retries_passed += passed
 
     def _read_together(self, engine: Engine, atoms: Sequence[Atom], result: ChunkResult, retry: bool = False) -> list[str]:
         parts = [ChunkResult(result.index, []) for _ in atoms]  # each reader counts on its own
@@ -263,8 +239,7 @@ class Translator:
         Its inline code, link targets and URLs go to the model as placeholders (``protect_spans``)
         and come back as they were. Each piece's reply is then judged (``Checker``): one that fails
         a check (wrong language, implausible length, added structure, a number or a span lost) is
-        sent once more on its own while retries pay in this document (``_retries_allowed``), and
-        if it still fails the piece keeps its source text, counted in ``kept_source``: never a
+        sent once more on its own, and if it still fails the piece keeps its source text, counted in ``kept_source``: never a
         broken link or an unbalanced fence in the document."""
         engine = engine or self.engine
         started = time.perf_counter()
@@ -281,16 +256,13 @@ class Translator:
         result = self._translate(sent, events, markdown, engine, judge, retried)
         replies = list(result.translations)
         verdicts = [judge(k, reply) for k, reply in enumerate(replies)]
-        failed = [k for k, verdict in enumerate(verdicts) if verdict and k not in retried]
-        again = failed[: self._retries_allowed(len(failed))]
+        again = [k for k, verdict in enumerate(verdicts) if verdict and k not in retried]
         if again:  # together: an engine that decodes several at once gets them in one batch
             for k, reply in zip(again, self._translate_atoms(engine, [sent.atoms[k] for k in again], result, events, retry=True)):
                 replies[k], verdicts[k] = reply, judge(k, reply)
-            self._count_retries(len(again), sum(not verdicts[k] for k in again))
             retried.update(again)
         result.translations = [chunk.atoms[k].text if verdict else restore_spans(reply, spans) for k, (reply, verdict) in enumerate(zip(replies, verdicts))]
         result.retried = len(retried)
-        result.not_retried = len(failed) - len(again)
         result.checks = verdicts
         result.kept_source = sum(bool(verdict) for verdict in verdicts)
         result.spans_lost = sum("spans" in verdict for verdict in verdicts)
@@ -350,7 +322,6 @@ class Translator:
         """Translate every chunk (cached ones from the cache), writing the document in order."""
         summary = Summary()
         self.cancel.clear()
-        self.retries_sent = self.retries_passed = 0  # whether retries pay is judged per document
         started = time.perf_counter()
         assembler = Assembler(plan, spaceless)
         keys = [self.job.chunk_key(chunk) for chunk in plan.chunks]
