@@ -456,6 +456,26 @@ def test_stdout_closed_early_still_saves_the_reply(gptcli_bin, server):
     assert text.startswith("word word")
 
 
+def test_a_raw_completion_on_a_closed_or_full_stdout_ends_as_the_chat_does(gptcli_bin, server):
+    # `complete` keeps no history, so the failure cut mid-reply is what it reports: quiet for a
+    # reader that left, one line for a full disk (never "an unexpected error")
+    import subprocess
+
+    server.reply = " ".join(["word"] * 300)
+    server.delay = 0.002
+    command = [gptcli_bin, "complete", "The sky is", "--engine", "remote", "--base-url", server.base_url]
+    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    assert proc.stdout.read(5) == b"word "
+    proc.stdout.close()  # `| head -c 5`
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and err == b"", err
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=full, stderr=subprocess.PIPE, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.decode().strip().splitlines() == ["error: cannot write to standard output: No space left on device"]
+
+
 # ---------------------------------------------------------------- a full data folder under translate
 
 

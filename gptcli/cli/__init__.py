@@ -28,7 +28,7 @@ from gptcli.cli.app import AppState, app, unwrap_help
 from gptcli.cli.completion import named_shell_completion
 from gptcli.compat import click_exceptions as _click_exceptions
 from gptcli.compat import use_first_tab_zsh_script
-from gptcli.errors import GptcliError, Terminated
+from gptcli.errors import GptcliError, ReplyCut, Terminated
 from gptcli.render import Env, OutputClosed, OutputFailed
 
 click_exceptions = _click_exceptions()  # Typer ships its own copy of Click
@@ -88,7 +88,10 @@ def run(argv: list[str] | None = None, env: Env | None = None) -> int:
         named = named_shell_completion(args, env.stdout)
         if named is not None:
             return named
-        result = command.main(args=args, prog_name="gptcli", standalone_mode=False, obj=st)
+        try:
+            result = command.main(args=args, prog_name="gptcli", standalone_mode=False, obj=st)
+        except ReplyCut as cut:  # a command with no history to keep the partial reply in: the failure is what counts
+            raise cut.cause from None
         with contextlib.suppress(ValueError):  # a closed stream: nothing to flush
             env.stdout.flush()  # a full disk under `> /dev/full` shows here at the latest
         return result if isinstance(result, int) else 0
