@@ -309,22 +309,14 @@ def parse_document(text: str, markdown: bool = True, *, in_table: bool = False, 
                 blocks.append(Unit("row", (Line(lead, content, trail, eol),)))
                 i += 1
                 continue
-        item = ITEM_MARKER.match(rest)
+        item = ITEM_MARKER.match(rest)  # a list item, or a paragraph: its lines run to the next block
         if item:
             in_list = True
-            group = [line_of(i, len(quote) + item.end())]
-            k = i + 1
-            while k < n and not starts_block(k) and quote_of(k)[0] == quote:
-                group.append(line_of(k, len(quote)))
-                k += 1
-            blocks.append(Unit("item", tuple(group)))
-            i = k
-            continue
-        group = [line_of(i, len(quote))]
+        group = [line_of(i, len(quote) + (item.end() if item else 0))]
         k = i + 1
         while k < n and not starts_block(k) and quote_of(k)[0] == quote:
             group.append(line_of(k, len(quote)))
             k += 1
-        blocks.append(Unit("paragraph", tuple(group)))
+        blocks.append(Unit("item" if item else "paragraph", tuple(group)))
         i = k
     return blocks
