@@ -1,7 +1,8 @@
 """Speculative decoding's speed: tokens/s of the same replies with and without drafts, as ratios in one run.
 
 Runs alternate (without, with, without, ...) so a machine whose load changes treats both alike;
-medians are reported. Prints a Markdown table (paste it into benchmarks/README.md).
+medians are reported, and the ratio is the median of each round's pair (a run with drafts over
+the run without just before it), so a drift of the machine's speed between rounds cancels. Prints a Markdown table (paste it into benchmarks/README.md).
 
     python benchmarks/speculative_bench.py [--rounds 3] [--tokens 256] [--translate] [--llama-bench PATH]
 """
@@ -94,9 +95,10 @@ def main() -> None:
                     drafted, accepted, tokens = drafted + d, accepted + a, tokens + n
                 print(f"  {name} {'with' if spec else 'without'}: {speed:.1f} tok/s, {n} tokens, {a}/{d} drafted taken", file=sys.stderr, flush=True)
         off, on = statistics.median(speeds[False]), statistics.median(speeds[True])
+        ratio = statistics.median(b / a for a, b in zip(speeds[False], speeds[True]))
         same = sum(a == b for a, b in zip(texts[False], texts[True]))
         rows.append(
-            (name, f"{off:.1f}", f"{on:.1f}", f"{on / off:.2f}x", f"{accepted / drafted:.0%}" if drafted else "-",
+            (name, f"{off:.1f}", f"{on:.1f}", f"{ratio:.2f}x", f"{accepted / drafted:.0%}" if drafted else "-",
              f"{accepted / tokens:.0%}" if tokens else "-", f"{same}/{args.rounds}")
         )
     print("| reply | tok/s without | tok/s with | ratio | drafted tokens taken | reply tokens from drafts | same bytes |")

@@ -28,7 +28,7 @@ class ServePlan:
     ctx: int | None = None
     threads: int | None = None
     gpu_layers: int = 0
-    flash_attn: bool | None = None  # None: on with GPU layers, off on the CPU
+    flash_attn: bool | None = None  # None: on
     batch_size: int = 512
     api_key_env: str | None = None  # the variable holding the key clients must send; None: no key
 
@@ -125,7 +125,7 @@ def build_app(plan: ServePlan, api_key: str | None, verbose: bool) -> tuple[Any,
             n_threads=threads,
             n_threads_batch=threads,
             n_gpu_layers=plan.gpu_layers,
-            flash_attn=use_flash_attention(plan.flash_attn, plan.gpu_layers),
+            flash_attn=use_flash_attention(plan.flash_attn),
             chat_format=None,
             verbose=verbose,
         )

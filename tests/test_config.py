@@ -56,9 +56,8 @@ def test_bad_env_value(tmp_path, monkeypatch):
         load_settings(tmp_path / "none.toml")
 
 
-def test_flash_attention_is_on_with_gpu_layers_and_off_on_the_cpu_unless_set():
+def test_flash_attention_is_on_unless_the_user_turns_it_off():
     from gptcli.config import use_flash_attention
 
-    assert use_flash_attention(None, 0) is False  # CPU: llama.cpp's flash attention slows long chats
-    assert use_flash_attention(None, -1) is True and use_flash_attention(None, 12) is True
-    assert use_flash_attention(True, 0) is True and use_flash_attention(False, -1) is False
+    assert use_flash_attention(None) is True  # faster on this CPU too, and batch logits = step logits
+    assert use_flash_attention(False) is False and use_flash_attention(True) is True

@@ -56,6 +56,20 @@ def test_second_turn_reuses_the_cached_prefix_and_predicts_the_same(engine):
 
 
 @pytest.mark.model
+def test_a_seeded_reply_is_the_same_whether_its_prompt_was_cached_or_not(engine):
+    # a prompt of 64+ tokens takes another attention kernel in one batch than its last token alone
+    # (what a cached prompt re-evaluates): the last token is always evaluated alone
+    text = "Summarise: " + "The wiki moved to a new server last month, and pages load faster now. " * 8
+    messages = [{"role": "user", "content": text}]
+    seeded = Sampling(temperature=0.8, max_tokens=24, seed=5)
+    engine.forget(0)
+    fresh, usage = collect(engine.stream(messages, seeded))
+    cached, usage2 = collect(engine.stream(messages, seeded))
+    assert usage.cached_tokens == 0 and usage2.cached_tokens == usage.prompt_tokens - 1 >= 64
+    assert cached == fresh
+
+
+@pytest.mark.model
 def test_interrupted_reply_leaves_the_engine_usable(engine):
     messages = [{"role": "user", "content": "Count from one to fifty in words."}]
     expected, _ = collect(engine.stream(messages, GREEDY))

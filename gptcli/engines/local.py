@@ -74,7 +74,7 @@ class LocalEngine:
             self.n_ctx = min(self.n_ctx, max(256, -(-fit // 256) * 256))
         self.threads = threads or default_threads()
         self.gpu_layers = gpu_layers
-        self.flash_attn = use_flash_attention(flash_attn, gpu_layers)
+        self.flash_attn = use_flash_attention(flash_attn)
         self.n_batch = min(batch_size, self.n_ctx)
         started = time.perf_counter()
         self.model = LlamaModel(self.path, gpu_layers=gpu_layers, chat_template=self.info.chat_template)
@@ -240,8 +240,16 @@ class LocalEngine:
         self.forget(reused)
         if self.governor is not None:
             self.governor.check()
+        last = len(tokens) - 1
         with self.context.abort_on_signals() as caught:
-            rc = self.context.decode(tokens[reused:], reused)
+            # the last token in a step of its own, as when the rest of the prompt is cached: a batch
+            # of 64 tokens or more takes llama.cpp's tiled attention, which rounds differently, and
+            # the first token's logits (so a seeded reply) would depend on what the cache held
+            rc = self.context.decode(tokens[reused:last], reused) if last > reused else 0
+            if rc == 0:
+                rc = self.context.decode(tokens[last:], last)
+        if rc != 0:
+            self.context.forget(0, reused)
         if rc != 0 and not caught:
             raise EngineError(f"llama.cpp could not evaluate the prompt (llama_decode returned {rc})")
         if rc == 0:
