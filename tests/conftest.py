@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +21,15 @@ from tests.fakes import FakeEngine
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# The multilingual encoder writes an uncompressed copy of its weights (80 MB) into the cache folder
+# the first time it loads; the first test home that made one lends it to the later ones by a hard
+# link, so a run writes it once rather than once per test that ranks a knowledge base.
+ENCODER_COPY = "cache/kb-index/use-multilingual-v3-*/weights.npz"
+_encoder_copy: list[Path] = []
+
+
 @pytest.fixture(autouse=True)
-def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Every test gets its own data and config folder; no user setting leaks in."""
     home = tmp_path_factory.mktemp("gptcli-home")
     for name in list(os.environ):
@@ -30,7 +39,14 @@ def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     monkeypatch.setenv("HF_HOME", str(home / "hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("COLUMNS", "100")
-    return home
+    if _encoder_copy:
+        lent = home / _encoder_copy[0].relative_to(_encoder_copy[0].parents[3])
+        lent.parent.mkdir(parents=True)
+        with contextlib.suppress(OSError):  # no hard links here: the encoder writes its own copy
+            os.link(_encoder_copy[0], lent)
+    yield home
+    if not _encoder_copy:
+        _encoder_copy.extend(sorted(home.glob(ENCODER_COPY))[:1])
 
 
 def gptcli_executable() -> str:
