@@ -35,8 +35,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,11 +42,12 @@ MANUAL = ROOT / "benchmarks" / "data" / "manual.md"
 sys.path.insert(0, str(ROOT))
 
 from gptcli.config import load_settings  # noqa: E402
-from gptcli.engines import Chunk, Engine, Message, Sampling, Usage, choose  # noqa: E402
+from gptcli.engines import Engine, Message, Sampling, choose  # noqa: E402
 from gptcli.languages import resolve_language  # noqa: E402
 from gptcli.templates import load_template  # noqa: E402
 from gptcli.translate import ChunkResult, Glossary, Job, TranslationCache, Translator, SPAN_PATTERN, plan_document  # noqa: E402
 from gptcli.translate.checks import CHECKS, Checker  # noqa: E402
+from tests.fakes import RecordingEngine  # noqa: E402  (the usage-recording wrapper the translation tests use too)
 
 WORDS = (
     "system user file setting option server network device window report value process memory "
@@ -96,53 +95,6 @@ def make_document(words: int, seed: int = 7) -> str:
         elif kind == "code":
             out += ["```bash", f"gptcli {rng.choice(WORDS)} --{rng.choice(WORDS)} {rng.randint(1, 99)}", "```", ""]
     return "\n".join(out)
-
-
-@dataclass
-class RecordingEngine:
-    """Passes everything to the real engine and keeps each reply's usage."""
-
-    inner: Engine
-    usages: list[Usage] = field(default_factory=list)
-
-    @property
-    def model_name(self) -> str:
-        return self.inner.model_name
-
-    @property
-    def context_length(self) -> int:
-        return self.inner.context_length
-
-    def count_tokens(self, messages: Sequence[Message]) -> int:
-        return self.inner.count_tokens(messages)
-
-    def tokenize_count(self, text: str) -> int:
-        return self.inner.tokenize_count(text)
-
-    def stream(self, messages: Sequence[Message], sampling: Sampling) -> Iterator[Chunk]:
-        # the request goes now, as it would without this wrapper (a batched engine starts on it at once)
-        return self._record(self.inner.stream(messages, sampling))
-
-    def _record(self, reply: Iterator[Chunk]) -> Iterator[Chunk]:
-        usage = None
-        try:
-            for chunk in reply:
-                usage = chunk.usage or usage
-                yield chunk
-        finally:
-            getattr(reply, "close", lambda: None)()
-            if usage is not None:  # also a reply the translator stopped reading: its tokens were spent
-                self.usages.append(usage)
-
-    def complete(self, prompt: str, sampling: Sampling) -> Iterator[Chunk]:
-        return self.inner.complete(prompt, sampling)
-
-    def parallel(self, n: int, n_ctx: int | None = None) -> RecordingEngine:
-        """The inner engine's batched form (as the translator asks for it), recording into the same list."""
-        return RecordingEngine(self.inner.parallel(n, n_ctx), self.usages)  # type: ignore[attr-defined]
-
-    def __getattr__(self, name: str) -> object:  # pump, wake, close: the inner engine's
-        return getattr(self.inner, name)
 
 
 def raw_speed(engine: Engine, tokens: int = 256) -> float:

@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from gptcli.engines import Chunk, Message, Sampling, Usage
+from gptcli.engines import Chunk, Engine, Message, Sampling, Usage
 
 
 @dataclass
@@ -65,3 +65,51 @@ def collect(chunks: Iterator[Chunk]) -> tuple[str, Usage | None]:
         text += chunk.text
         usage = chunk.usage or usage
     return text, usage
+
+
+@dataclass
+class RecordingEngine:
+    """Passes everything to a real engine and keeps each reply's usage (what each request cost): the
+    translation tests and benchmarks/translate_bench.py count prompt and reply tokens with it."""
+
+    inner: Engine
+    usages: list[Usage] = field(default_factory=list)
+
+    @property
+    def model_name(self) -> str:
+        return self.inner.model_name
+
+    @property
+    def context_length(self) -> int:
+        return self.inner.context_length
+
+    def count_tokens(self, messages: Sequence[Message]) -> int:
+        return self.inner.count_tokens(messages)
+
+    def tokenize_count(self, text: str) -> int:
+        return self.inner.tokenize_count(text)
+
+    def stream(self, messages: Sequence[Message], sampling: Sampling) -> Iterator[Chunk]:
+        # the request goes now, as it would without this wrapper (a batched engine starts on it at once)
+        return self._record(self.inner.stream(messages, sampling))
+
+    def _record(self, reply: Iterator[Chunk]) -> Iterator[Chunk]:
+        usage = None
+        try:
+            for chunk in reply:
+                usage = chunk.usage or usage
+                yield chunk
+        finally:
+            getattr(reply, "close", lambda: None)()
+            if usage is not None:  # also a reply the translator stopped reading: its tokens were spent
+                self.usages.append(usage)
+
+    def complete(self, prompt: str, sampling: Sampling) -> Iterator[Chunk]:
+        return self.inner.complete(prompt, sampling)
+
+    def parallel(self, n: int, n_ctx: int | None = None) -> RecordingEngine:
+        """The inner engine's batched form (as the translator asks for it), recording into the same list."""
+        return RecordingEngine(self.inner.parallel(n, n_ctx), self.usages)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:  # pump, wake, close: the inner engine's
+        return getattr(self.inner, name)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fakes import RecordingEngine
+
 pytestmark = pytest.mark.model
 
 LONG = " ".join(
@@ -235,28 +237,6 @@ def test_strict_fails_on_a_document_the_model_could_not_translate(run_gptcli, tm
     assert out.read_text().count("```") == 2  # written, and whole
 
 
-class _Recording:
-    """The real engine, each reply's usage kept (for what a request cost)."""
-
-    def __init__(self, inner) -> None:
-        self.inner, self.usages = inner, []
-        self.model_name, self.context_length = inner.model_name, inner.context_length
-        self.count_tokens, self.tokenize_count = inner.count_tokens, inner.tokenize_count
-
-    def stream(self, messages, sampling):
-        return self._record(self.inner.stream(messages, sampling))
-
-    def _record(self, reply):
-        usage = None
-        try:
-            for chunk in reply:
-                usage = chunk.usage or usage
-                yield chunk
-        finally:
-            reply.close()
-            self.usages.append(usage)
-
-
 def test_a_piece_sent_again_reads_its_prompt_from_the_kv_cache():
     """A chunk's failed piece is sent again right after its first reply (not after the chunk's
     other pieces): the engine reuses the whole prompt from its KV cache, so the retry costs one
@@ -279,7 +259,7 @@ def test_a_piece_sent_again_reads_its_prompt_from_the_kv_cache():
             self.seen.add(source)
             return ("language",) if first else ()
 
-    engine = _Recording(load_local_engine(embedded_model_path(), ctx=512))
+    engine = RecordingEngine(load_local_engine(embedded_model_path(), ctx=512))
     job = Job(
         target=resolve_language("fr"), source=resolve_language("en"), template=load_template("translate"),
         values={"target": "French", "source": "English"}, glossary=Glossary(),
