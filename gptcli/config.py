@@ -21,11 +21,11 @@ APP_NAME = "gptcli"
 def config_dir() -> Path:
     """The user's config folder (templates live in its ``templates/``)."""
     if env := os.environ.get("GPTCLI_CONFIG_DIR"):
-        return Path(env).expanduser()
+        return Path(os.path.expanduser(env))
     if env := os.environ.get("GPTCLI_CONFIG"):
-        return Path(env).expanduser().parent
+        return Path(os.path.expanduser(env)).parent
     if env := os.environ.get("GPTCLI_HOME"):
-        return Path(env).expanduser()
+        return Path(os.path.expanduser(env))
     import platformdirs
 
     return Path(platformdirs.user_config_dir(APP_NAME))
@@ -34,14 +34,14 @@ def config_dir() -> Path:
 def config_path() -> Path:
     """The config file: ``GPTCLI_CONFIG``, else ``config.toml`` in the config folder."""
     if env := os.environ.get("GPTCLI_CONFIG"):
-        return Path(env).expanduser()
+        return Path(os.path.expanduser(env))
     return config_dir() / "config.toml"
 
 
 def data_dir() -> Path:
     """The user's data folder (history, input history, KV states): ``GPTCLI_HOME`` overrides."""
     if env := os.environ.get("GPTCLI_HOME"):
-        return Path(env).expanduser()
+        return Path(os.path.expanduser(env))
     import platformdirs
 
     return Path(platformdirs.user_data_dir(APP_NAME))
@@ -50,9 +50,9 @@ def data_dir() -> Path:
 def cache_dir() -> Path:
     """The user's cache folder (knowledge-base indexes): ``GPTCLI_CACHE_DIR``, else ``cache`` under ``GPTCLI_HOME``."""
     if env := os.environ.get("GPTCLI_CACHE_DIR"):
-        return Path(env).expanduser()
+        return Path(os.path.expanduser(env))
     if env := os.environ.get("GPTCLI_HOME"):
-        return Path(env).expanduser() / "cache"
+        return Path(os.path.expanduser(env)) / "cache"
     import platformdirs
 
     return Path(platformdirs.user_cache_dir(APP_NAME))

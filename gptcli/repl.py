@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,7 +160,7 @@ class ChatSession:
         files = list(self.attachments)
         for match in ATTACHMENT.finditer(text):
             spec = match.group(1).rstrip(".,;:!?)")
-            if Path(spec).expanduser().is_file() and spec not in {name for name, _ in files}:
+            if Path(os.path.expanduser(spec)).is_file() and spec not in {name for name, _ in files}:
                 files.append(read_attachment(spec))
         return files
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,7 +110,7 @@ def parse_schema(spec: str, *, base: Path | None = None) -> dict[str, Any]:
     if text.startswith(("{", "[")):
         schema = _json_schema(text, "the inline schema")
     else:
-        path = Path(text).expanduser()
+        path = Path(os.path.expanduser(text))
         if base is not None and not path.is_absolute():
             path = base / path
         if "\n" not in text and "," not in text and path.suffix.lower() == ".json" or path.is_file():
@@ -196,7 +197,7 @@ def split_type_lists(schema: Any) -> Any:
 def load_grammar(path: str) -> str:
     """Raw GBNF from ``--grammar FILE`` (llama.cpp checks it when the reply starts)."""
     try:
-        text = Path(path).expanduser().read_text(encoding="utf-8")
+        text = Path(os.path.expanduser(path)).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InputError(f"grammar file {path} not found") from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -281,6 +281,22 @@ def test_device_files_are_refused_at_once_and_the_model_is_never_asked(cli, fake
     assert fake_engine.calls == []
 
 
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["ask", "hi", "--schema", "~nosuchuser0/s.json"], "~nosuchuser0/s.json not found"),
+        (["ask", "hi", "--grammar", "~nosuchuser0/g.gbnf"], "~nosuchuser0/g.gbnf not found"),
+        (["ask", "hi", "-f", "~nosuchuser0/notes.txt"], "~nosuchuser0/notes.txt"),
+        (["support", "why?", "--kb", "~nosuchuser0/faq.md"], "~nosuchuser0/faq.md"),
+        (["translate", "~nosuchuser0/doc.md", "--to", "fr"], "~nosuchuser0/doc.md"),
+    ],
+)
+def test_a_path_in_an_unknown_users_home_is_one_clear_line(cli, fake_engine, argv, needle):
+    # Path.expanduser raises RuntimeError for ~someone who does not exist (found by the chat's property test: "/schema ~0")
+    one_error_line(cli(argv), needle)
+    assert fake_engine.calls == []
+
+
 def test_a_glossary_that_is_a_device_is_refused(cli, fake_engine, tmp_path):
     source = tmp_path / "doc.md"
     source.write_text("Hello.\n")

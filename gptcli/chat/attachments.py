@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +15,7 @@ MAX_ATTACHMENT = 1_000_000  # bytes: a larger file would not fit any context win
 
 def read_attachment(spec: str) -> tuple[str, str]:
     """The (shown path, text) of a file to attach; ``UsageError`` when it is missing or not text."""
-    path = Path(spec).expanduser()
+    path = Path(os.path.expanduser(spec))
     if not path.is_file():
         raise UsageError(f"no such file: {spec}")
     try:

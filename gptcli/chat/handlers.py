@@ -276,7 +276,7 @@ def cmd_load(chat: ChatSession, command: Command) -> None:
 def cmd_export(chat: ChatSession, command: Command) -> None:
     from gptcli.textio import atomic_write
 
-    path = Path(command.arg).expanduser()
+    path = Path(os.path.expanduser(command.arg))
     text = export_text(chat, as_json=path.suffix.lower() == ".json")
     atomic_write(path, text)
     n = len(chat.conversation.turns)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -141,7 +142,7 @@ def kb_files(paths: Sequence[str]) -> list[Path]:
     """The files named by ``--kb``: files as given, folders searched for text and Markdown files."""
     found: list[Path] = []
     for name in paths:
-        path = Path(name).expanduser()
+        path = Path(os.path.expanduser(name))
         if path.is_dir():
             inside = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in KB_SUFFIXES)
             if not inside:
