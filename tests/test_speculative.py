@@ -192,12 +192,12 @@ def test_greedy_replies_are_the_same_bytes_with_and_without_drafts(smol, templat
 @pytest.mark.parametrize("template", ["proofread", "rewrite"])
 def test_longer_greedy_replies_part_only_where_the_model_is_torn_between_two_tokens(smol, template):
     """Beyond 256 cells llama.cpp's single step splits the attention over threads and sums the parts,
-    which rounds differently from a batch (logits apart by up to 0.9 on SmolLM2; ggml-org/llama.cpp#25618
+    which rounds differently from a batch (logits apart by up to about 1 on SmolLM2; ggml-org/llama.cpp#25618
     reports the same for its own speculative decoding): a near-tie may tip. A wrong acceptance would
     show as a token the model does not rank first or second."""
     messages = editing_messages(template, 700)
     prompt = smol.format(messages)
-    _, _ = greedy(smol, messages, False)
+    greedy(smol, messages, False)
     plain = smol.kv_tokens[len(prompt) : len(prompt) + 48]
     _, usage = greedy(smol, messages, True)
     drafted = smol.kv_tokens[len(prompt) : len(prompt) + 48]
