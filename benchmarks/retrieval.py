@@ -227,7 +227,7 @@ def main() -> None:
         lookup = {t: qv[i] for i, t in enumerate(texts)}
         query = _cached_query(embedder, lookup)
         if embedder is static:
-            rows["WordLlama alone, plain average"] = evaluate(Ranker(passages, vectors, query, signals=("dense",)), questions)
+            rows["WordLlama alone, plain average"] = evaluate(Ranker(passages, [DenseSignal(name, vectors, query)], signals=("dense",)), questions)
             query = query_embedder(static, index.token_df, len(passages))
         dense[name] = DenseSignal(name, vectors, query)
         rows[f"{name} alone"] = evaluate(Ranker(passages, more=[dense[name]], signals=("dense",)), questions)
@@ -237,7 +237,7 @@ def main() -> None:
 
     wl, use = dense["wordllama"], dense["use"]
     rows["before: BM25 + 4-grams + WordLlama x3 (RRF)"] = evaluate(
-        Ranker(passages, wl.vectors, wl.embed, weights=DENSE_WEIGHTS, fusion="rrf"), questions
+        Ranker(passages, [wl], weights=DENSE_WEIGHTS, fusion="rrf"), questions
     )
     rows["BM25 + 4-grams + WordLlama + USE (RRF)"] = evaluate(Ranker(passages, more=[wl, use], fusion="rrf"), questions)
     rows["WordLlama + USE, larger z-score"] = evaluate(Ranker(passages, more=[wl, use], signals=("dense",)), questions)

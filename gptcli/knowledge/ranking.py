@@ -176,27 +176,21 @@ def _standard(scores: np.ndarray) -> np.ndarray:
 class Ranker:
     """Ranks one knowledge base's passages against questions.
 
-    ``vectors`` (one unit-length row per passage) and ``embed`` (question -> vector) give a dense
-    signal, ``more`` further ones; without any, only the lexical signals rank. ``signals`` picks
+    ``more`` holds the dense signals (vectors per passage and the question's embedder); without
+    any, only the lexical signals rank. ``signals`` picks
     which are fused (the benchmark measures each alone). ``fusion`` is "score" (z-scores summed
     with ``weights``, :data:`SCORE_WEIGHTS` by default) or "rrf" (reciprocal ranks, each weighted by
     ``weights``, 1 by default); with no dense signal the lexical ones are always fused by rank.
     """
 
     passages: Sequence[Passage]
-    vectors: np.ndarray | None = None
-    embed: Callable[[str], np.ndarray] | None = None
+    more: Sequence[DenseSignal] = ()
     signals: tuple[str, ...] = SIGNALS
     weights: dict[str, float] = field(default_factory=dict)
-    more: Sequence[DenseSignal] = ()
     fusion: str = "score"
 
     def __post_init__(self) -> None:
-        self.dense_signals: list[DenseSignal] = list(self.more)
-        if self.vectors is not None and self.embed is not None:
-            self.dense_signals.insert(0, DenseSignal("dense", self.vectors, self.embed))
-        if "dense" not in self.signals:
-            self.dense_signals = []
+        self.dense_signals: list[DenseSignal] = list(self.more) if "dense" in self.signals else []
         if self.fusion == "score" and self.dense_signals and not self.weights:
             self.weights = dict(SCORE_WEIGHTS)
             self.signals = tuple(s for s in self.signals if s != "grams")  # weight 0: not worth computing
