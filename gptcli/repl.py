@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Any
 
 from gptcli import render
@@ -18,6 +16,7 @@ from gptcli.engines import Engine, Message, Sampling, choose, sampling_from
 from gptcli.errors import ContextOverflowError, GptcliError, ReplyCut, StoreError, Terminated, UsageError
 from gptcli.flow import OutputMode, generate
 from gptcli.render import Env, OutputClosed, OutputFailed, Reply
+from gptcli.textio import user_path
 
 SHOWN_ON_RESUME = 3  # exchanges printed when a stored chat is resumed
 
@@ -160,7 +159,7 @@ class ChatSession:
         files = list(self.attachments)
         for match in ATTACHMENT.finditer(text):
             spec = match.group(1).rstrip(".,;:!?)")
-            if Path(os.path.expanduser(spec)).is_file() and spec not in {name for name, _ in files}:
+            if user_path(spec).is_file() and spec not in {name for name, _ in files}:
                 files.append(read_attachment(spec))
         return files
 
@@ -184,22 +183,18 @@ class ChatSession:
             waiting = f"reading {fitted.prompt_tokens} tokens" if fitted.prompt_tokens else "thinking"
             reply = generate(self.engine, fitted.messages, sampling, self.env, self._output_mode(), self.structure, waiting=waiting)
         except ReplyCut as cut:  # a remote server died mid-reply, JSON off its schema, stdout closed or full
-            # stdout lost: the turn is kept, then the chat ends (the command reports it once)
-            output_lost = isinstance(cut.cause, (OutputClosed, OutputFailed))
-            if not output_lost:
-                self.env.error(str(cut.cause))
+            if isinstance(cut.cause, (OutputClosed, OutputFailed)):  # stdout lost: keep the turn, then the chat ends
+                if cut.partial.text:
+                    self.conversation.add_turn(text, cut.partial.text, cut.partial.interrupted)
+                    if save:
+                        self.save_turn(text, cut.partial)
+                raise cut.cause from None
+            self.env.error(str(cut.cause))
             if not cut.partial.text:
-                if output_lost:
-                    raise cut.cause from None
                 return None
             reply, failed = cut.partial, True
-            if output_lost:
-                self.conversation.add_turn(text, reply.text, reply.interrupted)
-                if save:
-                    self.save_turn(text, reply)
-                raise cut.cause from None
-        except (GptcliError, OutputClosed) as exc:  # before the reply began
-            if isinstance(exc, (OutputClosed, OutputFailed)):
+        except GptcliError as exc:  # before the reply began (OutputClosed is no GptcliError: it ends the chat)
+            if isinstance(exc, OutputFailed):
                 raise
             self.env.error(str(exc))
             return None
@@ -377,9 +372,9 @@ class ChatSession:
 
 def template_system(name: str, pairs: Sequence[str] = ()) -> tuple[Any, str | None]:
     """The template ``name`` and its system prompt, variables filled from ``key=value`` pairs."""
-    from gptcli.templates import TemplateLibrary, parse_vars, render_text
+    from gptcli.templates import load_template, parse_vars, render_text
 
-    template = TemplateLibrary.load().get(name)
+    template = load_template(name)
     given = parse_vars(list(pairs))
     missing = [v.name for v in template.variables if v.required and v.name not in given]
     if missing:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 
 from gptcli.engines import Sampling, Usage
 from gptcli.errors import EngineError, GptcliError, InputError
+from gptcli.textio import user_path
 
 # the concise syntax's types (the same words as `llm --schema`)
 CONCISE_TYPES = {"str": "string", "int": "integer", "float": "number", "bool": "boolean"}
@@ -110,7 +110,7 @@ def parse_schema(spec: str, *, base: Path | None = None) -> dict[str, Any]:
     if text.startswith(("{", "[")):
         schema = _json_schema(text, "the inline schema")
     else:
-        path = Path(os.path.expanduser(text))
+        path = user_path(text)
         if base is not None and not path.is_absolute():
             path = base / path
         if "\n" not in text and "," not in text and path.suffix.lower() == ".json" or path.is_file():
@@ -197,7 +197,7 @@ def split_type_lists(schema: Any) -> Any:
 def load_grammar(path: str) -> str:
     """Raw GBNF from ``--grammar FILE`` (llama.cpp checks it when the reply starts)."""
     try:
-        text = Path(os.path.expanduser(path)).read_text(encoding="utf-8")
+        text = user_path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InputError(f"grammar file {path} not found") from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -64,6 +64,12 @@ ENCODING_OPTION_ADVICE = "pass --encoding (for example --encoding latin-1)"
 CONVERT_ADVICE = "save it as UTF-8 (or UTF-16 with a byte-order mark) first"
 
 
+def user_path(text: str | Path) -> Path:
+    """A path the user typed, ``~`` expanded. ``os.path.expanduser`` leaves ``~nosuchuser/...`` as
+    written (``Path.expanduser`` raises RuntimeError there), so a bad path is a clear "not found"."""
+    return Path(os.path.expanduser(text))
+
+
 def decode_text(data: bytes, name: str, encoding: str | None = None, *, advice: str = ENCODING_OPTION_ADVICE) -> str:
     """Bytes -> text: UTF-8 (BOM or not) or UTF-16 with a BOM; binary or undecodable is an error.
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Sequence
-from pathlib import Path
 
 from gptcli.errors import UsageError
+from gptcli.textio import user_path
 
 ATTACHMENT = re.compile(r"(?:(?<=\s)|^)@(\S+)")
 MAX_ATTACHMENT = 1_000_000  # bytes: a larger file would not fit any context window
@@ -15,7 +14,7 @@ MAX_ATTACHMENT = 1_000_000  # bytes: a larger file would not fit any context win
 
 def read_attachment(spec: str) -> tuple[str, str]:
     """The (shown path, text) of a file to attach; ``UsageError`` when it is missing or not text."""
-    path = Path(os.path.expanduser(spec))
+    path = user_path(spec)
     if not path.is_file():
         raise UsageError(f"no such file: {spec}")
     try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gptcli.chat.attachments import read_attachment
@@ -14,6 +13,7 @@ from gptcli.conversation import Conversation
 from gptcli.engines import Engine, choose
 from gptcli.errors import GptcliError, StoreError, UsageError
 from gptcli.render import Env
+from gptcli.textio import user_path
 
 if TYPE_CHECKING:
     from gptcli.repl import ChatSession
@@ -107,17 +107,18 @@ def switch_model(chat: ChatSession, spec: str) -> None:
     """Load another model, freeing the current one first; on failure the current one comes back."""
     new_settings = chat.settings.with_flags(model=spec)
     old_settings, old_engine = chat.settings, chat.engine
+    released = False
     if choose.engine_kind(new_settings) == "local":
         from gptcli.models import resolve_model
 
         path = resolve_model(spec).path  # an unknown name fails here, before anything is freed
         if path.is_file():
             chat.keep_state()
-            _release_local(old_engine)
+            released = _release_local(old_engine)
     try:
         engine = choose.open_engine(new_settings)
     except GptcliError:
-        chat.engine = choose.open_engine(old_settings) if _is_released(old_engine) else old_engine
+        chat.engine = choose.open_engine(old_settings) if released else old_engine
         raise
     chat.settings, chat.engine = new_settings, engine
     if chat.session_id is not None:
@@ -276,7 +277,7 @@ def cmd_load(chat: ChatSession, command: Command) -> None:
 def cmd_export(chat: ChatSession, command: Command) -> None:
     from gptcli.textio import atomic_write
 
-    path = Path(os.path.expanduser(command.arg))
+    path = user_path(command.arg)
     text = export_text(chat, as_json=path.suffix.lower() == ".json")
     atomic_write(path, text)
     n = len(chat.conversation.turns)
@@ -346,22 +347,14 @@ def copy_to_clipboard(text: str, env: Env) -> list[str]:
     return ways
 
 
-def _release_local(engine: Engine) -> None:
-    """Free a local model before loading another (two large models may not fit in memory)."""
-    try:
-        from gptcli.engines import local
-    except ImportError:  # pragma: no cover - the package always has it
-        return
-    if isinstance(engine, local.LocalEngine):
-        local.release_engines()
+def _release_local(engine: Engine) -> bool:
+    """Free a local model before loading another (two large models may not fit in memory); whether it did."""
+    from gptcli.engines import local
 
-
-def _is_released(engine: Engine) -> bool:
-    try:
-        from gptcli.engines import local
-    except ImportError:  # pragma: no cover
+    if not isinstance(engine, local.LocalEngine):
         return False
-    return isinstance(engine, local.LocalEngine)
+    local.release_engines()
+    return True
 
 
 def _shell_word(text: str) -> str:

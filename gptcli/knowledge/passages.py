@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from gptcli.errors import InputError
-from gptcli.textio import CONVERT_ADVICE, closes_fence, decode_text, fence_mark, read_bytes
+from gptcli.textio import CONVERT_ADVICE, closes_fence, decode_text, fence_mark, read_bytes, user_path
 
 KB_SUFFIXES = (".md", ".markdown", ".txt", ".rst", ".text")
 PASSAGE_CHARS = 1000  # a section longer than this is split at paragraph boundaries
@@ -142,7 +141,7 @@ def kb_files(paths: Sequence[str]) -> list[Path]:
     """The files named by ``--kb``: files as given, folders searched for text and Markdown files."""
     found: list[Path] = []
     for name in paths:
-        path = Path(os.path.expanduser(name))
+        path = user_path(name)
         if path.is_dir():
             inside = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in KB_SUFFIXES)
             if not inside:
