@@ -93,12 +93,12 @@ def test_ctrl_c_during_a_verification_batch_stops_cleanly(drafting, monkeypatch)
     real_decode = drafting.context.decode
     batches = []
 
-    def decode(tokens, start, seq=0, *, logits="last"):
+    def decode(tokens, start, seq=0, *, logits="last", **options):
         if logits == "all":  # a draft's batch: Ctrl-C arrives as llama.cpp starts on it
             batches.append(len(tokens))
             if len(batches) == 3:
                 os.kill(os.getpid(), signal.SIGINT)
-        return real_decode(tokens, start, seq, logits=logits)
+        return real_decode(tokens, start, seq, logits=logits, **options)
 
     monkeypatch.setattr(drafting.context, "decode", decode)
     parts = []

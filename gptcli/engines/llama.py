@@ -490,17 +490,22 @@ class LlamaContext:
 
     # one sequence
 
-    def decode(self, tokens: Sequence[int], start: int, seq: int = 0, *, logits: str = "last") -> int:
+    def decode(self, tokens: Sequence[int], start: int, seq: int = 0, *, logits: str = "last", last_alone: bool = False) -> int:
         """Evaluate ``tokens`` at positions ``start``... of sequence ``seq``, in batches of ``n_batch``.
 
-        ``logits``: "last" (for the next token) or "all" (for checking a draft). Returns llama.cpp's
-        code: 0 done, 2 aborted (by a signal; see ``abort_on_signals``), else an error. On a failure
-        the cells of this call are dropped again.
+        ``logits``: "last" (for the next token) or "all" (for checking a draft). ``last_alone``: the
+        last token in a batch of its own, so its logits are a single step's whatever came before it
+        (a batch of 64 tokens or more takes llama.cpp's tiled attention, which rounds differently).
+        Returns llama.cpp's code: 0 done, 2 aborted (by a signal; see ``abort_on_signals``), else an
+        error. On a failure the cells of this call are dropped again.
         """
         batch, n_batch = self.batch, self.n_batch
         every = logits == "all"
-        for first in range(0, len(tokens), n_batch):
-            part = tokens[first : first + n_batch]
+        body = len(tokens) - 1 if last_alone and tokens else len(tokens)
+        parts = [(first, tokens[first : min(first + n_batch, body)]) for first in range(0, body, n_batch)]
+        if body < len(tokens):
+            parts.append((body, tokens[body:]))
+        for first, part in parts:
             for i, token in enumerate(part):
                 batch.token[i] = token
                 batch.pos[i] = start + first + i

@@ -240,16 +240,10 @@ class LocalEngine:
         self.forget(reused)
         if self.governor is not None:
             self.governor.check()
-        last = len(tokens) - 1
         with self.context.abort_on_signals() as caught:
-            # the last token in a step of its own, as when the rest of the prompt is cached: a batch
-            # of 64 tokens or more takes llama.cpp's tiled attention, which rounds differently, and
-            # the first token's logits (so a seeded reply) would depend on what the cache held
-            rc = self.context.decode(tokens[reused:last], reused) if last > reused else 0
-            if rc == 0:
-                rc = self.context.decode(tokens[last:], last)
-        if rc != 0:
-            self.context.forget(0, reused)
+            # the last token alone, as when the rest of the prompt is cached: the first token's
+            # logits (so a seeded reply) do not depend on what the cache held
+            rc = self.context.decode(tokens[reused:], reused, last_alone=True)
         if rc != 0 and not caught:
             raise EngineError(f"llama.cpp could not evaluate the prompt (llama_decode returned {rc})")
         if rc == 0:

@@ -20,6 +20,10 @@ token would take the place of a token another reply needs. On the 2-core CPU of
 ``benchmarks/README.md`` a batch is compute-bound from a few tokens on and a draft's tokens cost
 most of a step each (see there). ``translate --parallel 1`` runs on the single-sequence engine,
 which speculates.
+
+Nor is a prompt's last token evaluated alone, as the single-sequence engine does so that a seeded
+reply does not depend on its cache: here it shares a batch with other sequences' tokens, whose
+number picks llama.cpp's kernel, so the first token's logits depend on the batch mates anyway.
 """
 
 from __future__ import annotations
