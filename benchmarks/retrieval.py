@@ -264,7 +264,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         rows["time, 2,000 passages, default"] = timings(Path(tmp))
 
-    tuned = [i for i, q in enumerate(questions) if q["kind"] in TUNED]
     for name, row in rows.items():
         if "top1" in row:
             kinds = " ".join(f"{k} {v:.0%}" for k, v in row["by_kind_top3"].items())
@@ -274,7 +273,6 @@ def main() -> None:
     default = rows["default: WordLlama + USE larger z + BM25 x0.1"]
     print("default recall at k:", " ".join(f"{k}:{v:.0%}" for k, v in default["recall"].items()))
     print("default misses (top 3):", *default["misses_top3"], sep="\n  ")
-    del tuned
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1, ensure_ascii=False))
 

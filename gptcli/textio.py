@@ -20,12 +20,12 @@ BOMS = (
 
 
 # a Markdown code fence's opening line: at most three spaces, then three or more ` or ~ (CommonMark)
-FENCE = re.compile(r"[ \t]{0,3}(`{3,}|~{3,})")
+_FENCE = re.compile(r"[ \t]{0,3}(`{3,}|~{3,})")
 
 
 def fence_mark(line: str) -> str | None:
     """The fence's marker (```, ~~~~, ...) when ``line`` opens a Markdown code fence, else None."""
-    match = FENCE.match(line)
+    match = _FENCE.match(line)
     return match.group(1) if match else None
 
 

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # the first time it loads; the first test home that made one lends it to the later ones by a hard
 # link, so a run writes it once rather than once per test that ranks a knowledge base.
 ENCODER_COPY = "cache/kb-index/use-multilingual-v3-*/weights.npz"
-_encoder_copy: list[Path] = []
+_encoder_copy: list[tuple[Path, Path]] = []  # (the file, its path under a home)
 
 
 @pytest.fixture(autouse=True)
@@ -39,14 +39,15 @@ def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     monkeypatch.setenv("HF_HOME", str(home / "hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("COLUMNS", "100")
-    if _encoder_copy:
-        lent = home / _encoder_copy[0].relative_to(_encoder_copy[0].parents[3])
-        lent.parent.mkdir(parents=True)
+    for source, relative in _encoder_copy:
+        lent = home / relative
         with contextlib.suppress(OSError):  # no hard links here: the encoder writes its own copy
-            os.link(_encoder_copy[0], lent)
+            for folder in reversed(lent.parents[: len(relative.parents) - 1]):
+                folder.mkdir(mode=0o700, exist_ok=True)  # as gptcli makes its cache folders
+            os.link(source, lent)
     yield home
     if not _encoder_copy:
-        _encoder_copy.extend(sorted(home.glob(ENCODER_COPY))[:1])
+        _encoder_copy.extend((found, found.relative_to(home)) for found in sorted(home.glob(ENCODER_COPY))[:1])
 
 
 def gptcli_executable() -> str:

@@ -8,27 +8,17 @@ and plain columns) and ``messages`` (what the chat shows besides replies). Comma
 names from here.
 """
 
-from gptcli.render.env import Env, OutputClosed, OutputFailed, output_error, wrap_words
+from gptcli.render.env import Env, OutputClosed, OutputFailed
 from gptcli.render.markdown import MarkdownRenderer, reply_markdown, settle
 from gptcli.render.messages import hint, say, show_exchanges
-from gptcli.render.renderers import (
-    BufferedRenderer,
-    JsonRenderer,
-    JsonValueRenderer,
-    PlainRenderer,
-    Renderer,
-    SanitizedRenderer,
-    make_renderer,
-    rounded_usage,
-)
+from gptcli.render.renderers import JsonRenderer, JsonValueRenderer, Renderer, make_renderer
 from gptcli.render.stream import Activity, Reply, osc52, render_stream, stats_line
 from gptcli.render.tables import Column, plain_columns, write_table
 from gptcli.render.writers import write_event, write_json, write_text
 
 __all__ = [
-    "Activity", "BufferedRenderer", "Column", "Env", "JsonRenderer", "JsonValueRenderer", "MarkdownRenderer",
-    "OutputClosed", "OutputFailed", "PlainRenderer", "Renderer", "Reply", "SanitizedRenderer", "hint",
-    "make_renderer", "osc52", "output_error", "plain_columns", "render_stream", "reply_markdown", "rounded_usage",
-    "say", "settle", "show_exchanges", "stats_line", "wrap_words", "write_event", "write_json", "write_table",
+    "Activity", "Column", "Env", "JsonRenderer", "JsonValueRenderer", "MarkdownRenderer", "OutputClosed",
+    "OutputFailed", "Renderer", "Reply", "hint", "make_renderer", "osc52", "plain_columns", "render_stream",
+    "reply_markdown", "say", "settle", "show_exchanges", "stats_line", "write_event", "write_json", "write_table",
     "write_text",
 ]

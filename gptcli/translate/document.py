@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from gptcli.textio import FENCE, closes_fence
+from gptcli.textio import closes_fence, fence_mark
 
 
 # ---------------------------------------------------------------- the document model
@@ -213,7 +213,7 @@ def parse_document(text: str, markdown: bool = True, *, in_table: bool = False, 
         if ITEM_MARKER.match(rest):
             return True
         if markdown and (
-            FENCE.match(rest) or _HEADING.match(rest) or _HTML.match(rest) or is_row(k) or _LINK_DEF.match(rest)
+            fence_mark(rest) or _HEADING.match(rest) or _HTML.match(rest) or is_row(k) or _LINK_DEF.match(rest)
         ):
             return True
         return False
@@ -224,9 +224,8 @@ def parse_document(text: str, markdown: bool = True, *, in_table: bool = False, 
 
     def verbatim_end(k: int, quote: str, rest: str, after_blank: bool, in_list: bool) -> int | None:
         """Where a block kept as it is (code, a comment, HTML) that starts at line ``k`` ends; None if none starts there."""
-        fence = FENCE.match(rest)
-        if fence:
-            mark = fence.group(1)
+        mark = fence_mark(rest)
+        if mark:
 
             def closes(j: int) -> bool:
                 return closes_fence(quote_of(j)[1], mark)
