@@ -138,6 +138,7 @@ TEMPLATE = parse_template("echo", 'system = "to {target}"\nuser = "{input}"\n[va
 
 @settings(max_examples=60, deadline=None)
 @given(documents(), st.sampled_from([256, 384, 1024]), st.sampled_from([1, 3]))
+@example("# alpha.\n| 42 |\n| --- |\n| `a|b` alpha `a|b`. |", 256, 1)  # masked, the row read back as one code span
 def test_the_translator_with_an_echoing_engine_round_trips(text: str, ctx: int, parallel: int) -> None:
     engine = ScriptedTranslator(context_size=ctx)
     job = Job(resolve_language("fr"), resolve_language("en"), TEMPLATE, {"target": "French"}, Glossary(), Sampling(), "echo")

@@ -249,8 +249,12 @@ class Translator:
         if spans and events is not None:
             events = RestoringEvents(events, spans)
 
+        judged: dict[tuple[int, str], tuple[str, ...]] = {}  # a reply judged as it came (one by one) is not judged again
+
         def judge(k: int, reply: str) -> tuple[str, ...]:
-            return self.checker.failed(chunk.atoms[k].text, restore_spans(reply, spans))
+            if (k, reply) not in judged:
+                judged[k, reply] = self.checker.failed(chunk.atoms[k].text, restore_spans(reply, spans))
+            return judged[k, reply]
 
         retried: set[int] = set()  # pieces already sent again (one by one, right after their first reply)
         result = self._translate(sent, events, markdown, engine, judge, retried)
