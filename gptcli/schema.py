@@ -169,6 +169,7 @@ def schema_grammar(schema: dict[str, Any]) -> str:
 
 
 _VALUES = frozenset({"enum", "const", "default", "examples"})  # JSON values, not schemas
+_NAMED = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})  # name -> schema
 
 
 def split_type_lists(schema: Any) -> Any:
@@ -184,7 +185,12 @@ def split_type_lists(schema: Any) -> Any:
         return [split_type_lists(item) for item in schema]
     if not isinstance(schema, dict):
         return schema
-    out = {key: value if key in _VALUES else split_type_lists(value) for key, value in schema.items()}
+    out = {
+        key: value if key in _VALUES
+        else {name: split_type_lists(sub) for name, sub in value.items()} if key in _NAMED and isinstance(value, dict)
+        else split_type_lists(value)
+        for key, value in schema.items()
+    }
     types = out.get("type")
     if isinstance(types, list):
         rest = {key: value for key, value in out.items() if key != "type"}

@@ -93,6 +93,11 @@ def test_a_type_lists_constraints_reach_the_grammar():
     assert "char*" not in grammar and "null" in grammar
 
 
+def test_a_field_named_like_a_keyword_still_has_its_type_list_split():
+    schema = {"type": "object", "properties": {"default": {"type": ["string", "null"], "maxLength": 3}}}
+    assert split_type_lists(schema)["properties"]["default"] == {"anyOf": [{"maxLength": 3, "type": "string"}, {"maxLength": 3, "type": "null"}]}
+
+
 def test_the_grammar_keeps_control_characters_out_of_strings():
     grammar = schema_grammar(PERSON)
     assert 'char ::= [^"\\\\\\x7F\\x00-\\x1F]' in grammar
