@@ -217,11 +217,9 @@ class ChatSession:
 
     def _print_stats(self, reply: Reply) -> None:
         """The status line, counting the context as /tokens does (the reply now in the history)."""
-        from gptcli.render import stats_line
-
         max_tokens = self.sampling().max_tokens
         budget = self.conversation.budget(self.engine, max_tokens)
-        self.notice(stats_line(reply.usage, budget.used, budget.context, reply_cap=max_tokens))
+        self.notice(render.stats_line(reply.usage, budget.used, budget.context, reply_cap=max_tokens))
 
     def _output_mode(self) -> OutputMode:
         # the status line is the chat's own (``_print_stats``), counted like /tokens
@@ -245,11 +243,9 @@ class ChatSession:
 
     def _activity(self, label: str) -> Any:
         """A spinner on the terminal for work that shows nothing else (``None`` off a terminal)."""
-        from gptcli.render import Activity
-
         if self.mode.json or not (self.env.stderr_isatty and self.env.styled(self.env.stderr)):
             return None
-        return Activity(self.env.stderr, label).start()
+        return render.Activity(self.env.stderr, label).start()
 
     # ------------------------------------------------------------ the store
 
@@ -325,8 +321,6 @@ class ChatSession:
         """Print exchanges as they looked: the user's line, then the reply (Markdown on a terminal)."""
         exchanges = [(t.user, t.reply, t.interrupted) for t in turns]
         render.show_exchanges(self.env, exchanges, prompt=PROMPT, plain=self.mode.plain, json_events=self.mode.json)
-
-    # ------------------------------------------------------------ slash commands
 
     # ------------------------------------------------------------ slash commands and state they change
 
@@ -450,13 +444,6 @@ class ChatRequest:
     schema: str | None = None  # --schema: replies are JSON following it
 
 
-def open_store(settings: Settings, env: Env) -> Any:
-    """The history store, or ``None`` when history is off."""
-    from gptcli.store import open_history
-
-    return open_history(settings, env)
-
-
 def run_chat(settings: Settings, env: Env, request: ChatRequest, mode: OutputMode) -> int:
     """Start the chat: load the model once, resume or template, then read turns until the user leaves."""
     interactive = env.stdin_isatty and (env.stdout_isatty or env.stderr_isatty)
@@ -464,7 +451,9 @@ def run_chat(settings: Settings, env: Env, request: ChatRequest, mode: OutputMod
         mode = OutputMode(plain=True, json=mode.json, stream=mode.stream, stats=mode.stats)
     if request.template:  # a missing template or variable fails before the model loads
         template_system(request.template, request.template_vars)
-    store = open_store(settings, env)
+    from gptcli.store import open_history
+
+    store = open_history(settings, env)
     saving = store is not None
     resume_info = None
     if request.session or request.continue_last:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -78,8 +79,6 @@ def cmd_system(chat: ChatSession, command: Command) -> None:
 
 
 def cmd_template(chat: ChatSession, command: Command) -> None:
-    import shlex
-
     if not command.arg:
         from gptcli.templates import template_names
 
@@ -254,7 +253,7 @@ def cmd_save(chat: ChatSession, command: Command) -> None:
     if chat.ensure_session() is None:
         return
     chat.store_call(lambda: store.rename(chat.session_id, command.arg))
-    chat.notice(f"saved as '{command.arg}': resume it with gptcli chat -s {_shell_word(command.arg)}")
+    chat.notice(f"saved as '{command.arg}': resume it with gptcli chat -s {shlex.quote(command.arg)}")
 
 
 def cmd_sessions(chat: ChatSession, command: Command) -> None:
@@ -355,12 +354,6 @@ def _release_local(engine: Engine) -> bool:
         return False
     local.release_engines()
     return True
-
-
-def _shell_word(text: str) -> str:
-    import shlex
-
-    return shlex.quote(text)
 
 
 def session_line(info: Any) -> str:

@@ -51,10 +51,7 @@ def model_pairs() -> list[tuple[str, str]]:
     """The embedded model and every alias in the model registry."""
     from gptcli import models
 
-    names = getattr(models, "model_names", None)
-    if names is not None:
-        return [(name, "model") for name in names()]
-    return [(models.EMBEDDED_NAME, "the embedded model")]
+    return [(name, "model") for name in models.model_names()]
 
 
 def session_pairs() -> list[tuple[str, str]]:

@@ -1,7 +1,6 @@
 """`gptcli models ...` (pull, list, info, default, add, rm) and `gptcli doctor`."""
 
 import json
-from collections.abc import Sequence
 from typing import Annotated, Optional
 
 import typer
@@ -10,7 +9,7 @@ from gptcli.cli.app import AppState, app, command_group, state
 from gptcli.cli.completion import complete_model
 from gptcli.errors import ConfigError, UsageError
 from gptcli.textio import plural
-from gptcli.render import write_json, write_text
+from gptcli.render import write_columns, write_json, write_text
 
 models_app = command_group(
     "models",
@@ -35,12 +34,6 @@ def _model_setting(st: AppState) -> Optional[str]:
         return model
     except ConfigError:
         return None
-
-
-def _columns(rows: Sequence[Sequence[str]]) -> list[str]:
-    from gptcli.render import plain_columns
-
-    return plain_columns(rows)
 
 
 @models_app.command("pull")
@@ -111,8 +104,7 @@ def list_(
                 origin,
             ]
         )
-    for line in _columns(table):
-        write_text(st.env, line + "\n")
+    write_columns(st.env, table)
     if not any(r.default for r in rows):
         st.env.notice("the default model cannot be resolved: see `gptcli doctor`")
 
@@ -154,8 +146,7 @@ def info(
         lines.append(("blob", data["real_path"]))
     if data.get("repo"):
         lines.append(("hub", f"{data['repo']}:{data['file']} @ {data['revision']} ({(data['commit'] or '')[:12]})"))
-    for line in _columns(lines):
-        write_text(st.env, line + "\n")
+    write_columns(st.env, lines)
 
 
 @models_app.command("default")
@@ -271,8 +262,7 @@ def doctor(
             rows.append((marks[c.status], c.label, c.value))
             if c.detail and c.status in ("warn", "fail"):
                 rows.append(("", "", f"-> {c.detail}"))  # under the value
-        for line in _columns(rows):
-            write_text(st.env, line + "\n")
+        write_columns(st.env, rows)
     if failed:
         from gptcli.errors import GptcliError
 

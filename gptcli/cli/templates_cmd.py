@@ -8,7 +8,7 @@ import typer
 from gptcli.cli.app import AppState, command_group, state
 from gptcli.cli.completion import complete_template
 from gptcli.errors import TemplateError, UsageError
-from gptcli.render import write_json
+from gptcli.render import write_columns, write_json
 
 templates_app = command_group(
     "templates",
@@ -62,11 +62,7 @@ def list_templates(
     for entry in entries:
         description = entry.description if entry.template else "BROKEN: see the error below"
         rows.append((entry.name, _source_label(entry), description))
-    from gptcli.render import plain_columns
-
-    for line in plain_columns(rows):
-        st.env.stdout.write(line + "\n")
-    st.env.stdout.flush()
+    write_columns(st.env, rows)
     for entry in entries:
         if entry.error is not None:
             st.env.error(str(entry.error))

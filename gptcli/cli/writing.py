@@ -23,11 +23,12 @@ FileOption = Annotated[Optional[str], typer.Option("--file", "-f", help="Read th
 def _show_sources(st: AppState, gen: GenOptions, grounding: "Grounding") -> None:
     """``--show-sources``: a ``sources`` JSON event with --json, else a list on stderr."""
     from gptcli import knowledge
-    from gptcli.render import JsonRenderer
+    from gptcli.render import write_event
 
     records = knowledge.sources_report(grounding)
     if gen.json:
-        JsonRenderer(st.env.stdout).emit(
+        write_event(
+            st.env.stdout,
             {
                 "type": "sources",
                 "passages": records,

@@ -194,15 +194,16 @@ class MarkdownRenderer:
         narrow = max(20, width // 3)
         budget = max(4, height * 2 // 3)
         keep = 0
-        for cells in reversed(_cell_widths(lines)):
+        widths = _cell_widths(lines)
+        for cells in reversed(widths):
             budget -= max(1, -(-cells // narrow))
             if budget < 0:
                 break
             keep += 1
-        lines = lines[len(lines) - max(1, keep) :]
+        first = len(lines) - max(1, keep)
         self._erase_live(width)
-        self._print_lines(lines)
-        self.live_widths = _cell_widths(lines)
+        self._print_lines(lines[first:])
+        self.live_widths = widths[first:]
         self.drawn_at = time.monotonic()
 
     def finish(self, usage: Usage | None) -> None:

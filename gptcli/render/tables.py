@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from rich.console import Console
 
 from gptcli.render.env import Env
+from gptcli.render.writers import write_text
 
 
 def plain_columns(rows: Sequence[Sequence[str]], *, gap: int = 2) -> list[str]:
@@ -72,5 +73,9 @@ def write_table(
     lines = [] if above is None else [above]
     headings = [[column.heading for column in columns]] if headings_on_pipe else []
     lines += plain_columns([*headings, *rows])
-    env.stdout.write("".join(line + "\n" for line in lines))
-    env.stdout.flush()
+    write_text(env, "".join(line + "\n" for line in lines))
+
+
+def write_columns(env: Env, rows: Sequence[Sequence[str]]) -> None:
+    """``rows`` in left-aligned columns on stdout (``plain_columns``), whatever stdout is."""
+    write_text(env, "".join(line + "\n" for line in plain_columns(rows)))
