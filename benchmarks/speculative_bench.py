@@ -26,6 +26,7 @@ from gptcli.engines import Message, Sampling
 from gptcli.engines.local import LocalEngine
 from gptcli.models import embedded_model_path
 from gptcli.templates import load_template
+from tests.fakes import collect
 
 DATA = ROOT / "benchmarks" / "data"
 
@@ -47,10 +48,7 @@ def cases(translate: bool) -> dict[str, list[Message]]:
 
 
 def run(engine: LocalEngine, messages: list[Message], sampling: Sampling) -> tuple[str, float, int, int, int]:
-    text, usage = "", None
-    for chunk in engine.stream(messages, sampling):
-        text += chunk.text
-        usage = chunk.usage or usage
+    text, usage = collect(engine.stream(messages, sampling))
     assert usage is not None
     return text, usage.tokens_per_second, usage.completion_tokens, usage.draft_tokens, usage.accepted_tokens
 

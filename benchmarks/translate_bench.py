@@ -47,7 +47,7 @@ from gptcli.languages import resolve_language  # noqa: E402
 from gptcli.templates import load_template  # noqa: E402
 from gptcli.translate import ChunkResult, Glossary, Job, TranslationCache, Translator, SPAN_PATTERN, plan_document  # noqa: E402
 from gptcli.translate.checks import CHECKS, Checker  # noqa: E402
-from tests.fakes import RecordingEngine  # noqa: E402  (the usage-recording wrapper the translation tests use too)
+from tests.fakes import RecordingEngine, collect  # noqa: E402  (the usage-recording wrapper the translation tests use too)
 
 WORDS = (
     "system user file setting option server network device window report value process memory "
@@ -99,10 +99,8 @@ def make_document(words: int, seed: int = 7) -> str:
 
 def raw_speed(engine: Engine, tokens: int = 256) -> float:
     """Generation tokens/s of a plain reply (prompt processing excluded), end-of-text ignored."""
-    usage = None
     messages: list[Message] = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
-    for chunk in engine.stream(messages, Sampling(temperature=0.2, max_tokens=tokens, seed=1, ignore_eos=True)):
-        usage = chunk.usage or usage
+    _, usage = collect(engine.stream(messages, Sampling(temperature=0.2, max_tokens=tokens, seed=1, ignore_eos=True)))
     assert usage is not None
     return usage.tokens_per_second
 
@@ -115,9 +113,7 @@ def engine_rates(engine: Engine, n: int, document: str) -> tuple[float, float]:
     try:
         words = document.split()
         prompt = " ".join(words[len(words) // 2 :][:350])  # about 500 tokens no cache of its holds
-        usage = None
-        for chunk in inner.complete(prompt, Sampling(temperature=0.2, max_tokens=1, seed=1)):
-            usage = chunk.usage or usage
+        _, usage = collect(inner.complete(prompt, Sampling(temperature=0.2, max_tokens=1, seed=1)))
         assert usage is not None
         reading = (usage.prompt_tokens - usage.cached_tokens) / usage.time_to_first_token
         sampling = Sampling(temperature=0.2, max_tokens=256, seed=1, ignore_eos=True)
