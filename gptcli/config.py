@@ -187,7 +187,7 @@ KEYS: dict[str, Key] = {
         Key("color", _choice("auto", "always", "never"), "auto", "Colour output: auto, always or never.", str),
         Key("flash_attn", _boolean, None, "Flash attention in llama.cpp (default on, as llama.cpp's own; measured faster on an AMD EPYC, slower deep in a chat on an Intel Xeon: README).", bool),
         Key("batch_size", _positive_int, 512, "Prompt-processing batch size (tokens).", int),
-        Key("embed_model", _string, None, "Vectors for `support --kb`: 'static' (default, built in), 'none' (BM25 only), or an embedding GGUF.", str),
+        Key("embed_model", _string, None, "Vectors for `support --kb`: 'static' (default, built in, multilingual), 'none' (BM25 and 4-grams only), or an embedding GGUF.", str),
         Key("kv_cache_mb", _non_negative_int, 512, "Disk kept for saved model states that make resuming a chat instant (MB; 0 = off).", int),
         Key("vi_mode", _boolean, False, "Vi key bindings at the chat prompt (Esc for normal mode).", bool),
         Key("max_input_mb", _positive_int, 64, "Largest input file or standard input read (MB); a larger one is an error.", int),

@@ -31,7 +31,7 @@ def input_history_path() -> Path:
     return path
 
 
-def chat_key_bindings(edit: Callable[[str], str | None] = lambda text: None) -> Any:
+def chat_key_bindings(edit: Callable[[str], str | None]) -> Any:
     """Enter sends; Alt-Enter (Esc Enter) inserts a newline; pasted text stays whole (bracketed paste).
 
     In a Ctrl-R search, Enter sends the line found.

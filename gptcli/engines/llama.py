@@ -495,7 +495,8 @@ class LlamaContext:
 
         ``logits``: "last" (for the next token) or "all" (for checking a draft). ``last_alone``: the
         last token in a batch of its own, so its logits are a single step's whatever came before it
-        (a batch of 64 tokens or more takes llama.cpp's tiled attention, which rounds differently).
+        (llama.cpp's CPU attention rounds a batch differently from a single step: tiled from 64
+        tokens, and from 512 cells the single step splits the window over threads).
         Returns llama.cpp's code: 0 done, 2 aborted (by a signal; see ``abort_on_signals``), else an
         error. On a failure the cells of this call are dropped again.
         """

@@ -136,3 +136,14 @@ class OutputFailed(GptcliError):
 
 def output_error(exc: OSError) -> OutputFailed:
     return OutputFailed(f"cannot write to standard output: {exc.strerror or exc}")
+
+
+def write_out(stream: IO[str], text: str) -> None:
+    """``text`` on ``stream``, flushed; a closed pipe raises ``OutputClosed``, another failure (a full disk) ``OutputFailed``."""
+    try:
+        stream.write(text)
+        stream.flush()
+    except BrokenPipeError:
+        raise OutputClosed from None
+    except OSError as exc:
+        raise output_error(exc) from None

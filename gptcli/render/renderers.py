@@ -8,7 +8,7 @@ from typing import IO, Any, Protocol
 
 from gptcli.engines import Usage
 from gptcli.errors import GptcliError
-from gptcli.render.env import Env, OutputClosed, output_error
+from gptcli.render.env import Env, OutputClosed, write_out
 from gptcli.render.markdown import MarkdownRenderer
 from gptcli.render.writers import write_event
 
@@ -29,13 +29,7 @@ class PlainRenderer:
     def feed(self, text: str) -> None:
         if not text:
             return
-        try:
-            self.stream.write(text)
-            self.stream.flush()
-        except BrokenPipeError:
-            raise OutputClosed from None
-        except OSError as exc:
-            raise output_error(exc) from None
+        write_out(self.stream, text)
         self.last = text[-1]
 
     def finish(self, usage: Usage | None) -> None:

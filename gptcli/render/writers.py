@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import IO, Any
 
-from gptcli.render.env import Env, OutputClosed, output_error
+from gptcli.render.env import Env, write_out
 
 
 def write_text(env: Env, text: str) -> None:
@@ -25,10 +25,4 @@ def write_event(stream: IO[str], event: dict[str, Any]) -> None:
 
     A closed pipe raises ``OutputClosed``; another write failure (a full disk) ``OutputFailed``.
     """
-    try:
-        stream.write(json.dumps(event, ensure_ascii=False) + "\n")
-        stream.flush()
-    except BrokenPipeError:
-        raise OutputClosed from None
-    except OSError as exc:
-        raise output_error(exc) from None
+    write_out(stream, json.dumps(event, ensure_ascii=False) + "\n")
